@@ -1,0 +1,11 @@
+"""The model zoo: spec strings, architectures, training recipes and the checkpoint store."""
+
+from .checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
+from .spec import VALID_FORMS, ModelSpec, parse_spec
+from .store import TrainedModel, evaluate, load_model, train
+from .train import Recipe, default_recipe, error_rate, fit, predict
+from .zoo import build_model
+
+__all__ = ["ModelSpec", "parse_spec", "VALID_FORMS", "build_model", "Recipe", "default_recipe", "fit",
+           "predict", "error_rate", "train", "load_model", "evaluate", "TrainedModel", "checkpoint_name",
+           "load_checkpoint", "save_checkpoint"]

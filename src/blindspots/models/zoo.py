@@ -1,0 +1,94 @@
+"""The papers' model zoo as plain `nn.Sequential` classifiers that take [N, 1, 28, 28] images in [0, 1]
+and return logits. Layers are named (fc1, act1, ..., out) so analysis code can address them.
+
+Choices the papers leave open (documented in the README and in each checkpoint's JSON):
+- hidden units of the FC and AE nets are sigmoids (as in public reproductions of Szegedy et al.);
+- the CNN is conv5x5(16)-ReLU-maxpool2, conv5x5(32)-ReLU-maxpool2, FC100-ReLU, softmax;
+- MAXOUT follows Goodfellow et al. 2013/2015: two maxout layers of 240 units with 5 pieces;
+- RBF has one Gaussian unit per class, logit_k = -sum_i beta_ki (x_i - mu_ki)^2 (the log of the unit's output).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from .spec import N_CLASSES, ModelSpec, parse_spec
+
+N_PIXELS = 28 * 28
+
+
+class Maxout(nn.Module):
+    """A linear map to units*pieces outputs followed by a max over each unit's pieces."""
+
+    def __init__(self, in_features: int, units: int, pieces: int) -> None:
+        super().__init__()
+        self.units, self.pieces = units, pieces
+        self.linear = nn.Linear(in_features, units * pieces)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x).view(*x.shape[:-1], self.units, self.pieces).amax(dim=-1)
+
+
+class RBFLayer(nn.Module):
+    """One Gaussian unit per class; returns log-activations -sum_i beta_ki (x_i - mu_ki)^2 (<= 0).
+
+    exp(logit) is the unit's own output in (0, 1], Goodfellow's "confidence" of an RBF net.
+    """
+
+    def __init__(self, in_features: int, classes: int) -> None:
+        super().__init__()
+        self.centers = nn.Parameter(torch.full((classes, in_features), 0.5))
+        self.log_beta = nn.Parameter(torch.full((classes, in_features), -3.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        diff = x.unsqueeze(1) - self.centers  # [N, C, D]
+        return -(diff.square() * self.log_beta.exp()).sum(dim=-1)
+
+
+def _fc(hidden: tuple[int, ...]) -> nn.Sequential:
+    layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
+    width = N_PIXELS
+    for i, h in enumerate(hidden, start=1):
+        layers += [(f"fc{i}", nn.Linear(width, h)), (f"act{i}", nn.Sigmoid())]
+        width = h
+    layers.append(("out", nn.Linear(width, N_CLASSES)))
+    return nn.Sequential(OrderedDict(layers))
+
+
+def _cnn() -> nn.Sequential:
+    return nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(1, 16, 5, padding=2)), ("relu1", nn.ReLU()), ("pool1", nn.MaxPool2d(2)),
+        ("conv2", nn.Conv2d(16, 32, 5, padding=2)), ("relu2", nn.ReLU()), ("pool2", nn.MaxPool2d(2)),
+        ("flatten", nn.Flatten()), ("fc1", nn.Linear(32 * 7 * 7, 100)), ("relu3", nn.ReLU()),
+        ("out", nn.Linear(100, N_CLASSES)),
+    ]))
+
+
+def _maxout(units: int = 240, pieces: int = 5) -> nn.Sequential:
+    return nn.Sequential(OrderedDict([
+        ("flatten", nn.Flatten()), ("drop0", nn.Dropout(0.2)),
+        ("maxout1", Maxout(N_PIXELS, units, pieces)), ("drop1", nn.Dropout(0.5)),
+        ("maxout2", Maxout(units, units, pieces)), ("drop2", nn.Dropout(0.5)),
+        ("out", nn.Linear(units, N_CLASSES)),
+    ]))
+
+
+def _rbf() -> nn.Sequential:
+    return nn.Sequential(OrderedDict([("flatten", nn.Flatten()), ("rbf", RBFLayer(N_PIXELS, N_CLASSES))]))
+
+
+def build_model(spec: str | ModelSpec) -> nn.Sequential:
+    """A freshly initialised classifier for `spec` (uses the global torch RNG for initial weights)."""
+    s = parse_spec(spec)
+    if s.kind == "fc":
+        return _fc(s.hidden)
+    if s.kind == "ae":
+        return _fc(s.hidden)  # same shape as FC<h>-10; its fc1/act1 is the autoencoder's frozen encoder
+    if s.kind == "cnn":
+        return _cnn()
+    if s.kind == "maxout":
+        return _maxout()
+    return _rbf()
