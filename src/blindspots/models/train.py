@@ -36,6 +36,7 @@ class Recipe:
     momentum: float = 0.9
     pretrain_epochs: int = 0  # autoencoder pre-training (AE models)
     pretrain_noise: float = 0.0  # masking-noise rate of the denoising autoencoder
+    sparsity: tuple[float, float] | None = None  # (target mean activation rho, weight beta) of a sparse AE
     max_norm: float | None = None  # max-norm constraint on incoming weight vectors (maxout)
     note: str = ""
 
@@ -171,7 +172,12 @@ def _pretrain_autoencoder(model: nn.Sequential, x: torch.Tensor, recipe: Recipe,
             xb = flat[perm[i:i + 128]].to(device)
             keep = (torch.rand(xb.shape, generator=gen) >= recipe.pretrain_noise).to(device, xb.dtype)
             code = torch.sigmoid(enc(xb * keep))
-            loss = F.binary_cross_entropy_with_logits(dec(code), xb)
+            loss = F.binary_cross_entropy_with_logits(dec(code), xb, reduction="sum") / xb.shape[0]
+            if recipe.sparsity is not None:
+                rho, beta = recipe.sparsity
+                rho_hat = code.mean(dim=0).clamp(1e-6, 1 - 1e-6)
+                kl = rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))
+                loss = loss + beta * kl.sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
