@@ -23,14 +23,17 @@ def models_dir() -> Path:
 
 
 def checkpoint_name(spec: str | ModelSpec, split: str = "train", seed: int = 0, epochs: int | None = None,
-                    train_subset: int | None = None) -> str:
-    """File stem that encodes everything that changes the weights: FC100-100-10__train__s0[__e5][__n2000]."""
+                    train_subset: int | None = None, recipe_key: str | None = None) -> str:
+    """File stem that encodes everything that changes the weights:
+    FC100-100-10__train__s0[__e5][__n2000][__r<hash of the training recipe>]."""
     s = parse_spec(spec)
     name = f"{s.slug}__{split}__s{seed}"
     if epochs is not None:
         name += f"__e{epochs}"
     if train_subset is not None:
         name += f"__n{train_subset}"
+    if recipe_key is not None:
+        name += f"__r{recipe_key}"
     return name
 
 

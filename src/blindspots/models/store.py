@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +14,10 @@ from torch import nn
 from .. import __version__
 from ..data import SPLITS, load_mnist
 from ..errors import CheckpointError, SpecError
+from ..io import stable_hash
 from .checkpoint import checkpoint_name, load_checkpoint, models_dir, read_meta, save_checkpoint
 from .spec import ModelSpec, parse_spec
-from .train import error_rate, fit, recipe_dict
+from .train import default_recipe, error_rate, fit, recipe_dict
 
 TRAIN_SPLITS = ("train", "P1", "P2")
 
@@ -34,6 +35,15 @@ class TrainedModel:
         return parse_spec(self.meta["spec"])
 
 
+def _stem(folder: Path, s: ModelSpec, split: str, seed: int, epochs: int | None, train_subset: int | None) -> Path:
+    """Checkpoint path; the name carries a hash of the recipe, so a changed recipe never reuses old weights."""
+    recipe = default_recipe(s)
+    if epochs is not None:
+        recipe = replace(recipe, epochs=epochs)
+    key = stable_hash(recipe_dict(recipe), 8)
+    return folder / checkpoint_name(s, split, seed, epochs, train_subset, key)
+
+
 def _check_split(split: str) -> None:
     if split not in TRAIN_SPLITS:
         raise SpecError(f"cannot train on split {split!r}; choose one of {', '.join(TRAIN_SPLITS)} "
@@ -48,7 +58,7 @@ def train(spec: str | ModelSpec, *, split: str = "train", seed: int = 0, epochs:
     s = parse_spec(spec)
     _check_split(split)
     folder = store or models_dir() / ("" if dataset == "mnist" else dataset)
-    stem = folder / checkpoint_name(s, split, seed, epochs, train_subset)
+    stem = _stem(folder, s, split, seed, epochs, train_subset)
     if not force and stem.with_suffix(".json").exists():
         model, meta = load_checkpoint(stem, s, device)
         return TrainedModel(model, meta, stem.with_suffix(".safetensors"))
@@ -76,7 +86,7 @@ def load_model(spec: str | ModelSpec, *, split: str = "train", seed: int = 0, ep
     s = parse_spec(spec)
     _check_split(split)
     folder = store or models_dir() / ("" if dataset == "mnist" else dataset)
-    stem = folder / checkpoint_name(s, split, seed, epochs, train_subset)
+    stem = _stem(folder, s, split, seed, epochs, train_subset)
     if not stem.with_suffix(".json").exists():
         raise CheckpointError(f"{s.name} on split {split} (seed {seed}) has not been trained yet; run "
                               f"`blindspots train '{s.name}' --split {split} --seed {seed}` first.")

@@ -1,0 +1,43 @@
+"""`blindspots reproduce szegedy2014|goodfellow2015`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+
+from ..errors import SpecError
+from .common import add_device
+
+EXPERIMENTS = {"szegedy2014": "blindspots.experiments.szegedy2014",
+               "goodfellow2015": "blindspots.experiments.goodfellow2015"}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reproduce", help="reproduce a paper's experiments end to end, with a report")
+    p.add_argument("experiment", help=f"one of: {', '.join(EXPERIMENTS)}")
+    p.add_argument("--profile", default="standard",
+                   help="quick (CI-sized, minutes), standard (default: full MNIST training), full (the paper's scale)")
+    p.add_argument("--n-attack", type=int, default=None, metavar="N", help="images attacked per model (overrides the profile)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="output folder (default runs/<experiment>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (stage lines are still printed)")
+    add_device(p)
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.experiment not in EXPERIMENTS:
+        raise SpecError(f"unknown experiment {args.experiment!r}; choose one of {', '.join(EXPERIMENTS)}.")
+    try:
+        module = importlib.import_module(EXPERIMENTS[args.experiment])
+    except ModuleNotFoundError as exc:
+        raise SpecError(f"experiment {args.experiment!r} is not available in this version.") from exc
+    out = Path(args.out or f"runs/{args.experiment}")
+    print(f"blindspots reproduce {args.experiment} --profile {args.profile} -> {out}")
+    results = module.reproduce(out, args.profile, seed=args.seed, n_attack=args.n_attack, device=args.device,
+                               progress=not args.no_progress)
+    print()
+    print(module.terminal_summary(results))
+    print(f"\nReport: {out / 'report.html'} (also report.md; raw numbers in results.json)")
+    return 0
