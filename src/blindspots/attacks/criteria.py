@@ -1,0 +1,135 @@
+"""What counts as adversarial: small criterion objects handed to an attack (Foolbox style).
+
+Targeted vs untargeted is data given to the attack, not a flag on it. A criterion holds one label or
+target per image and answers `is_adversarial(logits)` for a batch of logits [N, C].
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+from ..errors import InputError
+
+
+def _as_labels(values: object, name: str) -> Tensor:
+    if not isinstance(values, Tensor):
+        try:
+            values = torch.as_tensor(values)
+        except (TypeError, ValueError, RuntimeError):
+            raise InputError(f"{name} must be a 1-D integer tensor (one class index per image), got "
+                             f"{type(values).__name__}.") from None
+    if values.dtype.is_floating_point or values.dtype.is_complex or values.dtype == torch.bool:
+        raise InputError(f"{name} must hold integer class indices, got dtype {values.dtype}; "
+                         f"convert with .long().")
+    if values.dim() != 1:
+        raise InputError(f"{name} must be 1-D (one class index per image), got shape {tuple(values.shape)}.")
+    return values.long()
+
+
+class Criterion(ABC):
+    """One class index per image; `is_adversarial(logits)` -> BoolTensor [N] (or [..., N] for [..., N, C])."""
+
+    labels: Tensor | None
+    targets: Tensor | None
+
+    @abstractmethod
+    def is_adversarial(self, logits: Tensor) -> Tensor: ...
+
+    @abstractmethod
+    def subset(self, index: Tensor | slice) -> Criterion:
+        """The criterion restricted to some images (for batching)."""
+
+    @abstractmethod
+    def to(self, device: torch.device | str) -> Criterion: ...
+
+    @property
+    def targeted(self) -> bool:
+        return self.targets is not None
+
+    def __len__(self) -> int:
+        ref = self.targets if self.targets is not None else self.labels
+        assert ref is not None
+        return int(ref.shape[0])
+
+    def validate(self, n_images: int, n_classes: int) -> None:
+        """Raise InputError unless there is one in-range index per image (and targets differ from labels)."""
+        for name, values in (("labels", self.labels), ("targets", self.targets)):
+            if values is None:
+                continue
+            if values.shape[0] != n_images:
+                raise InputError(f"{type(self).__name__} has {values.shape[0]} {name} for {n_images} images; "
+                                 f"pass one per image.")
+            if values.numel() and (int(values.min()) < 0 or int(values.max()) >= n_classes):
+                raise InputError(f"{name} must lie in 0..{n_classes - 1} (the model has {n_classes} outputs), "
+                                 f"got values in {int(values.min())}..{int(values.max())}.")
+        if self.labels is not None and self.targets is not None:
+            same = (self.labels == self.targets).nonzero().flatten()
+            if same.numel():
+                raise InputError(f"{same.numel()} target(s) equal the true label (first at index {int(same[0])}); "
+                                 f"a targeted attack needs a different class: use random_targets(labels, seed).")
+
+
+class Misclassification(Criterion):
+    """Adversarial when the predicted class differs from the true label."""
+
+    def __init__(self, labels: Tensor) -> None:
+        self.labels = _as_labels(labels, "labels")
+        self.targets = None
+
+    def is_adversarial(self, logits: Tensor) -> Tensor:
+        assert self.labels is not None
+        return logits.argmax(dim=-1) != self.labels.to(logits.device)
+
+    def subset(self, index: Tensor | slice) -> Misclassification:
+        assert self.labels is not None
+        return Misclassification(self.labels[index])
+
+    def to(self, device: torch.device | str) -> Misclassification:
+        assert self.labels is not None
+        return Misclassification(self.labels.to(device))
+
+    def __repr__(self) -> str:
+        return f"Misclassification(n={len(self)})"
+
+
+class TargetedMisclassification(Criterion):
+    """Adversarial when the predicted class equals the target; `labels` (optional) are checked to differ."""
+
+    def __init__(self, targets: Tensor, labels: Tensor | None = None) -> None:
+        self.targets = _as_labels(targets, "targets")
+        self.labels = None if labels is None else _as_labels(labels, "labels")
+        if self.labels is not None and self.labels.shape != self.targets.shape:
+            raise InputError(f"targets {tuple(self.targets.shape)} and labels {tuple(self.labels.shape)} must "
+                             f"have the same length.")
+
+    def is_adversarial(self, logits: Tensor) -> Tensor:
+        assert self.targets is not None
+        return logits.argmax(dim=-1) == self.targets.to(logits.device)
+
+    def subset(self, index: Tensor | slice) -> TargetedMisclassification:
+        assert self.targets is not None
+        return TargetedMisclassification(self.targets[index], None if self.labels is None else self.labels[index])
+
+    def to(self, device: torch.device | str) -> TargetedMisclassification:
+        assert self.targets is not None
+        return TargetedMisclassification(self.targets.to(device),
+                                         None if self.labels is None else self.labels.to(device))
+
+    def __repr__(self) -> str:
+        return f"TargetedMisclassification(n={len(self)})"
+
+
+def random_targets(labels: Tensor, seed: int, n_classes: int = 10) -> Tensor:
+    """A seeded target per image, uniform over the n_classes - 1 classes other than its label."""
+    labels = _as_labels(labels, "labels")
+    if n_classes < 2:
+        raise InputError(f"n_classes must be at least 2 to draw a target other than the label, got {n_classes}.")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
+        raise InputError(f"labels must lie in 0..{n_classes - 1}, got values in "
+                         f"{int(labels.min())}..{int(labels.max())}.")
+    gen = torch.Generator().manual_seed(int(seed))
+    offset = torch.randint(1, n_classes, labels.shape, generator=gen)
+    return ((labels.cpu() + offset) % n_classes).to(labels.device)
