@@ -15,6 +15,7 @@ from .. import __version__
 from ..data import SPLITS, load_mnist
 from ..errors import CheckpointError, SpecError
 from ..io import stable_hash
+from .adversarial import Objective
 from .checkpoint import checkpoint_name, load_checkpoint, models_dir, read_meta, save_checkpoint
 from .spec import ModelSpec, parse_spec
 from .train import default_recipe, error_rate, fit, recipe_dict
@@ -35,12 +36,17 @@ class TrainedModel:
         return parse_spec(self.meta["spec"])
 
 
-def _stem(folder: Path, s: ModelSpec, split: str, seed: int, epochs: int | None, train_subset: int | None) -> Path:
-    """Checkpoint path; the name carries a hash of the recipe, so a changed recipe never reuses old weights."""
+def _stem(folder: Path, s: ModelSpec, split: str, seed: int, epochs: int | None, train_subset: int | None,
+          objective: Objective | None = None) -> Path:
+    """Checkpoint path; the name carries a hash of the recipe, so a changed recipe never reuses old weights
+    (and, for a training objective other than plain J, its tag: MAXOUT__train__s0__r<hash>__fgsm-e0p25-a0p5)."""
     recipe = default_recipe(s)
     if epochs is not None:
         recipe = replace(recipe, epochs=epochs)
-    key = stable_hash(recipe_dict(recipe), 8)
+    hashed = recipe_dict(recipe) if objective is None else {**recipe_dict(recipe), "objective": objective.as_dict()}
+    key = stable_hash(hashed, 8)
+    if objective is not None:
+        key = f"{key}__{objective.slug}"
     return folder / checkpoint_name(s, split, seed, epochs, train_subset, key)
 
 
@@ -53,23 +59,26 @@ def _check_split(split: str) -> None:
 def train(spec: str | ModelSpec, *, split: str = "train", seed: int = 0, epochs: int | None = None,
           train_subset: int | None = None, dataset: str = "mnist", device: str | torch.device = "cpu",
           force: bool = False, progress: bool = True, data_dir: str | None = None,
-          store: Path | None = None) -> TrainedModel:
-    """Train `spec` (or reuse the stored checkpoint made with the same arguments) and save it atomically."""
+          store: Path | None = None, objective: Objective | None = None) -> TrainedModel:
+    """Train `spec` (or reuse the stored checkpoint made with the same arguments) and save it atomically.
+
+    `objective`: adversarial training or a noise control (models.adversarial.Objective) instead of plain J."""
     s = parse_spec(spec)
     _check_split(split)
     folder = store or models_dir() / ("" if dataset == "mnist" else dataset)
-    stem = _stem(folder, s, split, seed, epochs, train_subset)
+    stem = _stem(folder, s, split, seed, epochs, train_subset, objective)
     if not force and stem.with_suffix(".json").exists():
         model, meta = load_checkpoint(stem, s, device)
         return TrainedModel(model, meta, stem.with_suffix(".safetensors"))
     data = load_mnist(split, dataset=dataset, subset=train_subset, data_dir=data_dir)
     test = load_mnist("test", dataset=dataset, data_dir=data_dir)
     t0 = time.perf_counter()
-    model, recipe = fit(s, data, seed=seed, epochs=epochs, device=device, progress=progress)
+    model, recipe = fit(s, data, seed=seed, epochs=epochs, device=device, progress=progress, objective=objective)
     wall = time.perf_counter() - t0
     meta = {
         "spec": s.name, "dataset": dataset, "split": split, "seed": seed, "train_subset": train_subset,
         "epochs": recipe.epochs, "recipe": recipe_dict(recipe),
+        "objective": None if objective is None else {**objective.as_dict(), "description": objective.describe()},
         "train_error": error_rate(model, data), "test_error": error_rate(model, test),
         "n_train": len(data), "data_md5": {**data.checksums, **test.checksums},
         "package_version": __version__, "torch_version": torch.__version__,
@@ -81,12 +90,12 @@ def train(spec: str | ModelSpec, *, split: str = "train", seed: int = 0, epochs:
 
 def load_model(spec: str | ModelSpec, *, split: str = "train", seed: int = 0, epochs: int | None = None,
                train_subset: int | None = None, dataset: str = "mnist", device: str | torch.device = "cpu",
-               store: Path | None = None) -> TrainedModel:
+               store: Path | None = None, objective: Objective | None = None) -> TrainedModel:
     """The stored model trained with these arguments; a clear error if it was never trained."""
     s = parse_spec(spec)
     _check_split(split)
     folder = store or models_dir() / ("" if dataset == "mnist" else dataset)
-    stem = _stem(folder, s, split, seed, epochs, train_subset)
+    stem = _stem(folder, s, split, seed, epochs, train_subset, objective)
     if not stem.with_suffix(".json").exists():
         raise CheckpointError(f"{s.name} on split {split} (seed {seed}) has not been trained yet; run "
                               f"`blindspots train '{s.name}' --split {split} --seed {seed}` first.")

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..data import ImageSet, load_mnist
 from .spec import ModelSpec, parse_spec
-from .zoo import build_model
+from .zoo import build_model, one_vs_rest_nll
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,8 @@ def default_recipe(spec: str | ModelSpec) -> Recipe:
                       note="dropout 0.2 input / 0.5 hidden, max-norm 3.5, SGD + Nesterov momentum, cosine lr")
     lam = 0.0 if s.weight_decay is None else s.weight_decay
     return Recipe("sgd", epochs=20, weight_decay=lam, lr=0.05, batch_size=100,
-                  note="one Gaussian unit per class, trained with softmax cross-entropy on its log-outputs")
+                  note=("one Gaussian unit per class with independent outputs p_k = exp(logit_k), trained with "
+                        "their one-vs-rest likelihood (models.zoo.one_vs_rest_nll)"))
 
 
 def decay_penalty(model: nn.Module, lam: float) -> torch.Tensor:
@@ -100,7 +101,7 @@ def error_rate(model: nn.Module, data: ImageSet) -> float:
 
 def _sgd_epochs(model: nn.Module, params: list[nn.Parameter], x: torch.Tensor, y: torch.Tensor,
                 recipe: Recipe, epochs: int, gen: torch.Generator, device: torch.device,
-                desc: str, progress: bool, loss_fn: Any = None) -> None:
+                desc: str, progress: bool, loss_fn: Any = None, objective: Any = None) -> None:
     opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=True)
     n = x.shape[0]
     steps_per_epoch = math.ceil(n / recipe.batch_size)
@@ -115,9 +116,12 @@ def _sgd_epochs(model: nn.Module, params: list[nn.Parameter], x: torch.Tensor, y
             xb, yb = x[idx].to(device), y[idx].to(device)
             for group in opt.param_groups:
                 group["lr"] = recipe.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            out = model(xb)
-            loss = (loss_fn or F.cross_entropy)(out, yb) + decay_penalty(model, recipe.weight_decay).to(device)
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)  # before the loss: an objective may back-propagate a part itself
+            if objective is None:
+                data_loss = (loss_fn or F.cross_entropy)(model(xb), yb)
+            else:
+                data_loss = objective.loss(model, xb, yb, loss_fn or F.cross_entropy, gen)
+            loss = data_loss + decay_penalty(model, recipe.weight_decay).to(device)
             loss.backward()
             opt.step()
             if recipe.max_norm is not None:
@@ -188,10 +192,18 @@ def _pretrain_autoencoder(model: nn.Sequential, x: torch.Tensor, recipe: Recipe,
         p.requires_grad_(False)
 
 
+def training_loss(spec: str | ModelSpec) -> Any:
+    """J of a family: softmax cross-entropy, except the RBF net's independent one-vs-rest units."""
+    return one_vs_rest_nll if parse_spec(spec).kind == "rbf" else F.cross_entropy
+
+
 def fit(spec: str | ModelSpec, data: ImageSet, *, seed: int = 0, epochs: int | None = None,
         device: str | torch.device = "cpu", progress: bool = True,
-        recipe: Recipe | None = None) -> tuple[nn.Sequential, Recipe]:
-    """Train a fresh model of `spec` on `data`; same seed and data give the same weights (on CPU)."""
+        recipe: Recipe | None = None, objective: Any = None) -> tuple[nn.Sequential, Recipe]:
+    """Train a fresh model of `spec` on `data`; same seed and data give the same weights (on CPU).
+
+    `objective` (a models.adversarial.Objective) replaces the loss J by an adversarial-training or
+    noise-control objective built on J (SGD recipes only)."""
     s = parse_spec(spec)
     recipe = recipe or default_recipe(s)
     if epochs is not None:
@@ -206,10 +218,13 @@ def fit(spec: str | ModelSpec, data: ImageSet, *, seed: int = 0, epochs: int | N
     if s.kind == "ae":
         _pretrain_autoencoder(model, x, recipe, gen, device, progress)
     if recipe.optimizer == "lbfgs":
+        if objective is not None:
+            raise ValueError(f"{s.name} is trained by full-batch L-BFGS; a training objective needs an SGD recipe.")
         _lbfgs(model, x, y, recipe, device, s.name, progress)
     else:
         params = [p for p in model.parameters() if p.requires_grad]
-        _sgd_epochs(model, params, x, y, recipe, recipe.epochs, gen, device, s.name, progress)
+        _sgd_epochs(model, params, x, y, recipe, recipe.epochs, gen, device, s.name, progress,
+                    loss_fn=training_loss(s), objective=objective)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)

@@ -44,8 +44,50 @@ class RBFLayer(nn.Module):
         self.log_beta = nn.Parameter(torch.full((classes, in_features), -3.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        diff = x.unsqueeze(1) - self.centers  # [N, C, D]
-        return -(diff.square() * self.log_beta.exp()).sum(dim=-1)
+        beta = self.log_beta.exp()
+        # -sum_i beta (x - mu)^2 expanded into matrix products: no [N, C, D] intermediate
+        quad = x.square() @ beta.T - 2 * x @ (beta * self.centers).T + (beta * self.centers.square()).sum(1)
+        return -quad.clamp(min=0)
+
+
+def one_vs_rest_nll(log_outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over images of -sum_k [y_k log p_k + (1 - y_k) log(1 - p_k)] with p_k = exp(log_outputs_k).
+
+    The training cost of Goodfellow's RBF net, whose units are independent "is it class k?" outputs
+    (not a softmax): each unit is pushed towards 1 on its class and towards 0 elsewhere.
+    """
+    log_p = log_outputs.clamp(max=-1e-7)
+    log_not_p = torch.log(-torch.expm1(log_p))
+    on = nn.functional.one_hot(labels, log_outputs.shape[-1]).to(log_p.dtype)
+    return -(on * log_p + (1 - on) * log_not_p).sum(dim=-1).mean()
+
+
+class BinaryLogistic(nn.Module):
+    """Logistic regression with one logit z = w·x + b; p(positive class | x) = sigmoid(z).
+
+    Goodfellow et al.'s 3-versus-7 model (section 5): 3 is the negative class (y = -1), 7 the positive.
+    """
+
+    def __init__(self, in_features: int = N_PIXELS) -> None:
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.linear = nn.Linear(in_features, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.flatten(x)).squeeze(-1)
+
+
+class TwoClassLogits(nn.Module):
+    """Logits [0, z] of a one-logit model: their softmax is [1 - sigmoid(z), sigmoid(z)], so cross-entropy
+    on them is exactly the logistic loss and any multi-class attack applies unchanged."""
+
+    def __init__(self, binary: nn.Module) -> None:
+        super().__init__()
+        self.binary = binary
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.binary(x)
+        return torch.stack([torch.zeros_like(z), z], dim=-1)
 
 
 def _fc(hidden: tuple[int, ...]) -> nn.Sequential:
