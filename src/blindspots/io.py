@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -52,8 +53,20 @@ def write_text_atomic(target: str | os.PathLike[str], text: str) -> Path:
     return write_atomic(target, lambda p: p.write_text(text, encoding="utf-8"))
 
 
-def write_json_atomic(target: str | os.PathLike[str], obj: Any) -> Path:
-    return write_text_atomic(target, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+def write_json_atomic(target: str | os.PathLike[str], obj: Any, sort_keys: bool = True) -> Path:
+    """Strict JSON (NaN and infinities become null), written atomically."""
+    text = json.dumps(_finite(obj), indent=2, sort_keys=sort_keys, default=_json_default, allow_nan=False)
+    return write_text_atomic(target, text + "\n")
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _json_default(o: Any) -> Any:
