@@ -68,35 +68,41 @@ def check_images(images: object, name: str = "images") -> Tensor:
                          f"{tuple(images.shape)}; add a batch dimension with images.unsqueeze(0).")
     if images.shape[0] == 0:
         raise InputError(f"{name} is an empty batch (shape {tuple(images.shape)}); pass at least one image.")
-    if not bool(torch.isfinite(images).all()):
-        bad = int((~torch.isfinite(images)).flatten(1).any(1).sum())
-        raise InputError(f"{name} contain NaN or infinite values in {bad} image(s); clean the data first.")
-    lo, hi = float(images.min()), float(images.max())
-    if lo < 0 or hi > 1:
+    lo, hi = (float(v) for v in torch.aminmax(images.detach()))
+    if not (lo >= 0 and hi <= 1):  # also catches NaN, for which every comparison is False
+        if not bool(torch.isfinite(images).all()):
+            bad = int((~torch.isfinite(images)).flatten(1).any(1).sum())
+            raise InputError(f"{name} contain NaN or infinite values in {bad} image(s); clean the data first.")
         raise InputError(f"{name} must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; attacks work on raw "
                          f"pixels in [0, 1]: put any normalisation inside the model.")
     return images
 
 
-def prepare(model: nn.Module, images: object, criterion: Criterion | None,
-            batch_size: int = 2000) -> tuple[Tensor, Criterion | None, Tensor]:
+CACHE_ELEMENTS = 1 << 18  # floats per chunk of x_adv − x: 1 MiB, inside a core's L2
+PROBE = 16  # images run through the model to validate inputs when the caller needs no clean logits
+
+
+def prepare(model: nn.Module, images: object, criterion: Criterion | None, batch_size: int = 2000, *,
+            clean_logits: bool = True) -> tuple[Tensor, Criterion | None, Tensor]:
     """Validate inputs; return the images on the model's device and dtype, the criterion there, and the
-    clean logits (computed in eval mode; call inside `attack_mode`)."""
+    clean logits (computed in eval mode; call inside `attack_mode`). With clean_logits=False only the
+    first PROBE images are run (to check the model accepts them) and their logits are returned."""
     images = check_images(images)
     if criterion is not None and not isinstance(criterion, Criterion):
         raise InputError(f"criterion must be Misclassification(labels) or TargetedMisclassification(targets), "
                          f"got {type(criterion).__name__}.")
     device, dtype = model_device_dtype(model)
     x = images.detach().to(device=device, dtype=dtype)
+    probe = x if clean_logits else x[:PROBE]
     try:
-        logits = logits_of(model, x, batch_size)
+        logits = logits_of(model, probe, batch_size)
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"the model rejects images of shape {tuple(images.shape)} ({first}); pass the shape it "
                          f"was built for, e.g. [N, 1, 28, 28] for the MNIST zoo.") from None
-    if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+    if logits.dim() != 2 or logits.shape[0] != probe.shape[0]:
         raise InputError(f"the model must return logits [N, classes]; it returned shape {tuple(logits.shape)} "
-                         f"for {x.shape[0]} images.")
+                         f"for {probe.shape[0]} images.")
     if not bool(torch.isfinite(logits).all()):
         raise InputError("the model returns NaN or infinite logits on these images; check the model and inputs.")
     probs_like = bool((logits >= 0).all() and (logits <= 1).all()
@@ -111,14 +117,23 @@ def prepare(model: nn.Module, images: object, criterion: Criterion | None,
     return x, criterion, logits
 
 
-def distortions(x: Tensor, x_adv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(RMS, L2, L∞) of x_adv − x per sample; x_adv may carry leading budget dimensions [K, N, ...]."""
-    r = (x_adv - x).flatten(start_dim=x_adv.dim() - x.dim() + 1)
-    r = r.double()
-    l2 = r.norm(dim=-1)
-    rms = l2 / math.sqrt(r.shape[-1])
-    linf = r.abs().amax(dim=-1)
-    return rms.float(), l2.float(), linf.float()
+def distortions(x: Tensor, x_adv: Tensor, workspace: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(RMS, L2, L∞) of x_adv − x per sample; x_adv may carry a leading budget dimension [K, N, ...].
+    `workspace` (at least x.numel() elements of x's dtype) is reused for x_adv − x if given."""
+    flat_x = x.reshape(x.shape[0], -1)
+    adv = x_adv.reshape(-1, *flat_x.shape)  # [K, N, D], K = 1 for a minimal result
+    # one budget at a time: no [K, N, D] temporary
+    buf = torch.empty_like(flat_x) if workspace is None else workspace.view(-1)[: flat_x.numel()].view_as(flat_x)
+    l2 = torch.empty(adv.shape[:2], device=x.device)
+    linf = torch.empty_like(l2)
+    rows = max(1, CACHE_ELEMENTS // max(flat_x.shape[1], 1))  # r stays in cache for its three reductions
+    for k in range(adv.shape[0]):
+        for i in range(0, flat_x.shape[0], rows):
+            r = torch.sub(adv[k, i:i + rows], flat_x[i:i + rows], out=buf[i:i + rows])
+            l2[k, i:i + rows] = torch.linalg.vector_norm(r, dim=-1, dtype=torch.float32)
+            linf[k, i:i + rows] = r.abs_().amax(dim=-1)
+    shape = x_adv.shape[: x_adv.dim() - x.dim() + 1]
+    return (l2 / math.sqrt(flat_x.shape[1])).view(shape), l2.view(shape), linf.view(shape)
 
 
 @torch.no_grad()
@@ -139,7 +154,8 @@ def evaluate(model: nn.Module, x_adv: Tensor, criterion: Criterion, *, per_budge
         logits = logits_of(model, flat, batch_size)
     logits = logits.reshape(*lead, logits.shape[-1])
     success = criterion.to(device).is_adversarial(logits)
-    confidence, pred = logits.float().softmax(dim=-1).max(dim=-1)
+    top, pred = logits.max(dim=-1)
+    confidence = (top - logits.logsumexp(dim=-1)).exp_().float()  # softmax probability of the top class
     return success, pred, confidence
 
 
@@ -288,18 +304,29 @@ def check_budgets(budgets: Sequence[float] | float, name: str = "budgets") -> tu
         raise InputError(str(exc).replace("budgets", name, 1)) from None
 
 
+Measures = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]  # success, pred, confidence, RMS, L2, L∞
+
+
+def measure(model: nn.Module, x: Tensor, x_adv: Tensor, criterion: Criterion, *, per_budget: bool = False,
+            batch_size: int = 2000, workspace: Tensor | None = None) -> Measures:
+    """Every per-sample field of a result: a fresh forward pass on x_adv, and its distortions from x."""
+    success, pred, confidence = evaluate(model, x_adv, criterion, per_budget=per_budget, batch_size=batch_size)
+    return (success, pred, confidence, *distortions(x, x_adv, workspace))
+
+
 def build_result(model: nn.Module, x: Tensor, x_adv: Tensor, criterion: Criterion, *, attack: str,
                  params: dict[str, Any], wall_time: float, budgets: tuple[float, ...] | None = None,
-                 extras: dict[str, Tensor] | None = None, batch_size: int = 2000) -> AttackResult:
-    """Assemble an AttackResult, re-verifying every x_adv with a fresh forward pass."""
-    success, pred, confidence = evaluate(model, x_adv, criterion, per_budget=budgets is not None,
-                                         batch_size=batch_size)
-    rms, l2, linf = distortions(x, x_adv)
+                 extras: dict[str, Tensor] | None = None, batch_size: int = 2000,
+                 measures: Measures | None = None) -> AttackResult:
+    """Assemble an AttackResult, re-verifying every x_adv with a fresh forward pass (`measure`); an attack
+    that already ran `measure` on its final x_adv, chunk by chunk, may pass the measures instead."""
+    if measures is None:
+        measures = measure(model, x, x_adv, criterion, per_budget=budgets is not None, batch_size=batch_size)
+    success, pred, confidence, rms, l2, linf = (t.to(x.device) for t in measures)
     n = x.shape[0]
     labels = criterion.labels if criterion.labels is not None else torch.full((n,), -1, dtype=torch.long)
     targets = criterion.targets if criterion.targets is not None else torch.full((n,), -1, dtype=torch.long)
-    dev = x.device
-    return AttackResult(x=x.detach(), x_adv=x_adv.detach(), success=success.to(dev), labels=labels.to(dev),
-                        targets=targets.to(dev), pred=pred.to(dev), confidence=confidence.to(dev),
-                        distortion=rms.to(dev), l2=l2.to(dev), linf=linf.to(dev), budgets=budgets,
-                        extras=dict(extras or {}), attack=attack, params=params, wall_time=wall_time)
+    return AttackResult(x=x.detach(), x_adv=x_adv.detach(), success=success, labels=labels.to(x.device),
+                        targets=targets.to(x.device), pred=pred, confidence=confidence, distortion=rms, l2=l2,
+                        linf=linf, budgets=budgets, extras=dict(extras or {}), attack=attack, params=params,
+                        wall_time=wall_time)

@@ -15,53 +15,65 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..errors import InputError
 from .base import (AttackResult, attack_mode, build_result, check_budgets, check_int, check_positive, logits_of,
-                   prepare)
+                   measure, prepare)
 from .criteria import Criterion
+
+
+def _loss(logits: Tensor, criterion: Criterion) -> Tensor:
+    """Summed per-sample loss whose gradient sign is the FGSM step: J(y), or −J(t) when targeted."""
+    if criterion.targets is not None:
+        return -F.cross_entropy(logits, criterion.targets, reduction="sum")
+    assert criterion.labels is not None
+    return F.cross_entropy(logits, criterion.labels, reduction="sum")
+
+
+def _batch_sign(model: nn.Module, xb: Tensor, criterion: Criterion) -> Tensor:
+    xb = xb.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(xb)
+        (grad,) = torch.autograd.grad(_loss(logits, criterion), xb)
+    if not bool(torch.isfinite(logits).all()):
+        raise InputError("the model returns NaN or infinite logits on these images; check the model and inputs.")
+    return grad.sign_()
 
 
 def gradient_sign(model: nn.Module, x: Tensor, criterion: Criterion, batch_size: int = 1000) -> Tensor:
     """The FGSM step direction: sign(∇J(y)) untargeted, −sign(∇J(t)) targeted (call in attack_mode)."""
-    out = torch.empty_like(x)
-    for i in range(0, x.shape[0], batch_size):
-        xb = x[i:i + batch_size].detach().requires_grad_(True)
-        crit = criterion.subset(slice(i, i + batch_size))
-        with torch.enable_grad():
-            logits = model(xb)
-            if crit.targets is not None:
-                loss = -F.cross_entropy(logits, crit.targets, reduction="sum")
-            else:
-                assert crit.labels is not None
-                loss = F.cross_entropy(logits, crit.labels, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, xb)
-        out[i:i + batch_size] = grad.sign()
-    return out
-
-
-def _signed_step(model: nn.Module, images: Tensor, criterion: Criterion,
-                 batch_size: int) -> tuple[Tensor, Criterion, Tensor, Tensor]:
-    """Validated (x, criterion, clean logits, FGSM step direction); call inside attack_mode."""
-    x, crit, clean_logits = prepare(model, images, criterion, batch_size)
-    assert crit is not None
-    return x, crit, clean_logits, gradient_sign(model, x, crit, batch_size)
+    return torch.cat([_batch_sign(model, x[i:i + batch_size], criterion.subset(slice(i, i + batch_size)))
+                      for i in range(0, x.shape[0], batch_size)])
 
 
 def fgsm(model: nn.Module, images: Tensor, criterion: Criterion, epsilons: Sequence[float], *,
          batch_size: int = 1000) -> AttackResult:
     """FGSM at each ε: a fixed-budget result with x_adv [K, N, ...] and success [K, N].
 
-    result.error_rate() and result.mean_wrong_confidence() are Goodfellow's two metrics.
+    Works batch by batch: one forward+backward gives the sign, then each ε's images are made and checked
+    by a fresh forward pass while they are still in cache. result.error_rate() and
+    result.mean_wrong_confidence() are Goodfellow's two metrics.
     """
     eps = check_budgets(epsilons, "epsilons")
     check_int("batch_size", batch_size)
     t0 = time.perf_counter()
     with attack_mode(model):
-        x, crit, _, step = _signed_step(model, images, criterion, batch_size)
-        e = torch.tensor(eps, device=x.device, dtype=x.dtype).view(-1, *([1] * x.dim()))
-        x_adv = (x.unsqueeze(0) + e * step.unsqueeze(0)).clamp_(0, 1)
+        x, crit, _ = prepare(model, images, criterion, batch_size, clean_logits=False)
+        assert crit is not None
+        x_adv = torch.empty((len(eps), *x.shape), device=x.device, dtype=x.dtype)
+        parts: list[list[list[Tensor]]] = [[[] for _ in eps] for _ in range(6)]  # [field][budget][batch]
+        workspace = torch.empty_like(x[:batch_size])
+        for i in range(0, x.shape[0], batch_size):
+            sl = slice(i, i + batch_size)
+            xb, cb = x[sl], crit.subset(sl)
+            step = _batch_sign(model, xb, cb)
+            for j, e in enumerate(eps):
+                adv = torch.add(xb, step, alpha=e, out=x_adv[j, sl]).clamp_(0, 1)
+                for field, t in zip(parts, measure(model, xb, adv, cb, batch_size=batch_size, workspace=workspace)):
+                    field[j].append(t)
+    measures = tuple(torch.stack([torch.cat(per_batch) for per_batch in field]) for field in parts)
     params = {"epsilons": list(eps), "loss": "cross-entropy", "targeted": crit.targets is not None}
     return build_result(model, x, x_adv, crit, attack="fgsm", params=params, budgets=eps,
-                        wall_time=time.perf_counter() - t0, batch_size=batch_size)
+                        wall_time=time.perf_counter() - t0, measures=measures)  # type: ignore[arg-type]
 
 
 def fgsm_min_epsilon(model: nn.Module, images: Tensor, criterion: Criterion, *, eps_max: float = 1.0,
@@ -78,7 +90,9 @@ def fgsm_min_epsilon(model: nn.Module, images: Tensor, criterion: Criterion, *, 
     check_int("batch_size", batch_size)
     t0 = time.perf_counter()
     with attack_mode(model):
-        x, crit, clean_logits, step = _signed_step(model, images, criterion, batch_size)
+        x, crit, clean_logits = prepare(model, images, criterion, batch_size)
+        assert crit is not None
+        step = gradient_sign(model, x, crit, batch_size)
         n = x.shape[0]
         view = (-1, *([1] * (x.dim() - 1)))
 
