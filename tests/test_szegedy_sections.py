@@ -1,0 +1,139 @@
+"""The §3, §4.3 and §4.2 report sections end to end on real MNIST at a tiny size: tables with computed verdicts,
+figures inside the report folder, the product bound against the saved pairs, the §4.2 numbers recomputed from the
+saved checkpoints, pairs handed in by path or as tensors, and a resume that recomputes nothing."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from blindspots.analysis import empirical_ratio, lipschitz_bound
+from blindspots.attacks import load_adversarial
+from blindspots.data import load_mnist
+from blindspots.experiments.stages import StageRunner
+from blindspots.experiments.szegedy_sections import (SIZES, adversarial_training_section, sizes_for,
+                                                     spectral_section, units_section)
+from blindspots.models import error_rate, train
+from blindspots.models.adversarial_pool import PoolConfig
+from blindspots.models.checkpoint import load_checkpoint
+from blindspots.report.document import Report, to_markdown
+
+# smaller than the "quick" preset, to keep the suite short; the FC nets get past their initial plateau
+TINY = replace(SIZES["quick"], name="tiny", train_subset=1000, epochs=12, cnn_train_subset=1000, cnn_epochs=1,
+               unit_images=1000, n_directions=10, n_pairs=12, pool_train_subset=1000, pool_epochs=12,
+               pool=PoolConfig(layers=("input", "act2"), refresh_every=24, attack_size=32, capacity=500,
+                               search_steps=1, max_iter=20),
+               n_robust=20, lbfgs={"search_steps": 2, "max_iter": 30})
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Iterator[dict]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # small dense algebra: one thread is far faster on a shared machine
+    out = tmp_path_factory.mktemp("sections")
+    runner = StageRunner(out, announce=lambda s: None)
+    units = units_section(runner, TINY, store=model_store)
+    spectral = spectral_section(runner, TINY, store=model_store)
+    pool = adversarial_training_section(runner, TINY)
+    yield {"out": out, "runner": runner, "units": units, "spectral": spectral, "pool": pool, "store": model_store}
+    torch.set_num_threads(before)
+
+
+def test_units_section(run: dict) -> None:
+    results, section = run["units"]
+    records = results["layers"]
+    assert list(records) == ["CNN relu3", "FC100-100-10 act1", "FC100-100-10 act2"]
+    (table,) = section.tables
+    assert len(table.rows) == 3 and "of 3 layers" in table.verdict
+    n_apart = sum(r["told_apart"] for r in records.values())
+    assert f"can be told apart (Mann–Whitney, α = 0.05 Bonferroni over 2 measures) in {n_apart} of 3" in table.verdict
+    for r in records.values():
+        assert r["told_apart"] == any(r["tests"][m]["mannwhitney_p"] < 0.025 for m in ("purity", "coherence"))
+        assert r["n_images"] == 1000 and r["k"] == 8
+    assert len(section.figures) == 3
+    for fig in section.figures:
+        assert not fig.path.is_absolute() and (run["out"] / fig.path).read_bytes()[:4] == b"\x89PNG"
+    json.dumps(results)
+
+
+def test_spectral_section_and_the_bound_on_the_saved_pairs(run: dict) -> None:
+    results, section = run["spectral"]
+    models = results["models"]
+    assert list(models) == ["CNN", "FC100-100-10", "FC200-200-10", "FC10(1e-4)"]
+    summary, *per_model, alexnet = section.tables
+    assert len(per_model) == 4 and "DIFFERENT model" in alexnet.caption and alexnet.rows[-1][0] == "product"
+    assert "holds on every pair of every model" in summary.verdict and "loose" in summary.verdict
+    stages = run["out"] / "stages"
+    for spec, r in models.items():
+        assert r["product"] == pytest.approx(math.prod(b["bound"] for b in r["layers"]))
+        tm = train(spec, seed=0, train_subset=TINY.cnn_train_subset if spec == "CNN" else TINY.train_subset,
+                   epochs=TINY.cnn_epochs if spec == "CNN" else TINY.epochs, progress=False, store=run["store"])
+        assert lipschitz_bound(tm.model, (1, 28, 28)) == pytest.approx(r["product"], rel=1e-6)
+        (pairs_file,) = stages.glob(f"bound_pairs_{spec.replace('(', '_').replace(')', '_')}-*/adversarial.safetensors")
+        t = load_adversarial(pairs_file)
+        ok = t["success"] & ((t["x_adv"] - t["x"]).flatten(1).norm(dim=1) > 0)
+        assert int(ok.sum()) == r["check"]["pairs"] > 0
+        ratios = empirical_ratio(tm.model, t["x"][ok], t["x_adv"][ok])
+        assert float(ratios.max()) <= r["product"] and float(ratios.max()) == pytest.approx(r["check"]["ratio_max"])
+        c = r["check"]
+        assert c["holds"] and c["looseness_vs_ratio"] >= 1 and c["looseness_vs_local"] >= 1 - 1e-9
+        if c["adv_over_certified_min"] is not None:
+            assert c["adv_over_certified_min"] >= 1  # nothing flips inside the certified radius
+    linear = models["FC10(1e-4)"]["check"]  # softmax regression: the bound is exact, ‖J‖ = σ_max(W) everywhere
+    assert linear["local_jacobian_max"] == pytest.approx(models["FC10(1e-4)"]["product"], rel=1e-5)
+
+
+def test_pairs_handed_in_by_path_or_tensors_reuse_the_same_stage(run: dict) -> None:
+    runner = StageRunner(run["out"], announce=lambda s: None)
+    stages = run["out"] / "stages"
+    (path,) = stages.glob("bound_pairs_FC100-100-10-*/adversarial.safetensors")
+    t = load_adversarial(path)
+    for pairs in ({"FC100-100-10": path}, {"FC100-100-10": (t["x"], t["x_adv"], t["success"])}):
+        results, _ = spectral_section(runner, TINY, pairs=pairs, store=run["store"])
+        assert results["models"]["FC100-100-10"]["pairs_source"] == "handed in"
+    assert all(r.status == "cached" for r in runner.log if r.name.startswith("bounds"))
+    with pytest.raises(KeyError, match="FC10\\(1\\)"):
+        spectral_section(runner, TINY, pairs={"FC10(1)": path}, store=run["store"])
+
+
+def test_adversarial_training_section(run: dict) -> None:
+    results, section = run["pool"]
+    wd, adv, ev = results["weight decay"], results["weight decay + adversarial pool"], results["evaluation"]
+    test = load_mnist("test")
+    for r in (wd, adv):  # every reported error is recomputed from the saved checkpoint
+        model, meta = load_checkpoint(r["checkpoint"], "FC100-100-10")
+        assert error_rate(model, test) == pytest.approx(r["test_error"]) == meta["test_error"]
+    assert wd["recipe"] == adv["recipe"] and wd["recipe"]["epochs"] == 12
+    assert (ev["test_errors_only_wrong"]["weight decay"] - ev["test_errors_only_wrong"]["weight decay + adversarial pool"]
+            == round((wd["test_error"] - adv["test_error"]) * len(test)))
+    assert 0 <= ev["mcnemar_p"] <= 1 and ev["n_robust"] == 20
+    pool = adv["pool"]
+    assert pool["refreshes"] == (12 * 16 - 1) // 24 and set(pool["layers"]) == {"input", "act2"}
+    assert adv["wall_time_s"] > adv["attack_seconds"] > 0 and adv["wall_time_s"] > wd["wall_time_s"]
+    main, transfer = section.tables
+    assert "McNemar" in main.verdict and "training cost" in main.verdict
+    assert main.rows[0][-1] == "1.00×" and float(main.rows[1][-1].rstrip("×")) > 1
+    assert len(transfer.rows) == 2 and "hidden" in " ".join(section.paragraphs).lower()
+    json.dumps(results)
+    text = to_markdown(Report("t", [], [run["units"][1], run["spectral"][1], section]))
+    assert text.count("|---") >= 8
+
+
+def test_a_second_run_recomputes_nothing(run: dict) -> None:
+    runner = StageRunner(run["out"], announce=lambda s: None)
+    again = (units_section(runner, TINY, store=run["store"]), spectral_section(runner, TINY, store=run["store"]),
+             adversarial_training_section(runner, TINY))
+    assert runner.log and all(r.status == "cached" for r in runner.log)
+    assert [a[0] for a in again] == [run["units"][0], run["spectral"][0], run["pool"][0]]
+
+
+def test_sizes_for_a_profile() -> None:
+    s = sizes_for("quick", train_subset=10_000, epochs=None)
+    assert (s.train_subset, s.epochs, s.cnn_train_subset, s.n_directions) == (10_000, None, 10_000, 20)
+    assert sizes_for("full", train_subset=None, epochs=None).n_directions == SIZES["standard"].n_directions
