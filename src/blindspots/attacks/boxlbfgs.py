@@ -101,7 +101,7 @@ def minimize_box_lbfgs(objective: Objective, x0: Tensor, lower: float = 0.0, upp
     gamma = torch.ones(n_all, device=device, dtype=dtype)
     newest = history - 1
     proj = (x - g).clamp_(lower, upper)
-    ended = (x - proj).abs().amax(dim=1) <= gtol  # rows whose current solve just stopped
+    ended = torch.sub(x, proj).abs_().amax(dim=1) <= gtol  # rows whose current solve just stopped
     done = ended.clone()
 
     while True:
@@ -132,13 +132,13 @@ def minimize_box_lbfgs(objective: Objective, x0: Tensor, lower: float = 0.0, upp
 
         # L-BFGS-B's rule: a variable at a bound whose gradient points outwards stays fixed this step
         # (there x − clip(x − g) = 0, which is also how the projected gradient test sees it)
-        free = (proj != x).to(dtype)
-        d = _two_loop(g * free, S, Y, rho, gamma, newest, buf)
-        d.mul_(free.mul_(-live.to(dtype).unsqueeze(1)))  # free is now −(free & live)
+        free = proj != x
+        d = torch.where(free & live.unsqueeze(1), _two_loop(torch.where(free, g, 0), S, Y, rho, gamma, newest, buf)
+                        .neg_(), 0)
         slope = _rowdot(g, d, buf)
         not_descent = live & ~(slope < 0)
         if bool(not_descent.any()):  # numerical loss of positive definiteness: restart that row's memory
-            d = torch.where(not_descent.unsqueeze(1), g * free, d)
+            d = torch.where(not_descent.unsqueeze(1), torch.where(free, -g, 0), d)
             rho[:, not_descent] = 0
             gamma[not_descent] = 1
         has_memory = (rho != 0).any(dim=0)
@@ -184,7 +184,7 @@ def minimize_box_lbfgs(objective: Objective, x0: Tensor, lower: float = 0.0, upp
         solve_iters += step.long()
         x, f, g = x_new, f_new, g_new
         proj = (x - g).clamp_(lower, upper)
-        stationary = (x - proj).abs().amax(dim=1) <= gtol
+        stationary = torch.sub(x, proj).abs_().amax(dim=1) <= gtol
         ended = live & (failed | small_decrease | stationary | (solve_iters >= max_iter))
         done |= ended
 

@@ -5,9 +5,18 @@ For each image x and each c the attack solves
     minimise  c·‖r‖₂²  +  loss_f(x + r)   subject to  x + r ∈ [0, 1]^m,
 
 with the *squared* L2 norm (smooth at r = 0, where every run starts; the paper writes c|r| and leaves
-the norm open). loss_f is the per-sample cross-entropy of the target class for a targeted criterion,
-and −log(1 − p_label) (the probability mass off the true label) for an untargeted one. The loss is per
-sample, never a batch mean, so c does not depend on the batch size.
+the norm open). loss_f (loss="ce", the default and the paper's reading) is the per-sample cross-entropy
+of the target class for a targeted criterion, and −log(1 − p_label) (the probability mass off the true
+label) for an untargeted one. The loss is per sample, never a batch mean, so c does not depend on the
+batch size.
+
+loss="margin" uses the logit margin max_{j≠t} z_j − z_t instead (z_label − max_{j≠label} z_j when
+untargeted). For a softmax-regression model its penalised minimiser moves exactly along w_t − w_y, so
+the c search lands on the closed-form minimal crossing (to the bisection's precision). With the
+cross-entropy, a third class that holds probability at the boundary bends the path: on MNIST softmax
+regression most images still come within 1% of the closed form, but some land up to ~15% above it.
+On FC100-100-10, though, the cross-entropy finds *smaller* perturbations than the margin (measured:
+median RMS 0.056 against 0.060, targeted), so it stays the default.
 
 c search, per sample: start at c_init; multiply by 10 while the solution succeeds, divide by 10 while
 it fails, until a success/failure pair brackets the boundary; then bisect in log space `search_steps`
@@ -51,12 +60,12 @@ def attack_loss(logits: Tensor, criterion: Criterion, kind: str = "ce") -> Tenso
     "ce": cross-entropy of the target (targeted) or −log(1 − p_label) (untargeted);
     "margin": max_{j≠t} z_j − z_t (targeted) or z_label − max_{j≠label} z_j (untargeted), on logits.
     """
+    if kind == "ce" and criterion.targets is not None:
+        return F.cross_entropy(logits, criterion.targets, reduction="none")
     own_idx = criterion.targets if criterion.targets is not None else criterion.labels
     assert own_idx is not None
     own = F.one_hot(own_idx, logits.shape[1]).bool()
     if kind == "ce":
-        if criterion.targets is not None:
-            return F.cross_entropy(logits, criterion.targets, reduction="none")
         return logits.logsumexp(dim=1) - logits.masked_fill(own, float("-inf")).logsumexp(dim=1)
     mine = logits.gather(1, own_idx.unsqueeze(1)).squeeze(1)
     other = logits.masked_fill(own, float("-inf")).amax(dim=1)
