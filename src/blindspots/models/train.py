@@ -49,7 +49,7 @@ def default_recipe(spec: str | ModelSpec) -> Recipe:
                       note="softmax regression trained to its optimum by full-batch L-BFGS (300 iterations)")
     if s.kind == "fc":
         lam = 1e-5 if s.weight_decay is None else s.weight_decay
-        return Recipe("sgd", epochs=30, weight_decay=lam, lr=0.2, batch_size=64,
+        return Recipe("sgd", epochs=40, weight_decay=lam, lr=0.2, batch_size=64,
                       note="sigmoid hidden units, SGD + Nesterov momentum 0.9, lr 0.2 with cosine decay, batch 64")
     if s.kind == "ae":
         lam = 1e-5 if s.weight_decay is None else s.weight_decay
