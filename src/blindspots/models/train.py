@@ -63,10 +63,14 @@ def default_recipe(spec: str | ModelSpec) -> Recipe:
                       note="ReLU conv net, SGD + Nesterov momentum 0.9, cosine learning rate")
     if s.kind == "maxout":
         lam = 0.0 if s.weight_decay is None else s.weight_decay
+        # measured on full MNIST, seed 0: 40 epochs -> 1.26% test error, 12 epochs -> 1.45% (the paper: 0.94%
+        # after far longer training); lr 0.02 is slower (1.59% at 12 epochs), lr 0.1 unstable (3.3% at 15)
         return Recipe("sgd", epochs=40, weight_decay=lam, lr=0.05, batch_size=100, max_norm=3.5,
                       note="dropout 0.2 input / 0.5 hidden, max-norm 3.5, SGD + Nesterov momentum, cosine lr")
     lam = 0.0 if s.weight_decay is None else s.weight_decay
-    return Recipe("sgd", epochs=20, weight_decay=lam, lr=0.05, batch_size=100,
+    # measured on full MNIST: 12.3% test error, mean unit output 67% on clean test images (the paper: 60.6%);
+    # lr 0.05 left the outputs at 35%
+    return Recipe("sgd", epochs=20, weight_decay=lam, lr=1.0, batch_size=100,
                   note=("one Gaussian unit per class with independent outputs p_k = exp(logit_k), trained with "
                         "their one-vs-rest likelihood (models.zoo.one_vs_rest_nll)"))
 

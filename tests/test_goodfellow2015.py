@@ -1,0 +1,121 @@
+"""`reproduce goodfellow2015 --profile quick` end to end on real MNIST: every experiment is in all three
+outputs with the paper's numbers beside ours, every saved FGSM set re-verifies from disk against the
+stored models, adversarial training lowers FGSM error, and a second run recomputes nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from blindspots.attacks import Misclassification, load_adversarial
+from blindspots.experiments.goodfellow2015 import (LOGREG, NETS, PROFILES, TwoClassLogits, predict_confidence,
+                                                   reproduce, terminal_summary)
+from blindspots.models import load_model
+from blindspots.models.zoo import BinaryLogistic
+from blindspots.report.reference import paper_value
+
+pytestmark = pytest.mark.slow
+QUICK = PROFILES["quick"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("goodfellow") / "run"
+    return out, reproduce(out, "quick", progress=False, announce=lambda s: None)
+
+
+def test_adversarial_training_lowers_fgsm_error(run: tuple[Path, dict]) -> None:
+    _, results = run
+    plain = results["fgsm"]["maxout"]["at_0.25"]["error"]
+    adv = results["fgsm"]["maxout_adv"]["at_0.25"]["error"]
+    assert adv < plain - 0.15, (plain, adv)
+    # the noise controls do not buy the same robustness
+    for key in ("maxout_sign", "maxout_uniform"):
+        assert results["fgsm"][key]["at_0.25"]["error"] > adv, key
+
+
+def test_every_experiment_is_in_all_three_files(run: tuple[Path, dict]) -> None:
+    out, results = run
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    disk = json.loads((out / "results.json").read_text())
+    assert disk["findings"] == json.loads(json.dumps(results["findings"]))
+    for title in ("1 — FGSM", "2 — Logistic regression", "3 — Adversarial training", "4 — Controls",
+                  "5 — The RBF network", "6 — Rubbish-class", "7 — Error vs ε"):
+        assert title in md and title in page
+    assert "data:image/png;base64," in page  # self-contained
+    for experiment in disk["findings"].values():  # the paper column comes from the reference file
+        for quantity in experiment.values():
+            if isinstance(quantity, dict) and quantity.get("paper") is not None:
+                assert quantity["paper"] in _published_values()
+    assert "89.4%" in md and "99.9%" in md and "55.4%" in md
+    summary = terminal_summary(results)
+    assert "maxout FGSM error" in summary and "wall time" in summary
+
+
+def _published_values() -> set[float]:
+    from blindspots.report.reference import published
+
+    vals: set[float] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, (int, float)):
+            vals.add(float(node))
+
+    walk(published()["goodfellow2015"])
+    return vals
+
+
+def test_fgsm_sets_reverify_from_disk(run: tuple[Path, dict]) -> None:
+    out, results = run
+    nets = {n.key: n for n in NETS}
+    for key, summary in results["fgsm"].items():
+        folder = next((out / "stages").glob(f"fgsm_{key}-*"))
+        t = load_adversarial(folder / "fgsm_eps0.25.safetensors")
+        if key == LOGREG:
+            from safetensors.torch import load_file
+
+            lr = BinaryLogistic()
+            lr.load_state_dict(load_file(str(next((out / "stages").glob("train_logreg37-*")) / "logreg37.safetensors")))
+            model = TwoClassLogits(lr.eval())
+        else:
+            n = nets[key]
+            model = load_model(n.spec, epochs=QUICK.maxout_epochs if n.is_maxout else None,
+                               train_subset=QUICK.train_subset, objective=n.objective).model
+            assert results["models"][key]["weights_sha256"] == summary["_stage"]["inputs"]["weights"]
+        pred, conf, _ = predict_confidence(model, t["x_adv"][0], independent=key == "rbf")
+        crit = Misclassification(t["label"])
+        assert torch.equal(pred != t["label"], t["success"][0].bool()), key
+        assert torch.equal(crit.is_adversarial(torch.nn.functional.one_hot(pred, 10).float()), t["success"][0].bool())
+        at = summary["at_0.25"]
+        assert at["error"] == pytest.approx(float((pred != t["label"]).float().mean()), abs=1e-12), key
+        r = (t["x_adv"][0] - t["x"]).abs()
+        assert float(r.max()) <= 0.25 + 1e-6 and float(t["x_adv"].min()) >= 0 and float(t["x_adv"].max()) <= 1
+        assert summary["n_attacked"] == (QUICK.n_attack if key != LOGREG else 2038)
+
+
+def test_paper_numbers_and_shapes(run: tuple[Path, dict]) -> None:
+    _, results = run
+    f = results["findings"]
+    assert f["1_fgsm"]["maxout_error"]["paper"] == paper_value("goodfellow2015", "fgsm_maxout", "error")
+    assert f["2_logreg"]["fgsm_error"]["ours"] > 0.9  # a linear model is fooled almost always
+    assert f["2_logreg"]["clean_error"]["ours"] < 0.05
+    assert f["1_fgsm"]["softmax_error"]["ours"] > 0.9
+    assert f["6_rubbish"]["rbf_fooled"]["ours"] == 0.0
+    for curve in f["7_curves"].values():
+        assert len(curve["error"]) == len(curve["epsilons"])
+    t = results["transfer"]
+    for key in t["columns"]:  # the diagonal is each model's own FGSM error, recomputed from disk
+        assert t["rows"][key][key] == pytest.approx(results["fgsm"][key]["at_0.25"]["error"], abs=1e-12)
+
+
+def test_second_run_recomputes_nothing(run: tuple[Path, dict]) -> None:
+    out, results = run
+    again = reproduce(out, "quick", progress=False, announce=lambda s: None)
+    assert all(s["status"] == "cached" for s in again["stages"])
+    assert again["findings"] == results["findings"]

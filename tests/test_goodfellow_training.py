@@ -1,0 +1,142 @@
+"""Adversarial training and its noise controls (models.adversarial), the RBF net's pieces, the 3-vs-7
+logistic regression, and the analytic FGSM perturbation of linear models. All fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from blindspots.attacks import Misclassification, fgsm
+from blindspots.errors import SpecError
+from blindspots.experiments.goodfellow2015 import fit_logreg, logreg_data
+from blindspots.models import load_model, train
+from blindspots.models.adversarial import Objective
+from blindspots.models.zoo import BinaryLogistic, RBFLayer, TwoClassLogits, one_vs_rest_nll
+
+EPS = 0.25
+
+
+def _tiny_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def test_fgsm_objective_gradient_equals_the_naive_one() -> None:
+    """The one-backward trick gives the parameter gradient of α·J(x) + (1−α)·J(x + ε·sign ∇ₓJ)."""
+    torch.manual_seed(1)
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    obj = Objective("fgsm", EPS, 0.5)
+    net = _tiny_net()
+    net.zero_grad()
+    obj.loss(net, x, y, F.cross_entropy, torch.Generator()).backward()
+    fast = [p.grad.clone() for p in net.parameters()]
+
+    net.zero_grad()
+    xg = x.clone().requires_grad_(True)
+    (gx,) = torch.autograd.grad(F.cross_entropy(net(xg), y), xg)
+    x_adv = (x + EPS * gx.sign()).clamp(0, 1)
+    (0.5 * F.cross_entropy(net(x), y) + 0.5 * F.cross_entropy(net(x_adv), y)).backward()
+    for a, b in zip(fast, [p.grad for p in net.parameters()]):
+        torch.testing.assert_close(a, b)
+
+
+def test_fgsm_objective_perturbation_matches_the_attack_library() -> None:
+    """In eval mode the training perturbation is the library's FGSM image (an independent check)."""
+    torch.manual_seed(2)
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    net = _tiny_net().eval()
+    seen: list[torch.Tensor] = []
+    hook = net[0].register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach().clone()))
+    Objective("fgsm", EPS, 0.5).loss(net, x, y, F.cross_entropy, torch.Generator())
+    hook.remove()
+    library = fgsm(net, x, Misclassification(y), [EPS]).x_adv[0]
+    torch.testing.assert_close(seen[1], library, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["sign_noise", "uniform_noise"])
+def test_noise_controls_draw_noise_of_size_epsilon(kind: str) -> None:
+    obj = Objective(kind, EPS, 0.5)
+    x = torch.full((200, 1, 28, 28), 0.5)
+    delta = obj.noise(x, torch.Generator().manual_seed(0))
+    assert float(delta.abs().max()) <= EPS + 1e-7
+    if kind == "sign_noise":
+        assert torch.all(delta.abs() == EPS)
+        assert abs(float((delta > 0).float().mean()) - 0.5) < 0.01
+    else:
+        assert float(delta.abs().mean()) == pytest.approx(EPS / 2, rel=0.02)
+    again = obj.noise(x, torch.Generator().manual_seed(0))
+    assert torch.equal(delta, again)
+
+
+def test_objective_rejects_bad_values() -> None:
+    for bad in (dict(perturbation="pgd"), dict(epsilon=-0.1), dict(epsilon=2.0), dict(alpha=1.0)):
+        with pytest.raises(SpecError):
+            Objective(**bad)  # type: ignore[arg-type]
+    assert "." not in Objective("fgsm", 0.25, 0.5).slug
+
+
+def test_store_keeps_adversarially_trained_models_apart(model_store: Path) -> None:
+    obj = Objective("fgsm", EPS, 0.5)
+    kw = dict(epochs=1, train_subset=300, progress=False, store=model_store)
+    plain = train("MAXOUT", **kw)
+    adv = train("MAXOUT", objective=obj, **kw)
+    assert plain.path != adv.path and obj.slug in adv.path.name
+    assert adv.meta["objective"]["perturbation"] == "fgsm" and plain.meta["objective"] is None
+    again = load_model("MAXOUT", objective=obj, epochs=1, train_subset=300, store=model_store)
+    assert again.meta["weights_sha256"] == adv.meta["weights_sha256"]
+    assert plain.meta["weights_sha256"] != adv.meta["weights_sha256"]
+
+
+def test_rbf_layer_and_its_likelihood_match_the_naive_formulas() -> None:
+    torch.manual_seed(3)
+    layer = RBFLayer(784, 10)
+    with torch.no_grad():
+        layer.centers.uniform_(0, 1)
+        layer.log_beta.uniform_(-6, -2)
+    x = torch.rand(5, 784)
+    naive = -((x.unsqueeze(1) - layer.centers).square() * layer.log_beta.exp()).sum(-1)
+    torch.testing.assert_close(layer(x), naive, rtol=1e-4, atol=1e-4)
+    y = torch.randint(0, 10, (5,))
+    p = naive.exp()
+    on = F.one_hot(y, 10).float()
+    expected = -(on * p.log() + (1 - on) * (1 - p).log()).sum(-1).mean()
+    torch.testing.assert_close(one_vs_rest_nll(naive, y), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def logreg() -> tuple[BinaryLogistic, torch.Tensor, torch.Tensor]:
+    x, y, _ = logreg_data("train")
+    keep = torch.arange(0, y.numel(), 4)  # a quarter of the 3s and 7s: fast, still a good model
+    model = fit_logreg(x[keep], y[keep])
+    xt, yt, _ = logreg_data("test")
+    return model, xt[:400], yt[:400]
+
+
+def test_logreg_fgsm_is_minus_eps_y_sign_w(logreg: tuple[BinaryLogistic, torch.Tensor, torch.Tensor]) -> None:
+    """For one logit z = w·x + b and y in {−1, +1}, FGSM moves every pixel by −ε·y·sign(w) (then clips)."""
+    model, x, y01 = logreg
+    with torch.no_grad():
+        assert float(((model(x) > 0).long() != y01).float().mean()) < 0.05
+    result = fgsm(TwoClassLogits(model), x, Misclassification(y01), [EPS])
+    y_pm = (2 * y01 - 1).float().view(-1, 1, 1, 1)
+    sign_w = model.linear.weight.detach().sign().view(1, 1, 28, 28)
+    expected = (x - EPS * y_pm * sign_w).clamp(0, 1)
+    moved = result.linf[0] > 0  # images whose loss saturated in float32 have a zero gradient
+    assert float(moved.float().mean()) > 0.9
+    torch.testing.assert_close(result.x_adv[0][moved], expected[moved], rtol=0, atol=0)
+    assert float(result.error_rate()[0]) > 0.9
+
+
+def test_two_class_softmax_fgsm_is_eps_sign_w_other_minus_w_true() -> None:
+    torch.manual_seed(4)
+    lin = nn.Linear(784, 2)
+    net = nn.Sequential(nn.Flatten(), lin)
+    x, y = torch.rand(50, 1, 28, 28), torch.randint(0, 2, (50,))
+    result = fgsm(net, x, Misclassification(y), [EPS])
+    w = lin.weight.detach()
+    direction = (w[1 - y] - w[y]).sign().view(-1, 1, 28, 28)
+    torch.testing.assert_close(result.x_adv[0], (x + EPS * direction).clamp(0, 1), rtol=0, atol=0)
