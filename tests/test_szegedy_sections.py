@@ -104,21 +104,26 @@ def test_pairs_handed_in_by_path_or_tensors_reuse_the_same_stage(run: dict) -> N
 
 def test_adversarial_training_section(run: dict) -> None:
     results, section = run["pool"]
-    wd, adv, ev = results["weight decay"], results["weight decay + adversarial pool"], results["evaluation"]
+    assert list(results["seeds"]) == ["0"]
+    seed0 = results["seeds"]["0"]
+    wd, adv, ev = seed0["weight decay"], seed0["weight decay + adversarial pool"], seed0["evaluation"]
     test = load_mnist("test")
     for r in (wd, adv):  # every reported error is recomputed from the saved checkpoint
         model, meta = load_checkpoint(r["checkpoint"], "FC100-100-10")
         assert error_rate(model, test) == pytest.approx(r["test_error"]) == meta["test_error"]
-    assert wd["recipe"] == adv["recipe"] and wd["recipe"]["epochs"] == 12
-    assert (ev["test_errors_only_wrong"]["weight decay"] - ev["test_errors_only_wrong"]["weight decay + adversarial pool"]
-            == round((wd["test_error"] - adv["test_error"]) * len(test)))
-    assert 0 <= ev["mcnemar_p"] <= 1 and ev["n_robust"] == 20
+    assert wd["recipe"] == adv["recipe"] == results["recipe"] and results["epochs"] == 12
+    only_wrong = ev["test_errors_only_wrong"]
+    assert only_wrong["weight decay"] - only_wrong["weight decay + adversarial pool"] == round(
+        (wd["test_error"] - adv["test_error"]) * len(test))
+    assert 0 <= ev["mcnemar_p"] <= 1 and ev["n_robust"] == 20 and len(set(ev["test_indices"])) == 20
     pool = adv["pool"]
     assert pool["refreshes"] == (12 * 16 - 1) // 24 and set(pool["layers"]) == {"input", "act2"}
     assert adv["wall_time_s"] > adv["attack_seconds"] > 0 and adv["wall_time_s"] > wd["wall_time_s"]
     main, transfer = section.tables
-    assert "McNemar" in main.verdict and "training cost" in main.verdict
+    assert "McNemar" in main.verdict and "Training cost" in main.verdict and "1 seed(s)" in main.verdict
     assert main.rows[0][-1] == "1.00×" and float(main.rows[1][-1].rstrip("×")) > 1
+    for src, row in ev["transfer"].items():  # a net always falls for its own successful examples
+        assert row[src.removeprefix("made for ")] == 1.0
     assert len(transfer.rows) == 2 and "hidden" in " ".join(section.paragraphs).lower()
     json.dumps(results)
     text = to_markdown(Report("t", [], [run["units"][1], run["spectral"][1], section]))

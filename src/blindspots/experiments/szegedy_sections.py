@@ -71,18 +71,17 @@ class SectionSizes:
     pool_epochs: int | None  # §4.2: epochs of both nets (None: the FC recipe's 30)
     pool: PoolConfig = field(default_factory=PoolConfig)
     n_robust: int = 300  # §4.2: test images attacked on both nets
+    pool_seeds: int = 1  # §4.2: pairs of nets trained, with seeds seed, seed + 1, ...
     lbfgs: dict[str, Any] = field(default_factory=dict)  # minimal attack for §4.3 pairs and §4.2 robustness
 
 
 SIZES: dict[str, SectionSizes] = {
     "quick": SectionSizes("quick", train_subset=5000, epochs=10, cnn_train_subset=3000, cnn_epochs=2,
                           unit_images=2000, n_directions=20, n_pairs=30, pool_train_subset=5000, pool_epochs=10,
-                          pool=PoolConfig(refresh_every=25, capacity=1000), n_robust=50,
-                          lbfgs={"search_steps": 4, "max_iter": 50}),
+                          n_robust=50, lbfgs={"search_steps": 4, "max_iter": 50}),
     "standard": SectionSizes("standard", train_subset=None, epochs=None, cnn_train_subset=None, cnn_epochs=None,
-                             unit_images=None, n_directions=100, n_pairs=200, pool_train_subset=20_000,
-                             pool_epochs=None, pool=PoolConfig(refresh_every=50, capacity=5000), n_robust=300,
-                             lbfgs={}),
+                             unit_images=None, n_directions=100, n_pairs=100, pool_train_subset=20_000,
+                             pool_epochs=20, n_robust=300, pool_seeds=2, lbfgs={"search_steps": 6}),
 }
 
 
@@ -113,6 +112,12 @@ def _pct(v: float) -> str:
     return f"{100 * v:.2f}%"
 
 
+def _span(values: list[float], spec: str) -> str:
+    """"a" or "a–b": the range of per-seed values."""
+    lo, hi = format(min(values), spec), format(max(values), spec)
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
 def _digest(*tensors: Tensor) -> str:
     h = hashlib.sha256()
     for t in tensors:
@@ -120,10 +125,11 @@ def _digest(*tensors: Tensor) -> str:
     return h.hexdigest()[:16]
 
 
-def _model_record(tm: TrainedModel) -> dict[str, Any]:
+def _model_key(tm: TrainedModel) -> dict[str, Any]:
+    """What identifies a trained model in a stage key: its weights (not where the store keeps them)."""
     m = tm.meta
     return {"spec": m["spec"], "weights_sha256": m["weights_sha256"], "train_subset": m.get("train_subset"),
-            "epochs": m.get("epochs"), "test_error": m.get("test_error"), "checkpoint": str(tm.path)}
+            "epochs": m.get("epochs")}
 
 
 # ---------------------------------------------------------------------------------------------- §3 units
@@ -138,7 +144,7 @@ def units_section(runner: StageRunner, sizes: SectionSizes, *, seed: int = 0, de
     for spec in UNIT_MODELS:
         tm = _trained(spec, sizes, seed, device, progress, store)
         for layer in default_layers(tm.model):
-            inputs = {"model": _model_record(tm), "layer": layer, "k": 8, "n_directions": sizes.n_directions,
+            inputs = {"model": _model_key(tm), "layer": layer, "k": 8, "n_directions": sizes.n_directions,
                       "unit_images": sizes.unit_images, "seed": seed, "version": __version__}
 
             def compute(folder: Path, tm: TrainedModel = tm, layer: str = layer) -> dict[str, Any]:
@@ -153,7 +159,7 @@ def units_section(runner: StageRunner, sizes: SectionSizes, *, seed: int = 0, de
                                      "direction (row label: direction, label purity, true labels)")
                 keep = ("layer", "width", "k", "n_images", "summary", "tests", "told_apart", "verdict", "chance",
                         "ambiguous_units", "ambiguous_random")
-                return {"model": spec_name(tm), "model_test_error": tm.meta.get("test_error"),
+                return {"model": spec_name(tm), "model_test_error": tm.meta.get("test_error"), "checkpoint": str(tm.path),
                         **{key: record[key] for key in keep}}
 
             result, folder = runner.run(f"units {spec} {layer}", inputs, compute)
@@ -226,7 +232,7 @@ def _pairs_stage(runner: StageRunner, tm: TrainedModel, sizes: SectionSizes, see
                  progress: bool) -> Path:
     """The model's own minimal L-BFGS adversarial examples on the first `n_pairs` test images of a seeded order,
     each towards a seeded random target != its label; saved as adversarial.safetensors."""
-    inputs = {"model": _model_record(tm), "n_pairs": sizes.n_pairs, "lbfgs": sizes.lbfgs, "seed": seed,
+    inputs = {"model": _model_key(tm), "n_pairs": sizes.n_pairs, "lbfgs": sizes.lbfgs, "seed": seed,
               "version": __version__}
 
     def compute(folder: Path) -> dict[str, Any]:
@@ -290,13 +296,14 @@ def spectral_section(runner: StageRunner, sizes: SectionSizes, *, pairs: Mapping
         if x.shape[0] == 0:
             raise ValueError(f"no successful adversarial pair with x_adv != x among the {n_given} given for {spec}")
         shape = tuple(x.shape[1:])
-        inputs = {"model": _model_record(tm), "pairs": _digest(x, x_adv), "iters": iters, "version": __version__}
+        inputs = {"model": _model_key(tm), "pairs": _digest(x, x_adv), "iters": iters, "version": __version__}
 
         def compute(folder: Path, tm: TrainedModel = tm, x: Tensor = x, x_adv: Tensor = x_adv) -> dict[str, Any]:
             model = tm.model.eval()
             bounds = layer_bounds(model, shape, verify=True, iters=iters)
             product = math.prod(b.bound for b in bounds)
-            return {"model": spec_name(tm), "test_error": tm.meta.get("test_error"), "input_shape": list(shape),
+            return {"model": spec_name(tm), "test_error": tm.meta.get("test_error"), "checkpoint": str(tm.path),
+                    "input_shape": list(shape),
                     "layers": [b.to_dict() for b in bounds], "product": product,
                     "check": bound_check(model, x, x_adv, product)}
 
@@ -372,10 +379,27 @@ def _spectral_report(records: dict[str, Any]) -> Section:
 def adversarial_training_section(runner: StageRunner, sizes: SectionSizes, *, seed: int = 0, device: str = "cpu",
                                  progress: bool = False) -> tuple[dict[str, Any], Section]:
     """§4.2: FC100-100-10 trained with weight decay alone and with weight decay + a refreshed pool of adversarial
-    examples (same recipe, seed, epochs and clean minibatches), compared on test error (McNemar), training cost,
-    and robustness (minimal L-BFGS distortion on the same test images and targets; transfer between the two)."""
+    examples (same recipe, seed, epochs and clean minibatches), for `sizes.pool_seeds` seeds from `seed` on;
+    compared on test error (McNemar), training cost, and robustness (minimal L-BFGS distortion on the same test
+    images and targets; each net's error on the other's adversarial examples)."""
     data = load_mnist("train", subset=sizes.pool_train_subset)
     test = load_mnist("test")
+    runs = {str(s): _pool_pair(runner, sizes, data, test, s, device, progress)
+            for s in range(seed, seed + sizes.pool_seeds)}
+    first = runs[str(seed)]
+    results = {"seeds": runs, "pool_config": sizes.pool.as_dict(), "pool_description": sizes.pool.describe(),
+               "train_subset": sizes.pool_train_subset, "epochs": first[PLAIN]["recipe"]["epochs"],
+               "recipe": first[PLAIN]["recipe"]}
+    return results, _pool_report(results)
+
+
+PLAIN, POOLED = "weight decay", "weight decay + adversarial pool"
+
+
+def _pool_pair(runner: StageRunner, sizes: SectionSizes, data: Any, test: Any, seed: int, device: str,
+               progress: bool) -> dict[str, Any]:
+    """Both nets of one seed (a stage each, timed there, checkpoints saved in the stage folder) and their
+    evaluation (a third stage)."""
     base = {"spec": POOL_SPEC, "train_subset": sizes.pool_train_subset, "epochs": sizes.pool_epochs, "seed": seed,
             "version": __version__}
 
@@ -393,22 +417,19 @@ def adversarial_training_section(runner: StageRunner, sizes: SectionSizes, *, se
         run = train_with_pool(POOL_SPEC, data, config=sizes.pool, seed=seed, epochs=sizes.pool_epochs,
                               device=device, progress=progress)
         return finish(folder, run.model, {"wall_time_s": run.wall_time, "attack_seconds": run.attack_seconds,
-                                          "recipe": asdict(run.recipe), "pool": run.stats,
-                                          "pool_config": sizes.pool.as_dict(), "pool_description": sizes.pool.describe()})
+                                          "recipe": asdict(run.recipe), "pool": run.stats})
 
-    wd, wd_folder = runner.run("s4.2 train weight decay only", base, plain)
-    adv, adv_folder = runner.run("s4.2 train weight decay + adversarial pool",
+    wd, wd_folder = runner.run(f"s4.2 train weight decay only seed {seed}", base, plain)
+    adv, adv_folder = runner.run(f"s4.2 train weight decay + adversarial pool seed {seed}",
                                  {**base, "pool": sizes.pool.as_dict()}, pooled)
     wd["checkpoint"], adv["checkpoint"] = str(wd_folder / "model"), str(adv_folder / "model")  # the final folders
-    models = {"weight decay": load_checkpoint(wd_folder / "model", POOL_SPEC, device)[0],
-              "weight decay + adversarial pool": load_checkpoint(adv_folder / "model", POOL_SPEC, device)[0]}
+    models = {PLAIN: load_checkpoint(wd_folder / "model", POOL_SPEC, device)[0],
+              POOLED: load_checkpoint(adv_folder / "model", POOL_SPEC, device)[0]}
     inputs = {"weights": [wd["_stage"]["inputs"], adv["_stage"]["inputs"], _digest(*_weights(models))],
               "n_robust": sizes.n_robust, "lbfgs": sizes.lbfgs, "seed": seed, "version": __version__}
-    ev, _ = runner.run("s4.2 evaluate", inputs, lambda folder: _evaluate_pair(folder, models, test, sizes, seed))
-    results = {"weight decay": wd, "weight decay + adversarial pool": adv, "evaluation": ev,
-               "pool_config": sizes.pool.as_dict(), "pool_description": sizes.pool.describe(),
-               "train_subset": sizes.pool_train_subset, "epochs": wd["recipe"]["epochs"], "seed": seed}
-    return results, _pool_report(results)
+    ev, _ = runner.run(f"s4.2 evaluate seed {seed}", inputs,
+                       lambda folder: _evaluate_pair(folder, models, test, sizes, seed))
+    return {PLAIN: wd, POOLED: adv, "evaluation": ev}
 
 
 def _weights(models: Mapping[str, nn.Module]) -> list[Tensor]:
@@ -457,50 +478,61 @@ def _evaluate_pair(folder: Path, models: Mapping[str, nn.Module], test: Any, siz
 
 
 def _pool_report(results: dict[str, Any]) -> Section:
-    ev = results["evaluation"]
-    names = ("weight decay", "weight decay + adversarial pool")
-    paper = {names[0]: paper_value("szegedy2014", "section4_2", "weight_decay_only_test_error"),
-             names[1]: paper_value("szegedy2014", "section4_2", "adversarial_training_test_error_below")}
-    wd_wall = results[names[0]]["wall_time_s"]
+    runs = results["seeds"]
+    paper = {PLAIN: paper_value("szegedy2014", "section4_2", "weight_decay_only_test_error"),
+             POOLED: paper_value("szegedy2014", "section4_2", "adversarial_training_test_error_below")}
     rows = []
-    for name in names:
-        r, p = results[name], ev["per_model"][name]
-        rows.append([f"FC100-100-10, {name}", _pct(r["train_error"]), _pct(r["test_error"]),
-                     ("< " if name == names[1] else "") + _pct(paper[name]) if paper[name] is not None else "—",
-                     f"{p['mean_distortion']:.4f}", f"{p['median_distortion']:.4f}", f"{100 * p['success_rate']:.1f}%",
-                     f"{r['wall_time_s']:.1f}", f"{r['wall_time_s'] / wd_wall:.2f}×"])
-    e_wd, e_adv = results[names[0]]["test_error"], results[names[1]]["test_error"]
-    d_ratio = ev["paired"]["mean_ratio"]
-    same_dir = e_adv < e_wd
-    verdict = (f"Test error {_pct(e_wd)} → {_pct(e_adv)} with the pool ({'lower' if same_dir else 'not lower'}; "
-               f"the paper: 1.6% → below 1.2%); McNemar p = {ev['mcnemar_p']:.3g} on the "
-               f"{sum(ev['test_errors_only_wrong'].values())} test images only one net gets wrong, so the difference is "
-               + ("significant at 0.05" if ev["mcnemar_p"] < 0.05 else "NOT significant at 0.05")
-               + f". The adversarially trained net needs {d_ratio:.2f}× the minimal L-BFGS distortion of the plain one "
-               f"on the same {ev['paired']['n']} images and targets (larger on {100 * ev['paired']['share_larger']:.0f}% "
-               f"of them, Wilcoxon p = {ev['paired']['wilcoxon_p']:.3g}); training cost "
-               f"{results[names[1]]['wall_time_s'] / wd_wall:.2f}× the plain net's, "
-               f"{results[names[1]]['attack_seconds']:.0f} s of it in the attacks.")
-    table = Table(["model", "train err.", "test err.", "paper", "av. min. distortion", "median", "attack success",
-                   "training (s)", "cost"], rows,
-                  f"§4.2 — training on adversarial examples ({'all 60,000' if results['train_subset'] is None else results['train_subset']} "
-                  f"training images, {results['epochs']} epochs, seed {results['seed']}; distortion over "
-                  f"{ev['n_robust']} test images both nets classify correctly)", verdict, fmt="str")
+    for seed, run in runs.items():
+        ev, wall = run["evaluation"], run[PLAIN]["wall_time_s"]
+        for name in (PLAIN, POOLED):
+            r, p = run[name], ev["per_model"][name]
+            rows.append([name, seed, _pct(r["train_error"]), _pct(r["test_error"]),
+                         "—" if paper[name] is None else ("< " if name == POOLED else "") + _pct(paper[name]),
+                         f"{p['mean_distortion']:.4f}", f"{p['median_distortion']:.4f}",
+                         f"{100 * p['success_rate']:.1f}%", f"{r['wall_time_s']:.1f}", f"{r['wall_time_s'] / wall:.2f}×"])
+    diffs = [run[POOLED]["test_error"] - run[PLAIN]["test_error"] for run in runs.values()]
+    lower = sum(d < 0 for d in diffs)
+    per_seed = "; ".join(
+        f"seed {seed}: {_pct(run[PLAIN]['test_error'])} → {_pct(run[POOLED]['test_error'])} (McNemar p = "
+        f"{run['evaluation']['mcnemar_p']:.3g} on the {sum(run['evaluation']['test_errors_only_wrong'].values())} "
+        f"test images only one of the two nets gets wrong)" for seed, run in runs.items())
+    significant = sum(run["evaluation"]["mcnemar_p"] < 0.05 for run in runs.values())
+    ratios = [run["evaluation"]["paired"]["mean_ratio"] for run in runs.values()]
+    shares = [run["evaluation"]["paired"]["share_larger"] for run in runs.values()]
+    costs = [run[POOLED]["wall_time_s"] / run[PLAIN]["wall_time_s"] for run in runs.values()]
+    attack_share = [run[POOLED]["attack_seconds"] / run[POOLED]["wall_time_s"] for run in runs.values()]
+    verdict = (f"Test error with the pool is lower in {lower} of {len(runs)} seed(s); mean change "
+               f"{100 * float(np.mean(diffs)):+.2f} points (pool − plain; the paper: 1.6% → below 1.2%, at least "
+               f"−0.4 points). {per_seed}; the difference is significant at 0.05 for {significant} of {len(runs)} "
+               f"seed(s). The adversarially trained net needs {_span(ratios, '.2f')}× the plain net's minimal L-BFGS "
+               f"distortion on the same images and targets (larger on {_span([100 * v for v in shares], '.0f')}% of "
+               f"them). Training cost {_span(costs, '.1f')}× the plain net's, "
+               f"{100 * float(np.mean(attack_share)):.0f}% of it in the attacks.")
+    first = next(iter(runs.values()))
+    ev = first["evaluation"]
+    table = Table(["FC100-100-10 trained with", "seed", "train err.", "test err.", "paper", "av. min. distortion",
+                   "median", "attack success", "training (s)", "cost"], rows,
+                  f"§4.2 — training on adversarial examples ("
+                  f"{'all 60,000' if results['train_subset'] is None else results['train_subset']} training images, "
+                  f"{results['epochs']} epochs; distortion: targeted L-BFGS with random targets on "
+                  f"{ev['n_robust']} test images both nets of a seed classify correctly)", verdict, fmt="str")
+    names = (PLAIN, POOLED)
     transfer = Table(["successful adversarial examples ↓ / fed to →", *names],
                      [[src, *(f"{100 * row[dst]:.1f}%" for dst in names)] for src, row in ev["transfer"].items()],
-                     "§4.2 — error of each net on the other's minimal adversarial examples (diagonal: 100% by "
-                     "construction)", fmt="str")
-    pool = results[names[1]]["pool"]
+                     f"§4.2 — error of each net on the other's minimal adversarial examples (seed {next(iter(runs))}; "
+                     "diagonal: 100% by construction)", fmt="str")
+    pool = first[POOLED]["pool"]
     layer_text = "; ".join(f"layer {k}: {v['added']} of {v['attacked']} attacks added (success "
                            f"{100 * v['success_rate']:.0f}%, mean RMS distortion {v['mean_rms_distortion']:.3f})"
                            for k, v in pool["layers"].items())
+    only_input = list(pool["layers"]) == ["input"]
     paragraphs = [
-        "Both nets share the recipe (sigmoid 100-100, SGD + Nesterov momentum, cosine learning rate, weight decay "
-        "(λ/2)·Σ‖W‖²), the seed, the epochs and the very same sequence of clean minibatches; the second also trains "
-        f"on a pool of adversarial examples: {results['pool_description']}.",
-        f"Pool over the run ({pool['refreshes']} refreshes, {pool['steps']} steps): {layer_text}. "
+        f"Both nets share the recipe ({results['recipe']['note']}; weight decay λ = {results['recipe']['weight_decay']:g} "
+        "in (λ/2)·Σ‖W‖²), the seed, the epochs and the very same sequence of clean minibatches; the second also "
+        f"trains on a pool of adversarial examples: {results['pool_description']}.",
+        f"Pool over the first seed's run ({pool['refreshes']} refreshes, {pool['steps']} steps): {layer_text}. "
         + ("Only input-level examples were used here; the library also makes them for hidden sigmoid layers "
-           "(PoolConfig(layers=('input', 'act1', 'act2'))), as the paper did." if list(pool["layers"]) == ["input"]
+           "(PoolConfig(layers=('input', 'act1', 'act2'))), as the paper did." if only_input
            else "Hidden-layer examples train the layers above that layer only, as the paper describes."),
     ]
     return Section("§4.2 — training on adversarial examples", paragraphs, [table, transfer])
