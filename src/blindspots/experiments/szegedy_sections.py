@@ -94,7 +94,8 @@ def sizes_for(profile: str, *, train_subset: int | None, epochs: int | None) -> 
 
 # ---------------------------------------------------------------------------------------------- helpers
 
-def _trained(spec: str, sizes: SectionSizes, seed: int, device: str, progress: bool, store: Path | None) -> TrainedModel:
+def _trained(spec: str, sizes: SectionSizes, seed: int, device: str, progress: bool,
+             store: Path | None) -> TrainedModel:
     cnn = spec == "CNN"
     return train(spec, seed=seed, train_subset=sizes.cnn_train_subset if cnn else sizes.train_subset,
                  epochs=sizes.cnn_epochs if cnn else sizes.epochs, device=device, progress=progress, store=store)
@@ -159,7 +160,8 @@ def units_section(runner: StageRunner, sizes: SectionSizes, *, seed: int = 0, de
                                      "direction (row label: direction, label purity, true labels)")
                 keep = ("layer", "width", "k", "n_images", "summary", "tests", "told_apart", "verdict", "chance",
                         "ambiguous_units", "ambiguous_random")
-                return {"model": spec_name(tm), "model_test_error": tm.meta.get("test_error"), "checkpoint": str(tm.path),
+                return {"model": spec_name(tm), "model_test_error": tm.meta.get("test_error"),
+                        "checkpoint": str(tm.path),
                         **{key: record[key] for key in keep}}
 
             result, folder = runner.run(f"units {spec} {layer}", inputs, compute)
@@ -343,7 +345,8 @@ def _spectral_report(records: dict[str, Any]) -> Section:
         c = r["check"]
         rows.append([spec, f"{r['product']:.4g}", f"{c['ratio_max']:.4g}", f"{c['ratio_median']:.4g}",
                      f"{c['local_jacobian_max']:.4g}", f"{c['looseness_vs_ratio']:.3g}×",
-                     f"{c['certified_radius_median']:.3g}", "—" if c["adv_l2_median"] is None else f"{c['adv_l2_median']:.3g}",
+                     f"{c['certified_radius_median']:.3g}",
+                     "—" if c["adv_l2_median"] is None else f"{c['adv_l2_median']:.3g}",
                      "—" if c["adv_over_certified_min"] is None else f"{c['adv_over_certified_min']:.3g}×",
                      f"{c['pairs']} ({r['pairs_source']})", "yes" if c["holds"] else "NO"])
     checks = [r["check"] for r in records.values()]
@@ -471,7 +474,8 @@ def _evaluate_pair(folder: Path, models: Mapping[str, nn.Module], test: Any, siz
                            "median_distortion": float(np.median(d)), "attack_wall_s": res.wall_time}
     return {"test_errors_only_wrong": {name_a: only_a, name_b: only_b}, "mcnemar_p": float(mcnemar),
             "n_robust": int(len(chosen)), "test_indices": chosen.tolist(), "per_model": per_model,
-            "paired": {"n": int(ok.sum()), "mean_ratio": float(np.mean(db / da)), "share_larger": float(np.mean(db > da)),
+            "paired": {"n": int(ok.sum()), "mean_ratio": float(np.mean(db / da)),
+                       "share_larger": float(np.mean(db > da)),
                        "wilcoxon_p": float(wilcoxon)},
             "transfer": {f"made for {src}": {dst: transfer(res, model) for dst, model in models.items()}
                          for src, res in attacks.items()}}
@@ -489,7 +493,8 @@ def _pool_report(results: dict[str, Any]) -> Section:
             rows.append([name, seed, _pct(r["train_error"]), _pct(r["test_error"]),
                          "—" if paper[name] is None else ("< " if name == POOLED else "") + _pct(paper[name]),
                          f"{p['mean_distortion']:.4f}", f"{p['median_distortion']:.4f}",
-                         f"{100 * p['success_rate']:.1f}%", f"{r['wall_time_s']:.1f}", f"{r['wall_time_s'] / wall:.2f}×"])
+                         f"{100 * p['success_rate']:.1f}%", f"{r['wall_time_s']:.1f}",
+                         f"{r['wall_time_s'] / wall:.2f}×"])
     diffs = [run[POOLED]["test_error"] - run[PLAIN]["test_error"] for run in runs.values()]
     lower = sum(d < 0 for d in diffs)
     per_seed = "; ".join(
@@ -519,7 +524,8 @@ def _pool_report(results: dict[str, Any]) -> Section:
     names = (PLAIN, POOLED)
     transfer = Table(["successful adversarial examples ↓ / fed to →", *names],
                      [[src, *(f"{100 * row[dst]:.1f}%" for dst in names)] for src, row in ev["transfer"].items()],
-                     f"§4.2 — error of each net on the other's minimal adversarial examples (seed {next(iter(runs))}; "
+                     "§4.2 — error of each net on the other's minimal adversarial examples "
+                     f"(seed {next(iter(runs))}; "
                      "diagonal: 100% by construction)", fmt="str")
     pool = first[POOLED]["pool"]
     layer_text = "; ".join(f"layer {k}: {v['added']} of {v['attacked']} attacks added (success "
@@ -527,8 +533,9 @@ def _pool_report(results: dict[str, Any]) -> Section:
                            for k, v in pool["layers"].items())
     only_input = list(pool["layers"]) == ["input"]
     paragraphs = [
-        f"Both nets share the recipe ({results['recipe']['note']}; weight decay λ = {results['recipe']['weight_decay']:g} "
-        "in (λ/2)·Σ‖W‖²), the seed, the epochs and the very same sequence of clean minibatches; the second also "
+        f"Both nets share the recipe ({results['recipe']['note']}; weight decay "
+        f"λ = {results['recipe']['weight_decay']:g} in (λ/2)·Σ‖W‖²), the seed, the epochs and the very same "
+        "sequence of clean minibatches; the second also "
         f"trains on a pool of adversarial examples: {results['pool_description']}.",
         f"Pool over the first seed's run ({pool['refreshes']} refreshes, {pool['steps']} steps): {layer_text}. "
         + ("Only input-level examples were used here; the library also makes them for hidden sigmoid layers "

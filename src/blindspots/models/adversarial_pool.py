@@ -12,10 +12,10 @@ The paper trained a 100-100-10 net "with weight decay and a continually refreshe
 - every successful perturbation that moved the point (x_adv != x) enters the pool with its TRUE label; the
   pool keeps the newest `capacity` examples per layer (first in, first out);
 - each SGD step trains on the clean minibatch plus `round(mix · B)` examples drawn uniformly without replacement
-  (from a generator of its own) from each layer's pool, or all of it while it holds fewer: the data loss is the mean cross-entropy over all of
-  them, plus the recipe's weight decay. The clean minibatches, learning-rate schedule, decay and number of
-  steps are exactly those of plain training with the same seed (the pool never touches the shuffling RNG), so
-  "weight decay alone" and "weight decay + pool" differ only by the pool;
+  (from a generator of its own) from each layer's pool, or all of it while it holds fewer: the data loss is the
+  mean cross-entropy over all of them, plus the recipe's weight decay. The clean minibatches, learning-rate
+  schedule, decay and number of steps are exactly those of plain training with the same seed (the pool never
+  touches the shuffling RNG), so "weight decay alone" and "weight decay + pool" differ only by the pool;
 - layer-level examples (`layers` other than "input"): the output h of a hidden layer is attacked as the input
   of the layers above it, in the box [0, 1] (the range of a sigmoid layer; other layers are refused), and the
   pool's h_adv train those upper layers only. "input" is the image itself.
@@ -79,8 +79,8 @@ class PoolConfig:
                 f"attacked at layer(s) {', '.join(self.layers)} by box-constrained L-BFGS ({aim}; c search: "
                 f"{self.bracket_steps} bracket + {self.search_steps} bisection steps, {self.max_iter} iterations per "
                 f"solve) on the current weights; successful x_adv join a first-in-first-out pool of {self.capacity} "
-                f"per layer with their true labels; each step trains on the clean minibatch plus {self.mix:g}× as many "
-                "pool examples per layer (mean cross-entropy over all, plus weight decay)")
+                f"per layer with their true labels; each step trains on the clean minibatch plus {self.mix:g}× as "
+                "many pool examples per layer (mean cross-entropy over all, plus weight decay)")
 
 
 @dataclass
