@@ -41,6 +41,8 @@ from ..report.figures import examples_grid
 from ..report.plots import distortion_histogram
 from ..report.reference import paper_value
 from .stages import StageRunner
+from .szegedy_sections import (SPECTRAL_MODELS, adversarial_training_section, sizes_for, spectral_section,
+                               units_section)
 
 TABLE1_MODELS = ("FC10(1e-4)", "FC10(1e-2)", "FC10(1)", "FC100-100-10", "FC200-200-10", "AE400-10")
 # Table 3: (display name, spec, training split)
@@ -244,9 +246,12 @@ class Szegedy2014:
         table3 = self._transfer_table(t3_refs, t3_refs, gaussian_base=t3_refs[0], magnified=True,
                                       sigmas=(MAGNIFY_SIGMA,))
         self.timings["transfer"] = time.perf_counter() - stage_t
+        sections = self._sections(t1_refs)
         results = {
             "experiment": "szegedy2014", "profile": asdict(self.profile), "seed": self.seed,
             "table1": self._table1(t1_refs), "table2": table2, "table3": table3,
+            "section3_units": sections[0][0], "section4_3_spectral": sections[1][0],
+            "section4_2_adversarial_training": sections[2][0],
             "models": self.models, "attacks": {k: v[0] for k, v in self.attacks.items()},
             "stages": [asdict(r) for r in self.runner.log],
             "facts": self._facts(), "wall_time_s": {k: round(v, 2) for k, v in self.timings.items()},
@@ -254,8 +259,24 @@ class Szegedy2014:
         results["wall_time_s"]["total"] = round(time.perf_counter() - t_start, 2)
         write_json_atomic(self.out / "results.json", results, sort_keys=False)
         results = json.loads((self.out / "results.json").read_text(encoding="utf-8"))  # strict JSON: NaN -> null
-        write_report(build_report(results, self.out, self.attacks), self.out)
+        write_report(build_report(results, self.out, self.attacks, [sec for _, sec in sections]), self.out)
         return results
+
+    def _sections(self, t1_refs: list[ModelRef]) -> list[tuple[dict[str, Any], Section]]:
+        """§3 units, §4.3 spectral bounds (checked on Table 1's own adversarial pairs), §4.2 adversarial training."""
+        p = self.profile
+        sizes = sizes_for(p.name, train_subset=p.train_subset, epochs=p.epochs)
+        kw = {"seed": self.seed, "device": self.device, "progress": self.progress}
+        pairs = {ref.spec: self.attacks[ref.label][1] / "adversarial.safetensors" for ref in t1_refs
+                 if ref.spec in SPECTRAL_MODELS}
+        out = []
+        for name, run in (("units", lambda: units_section(self.runner, sizes, **kw)),
+                          ("spectral", lambda: spectral_section(self.runner, sizes, pairs=pairs, **kw)),
+                          ("adversarial training", lambda: adversarial_training_section(self.runner, sizes, **kw))):
+            t0 = time.perf_counter()
+            out.append(run())
+            self.timings[name] = time.perf_counter() - t0
+        return out
 
     def _table1(self, refs: list[ModelRef]) -> dict[str, Any]:
         rows = {}
@@ -352,12 +373,14 @@ def _ours_paper(ours: float, paper: float | None, pct: bool = True) -> str:
     return f"{o} ({_pct(paper) if pct else f'{paper:.3f}'})"
 
 
-def build_report(results: dict[str, Any], out: Path, attacks: dict[str, tuple[dict[str, Any], Path]]) -> Report:
+def build_report(results: dict[str, Any], out: Path, attacks: dict[str, tuple[dict[str, Any], Path]],
+                 extra_sections: list[Section] | None = None) -> Report:
     """Tables with our numbers and the paper's side by side, computed verdicts, figures, facts."""
     t1, t2, t3 = results["table1"], results["table2"], results["table3"]
     facts = results["facts"]
     intro = [
-        "Reproduction of Szegedy et al., Intriguing properties of neural networks (ICLR 2014), Tables 1-3, "
+        "Reproduction of Szegedy et al., Intriguing properties of neural networks (ICLR 2014): Tables 1-3, "
+        "§3 (units vs random directions), §4.2 (training on adversarial examples) and §4.3 (Lipschitz bounds), "
         f"on genuine MNIST. Profile: {facts['profile']} ({facts['profile_description']}); seed {facts['seed']}; "
         f"training data: {facts['training_data']}.",
         "Paper values are given in parentheses or in their own column; they come from the package's reference "
@@ -366,7 +389,7 @@ def build_report(results: dict[str, Any], out: Path, attacks: dict[str, tuple[di
     ]
     sections = [_table1_section(t1), _transfer_section("Table 2 — cross-model generalisation", t2, "table2"),
                 _transfer_section("Table 3 — cross-training-set generalisation", t3, "table3"),
-                _figures_section(results, out, attacks), _facts_section(results)]
+                *(extra_sections or []), _figures_section(results, out, attacks), _facts_section(results)]
     return Report("blindspots — Szegedy et al. 2014 reproduced", intro, sections)
 
 
