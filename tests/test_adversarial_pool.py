@@ -102,6 +102,17 @@ def test_the_pool_keeps_the_newest_examples() -> None:
     assert p.y.tolist() == [2, 3, 4, 5, 6] and float(p.x[0].max()) == 0 and float(p.x[1].min()) == 1
 
 
+def test_a_layer_split_composes_to_the_model_and_shares_its_weights() -> None:
+    model = build_model("FC100-100-10").eval()
+    x = torch.rand(5, 1, 28, 28)
+    for layer in ("input", "act1", "act2"):
+        head, tail = _split_at(model, layer)
+        assert torch.equal(tail(head(x)), model(x))
+        assert {id(p) for p in tail.parameters()} <= {id(p) for p in model.parameters()}
+    _, tail = _split_at(model, "act1")  # a hidden pool trains the layers above only
+    assert [name for name, _ in model.named_children()][3:] == ["fc2", "act2", "out"] and tail[0] is model.fc2
+
+
 def test_refusals() -> None:
     with pytest.raises(SpecError, match="no layer 'fc9'"):
         AdversarialPool(PoolConfig(layers=("fc9",))).loss(build_model("FC100-100-10"), torch.rand(4, 1, 28, 28),

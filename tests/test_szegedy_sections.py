@@ -17,8 +17,8 @@ from blindspots.analysis import empirical_ratio, lipschitz_bound
 from blindspots.attacks import load_adversarial
 from blindspots.data import load_mnist
 from blindspots.experiments.stages import StageRunner
-from blindspots.experiments.szegedy_sections import (SIZES, adversarial_training_section, sizes_for,
-                                                     spectral_section, units_section)
+from blindspots.experiments.szegedy_sections import (SIZES, adversarial_training_section, pool_report, sizes_for,
+                                                     spectral_report, spectral_section, units_report, units_section)
 from blindspots.models import error_rate, train
 from blindspots.models.adversarial_pool import PoolConfig
 from blindspots.models.checkpoint import load_checkpoint
@@ -136,6 +136,14 @@ def test_a_second_run_recomputes_nothing(run: dict) -> None:
              adversarial_training_section(runner, TINY))
     assert runner.log and all(r.status == "cached" for r in runner.log)
     assert [a[0] for a in again] == [run["units"][0], run["spectral"][0], run["pool"][0]]
+
+
+def test_sections_rebuild_from_results_json(run: dict) -> None:
+    """The lead's report can be rebuilt from results.json alone (e.g. after a resume)."""
+    for key, rebuild in (("units", units_report), ("spectral", spectral_report), ("pool", pool_report)):
+        results, section = run[key]
+        again = rebuild(json.loads(json.dumps(results)))
+        assert to_markdown(Report("t", [], [again])) == to_markdown(Report("t", [], [section]))
 
 
 def test_sizes_for_a_profile() -> None:

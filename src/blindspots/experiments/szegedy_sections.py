@@ -126,6 +126,10 @@ def _digest(*tensors: Tensor) -> str:
     return h.hexdigest()[:16]
 
 
+def spec_name(tm: TrainedModel) -> str:
+    return str(tm.meta["spec"])
+
+
 def _model_key(tm: TrainedModel) -> dict[str, Any]:
     """What identifies a trained model in a stage key: its weights (not where the store keeps them)."""
     m = tm.meta
@@ -141,7 +145,6 @@ def units_section(runner: StageRunner, sizes: SectionSizes, *, seed: int = 0, de
     versus random directions (Figures 1-2), their label purity and pixel coherence, and the tests' verdict."""
     test = load_mnist("test", subset=sizes.unit_images)
     records: dict[str, Any] = {}
-    figures: list[Figure] = []
     for spec in UNIT_MODELS:
         tm = _trained(spec, sizes, seed, device, progress, store)
         for layer in default_layers(tm.model):
@@ -166,17 +169,17 @@ def units_section(runner: StageRunner, sizes: SectionSizes, *, seed: int = 0, de
 
             result, folder = runner.run(f"units {spec} {layer}", inputs, compute)
             records[f"{spec} {layer}"] = {**result, "figure": str(_rel(runner, folder / "units.png"))}
-            figures.append(Figure(_rel(runner, folder / "units.png"),
-                                  f"{spec}, layer {layer}: left, top-8 test images of single units (Figure 1); right, "
-                                  f"of random directions (Figure 2); the first 8 of each kind in seeded order"))
-    return {"layers": records}, _units_report(records, len(test), figures)
+    results = {"layers": records}
+    return results, units_report(results)
 
 
-def spec_name(tm: TrainedModel) -> str:
-    return str(tm.meta["spec"])
-
-
-def _units_report(records: dict[str, Any], n_images: int, figures: list[Figure]) -> Section:
+def units_report(results: dict[str, Any]) -> Section:
+    """The §3 Section from `units_section`'s results (e.g. read back from results.json)."""
+    records = results["layers"]
+    n_images = next(iter(records.values()))["n_images"]
+    figures = [Figure(Path(r["figure"]), f"{name}: left, top-8 test images of single units (Figure 1); right, of "
+                                         "random directions (Figure 2); the first 8 of each kind in seeded order")
+               for name, r in records.items()]
     rows = []
     for name, r in records.items():
         s, t = r["summary"], r["tests"]
@@ -313,7 +316,8 @@ def spectral_section(runner: StageRunner, sizes: SectionSizes, *, pairs: Mapping
         result["pairs_source"] = "handed in" if handed else "made here (L-BFGS)"
         result["pairs_given"] = n_given
         records[spec] = result
-    return {"models": records}, _spectral_report(records)
+    results = {"models": records}
+    return results, spectral_report(results)
 
 
 def _alexnet_table() -> Table:
@@ -327,7 +331,9 @@ def _alexnet_table() -> Table:
                  "ReLU, max-pooling and contrast normalisation layers not listed", fmt="str")
 
 
-def _spectral_report(records: dict[str, Any]) -> Section:
+def spectral_report(results: dict[str, Any]) -> Section:
+    """The §4.3 Section from `spectral_section`'s results."""
+    records = results["models"]
     tables = []
     for spec, r in records.items():
         rows = []
@@ -393,7 +399,7 @@ def adversarial_training_section(runner: StageRunner, sizes: SectionSizes, *, se
     results = {"seeds": runs, "pool_config": sizes.pool.as_dict(), "pool_description": sizes.pool.describe(),
                "train_subset": sizes.pool_train_subset, "epochs": first[PLAIN]["recipe"]["epochs"],
                "recipe": first[PLAIN]["recipe"]}
-    return results, _pool_report(results)
+    return results, pool_report(results)
 
 
 PLAIN, POOLED = "weight decay", "weight decay + adversarial pool"
@@ -481,7 +487,8 @@ def _evaluate_pair(folder: Path, models: Mapping[str, nn.Module], test: Any, siz
                          for src, res in attacks.items()}}
 
 
-def _pool_report(results: dict[str, Any]) -> Section:
+def pool_report(results: dict[str, Any]) -> Section:
+    """The §4.2 Section from `adversarial_training_section`'s results."""
     runs = results["seeds"]
     paper = {PLAIN: paper_value("szegedy2014", "section4_2", "weight_decay_only_test_error"),
              POOLED: paper_value("szegedy2014", "section4_2", "adversarial_training_test_error_below")}
@@ -546,4 +553,4 @@ def _pool_report(results: dict[str, Any]) -> Section:
 
 
 __all__ = ["SectionSizes", "SIZES", "sizes_for", "units_section", "spectral_section", "adversarial_training_section",
-           "bound_check", "PairSource"]
+           "units_report", "spectral_report", "pool_report", "bound_check", "PairSource"]
