@@ -6,9 +6,9 @@ The training objective is J̃(θ, x, y) = α·J(θ, x, y) + (1 − α)·J(θ, x 
 - δ ~ U(−ε, ε) per pixel         "uniform_noise": the paper's second control.
 
 Choices the paper leaves open, fixed here and recorded in each checkpoint: x + δ is clipped to the pixel
-box [0, 1] (the attacks are evaluated in that box too); ∇ₓJ is taken in training mode, i.e. through the
-same dropout masks as the clean term of the same step (J is the dropout training cost), and is
-recomputed at every minibatch from the current weights.
+box [0, 1] (the attacks are evaluated in that box too); ∇ₓJ is taken through the clean term's own
+forward pass in training mode, i.e. with its dropout masks (J is the dropout training cost; the
+adversarial term then draws fresh masks), and is recomputed at every minibatch from the current weights.
 
 Use it through the store: `train("MAXOUT", objective=Objective("fgsm", epsilon=0.25, alpha=0.5))`.
 """
