@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .. import __version__
 from ..analysis.spectral import empirical_ratio, layer_bounds, local_lipschitz
-from ..analysis.units import default_layers, unit_analysis
+from ..analysis.units import ALPHA, MEASURES, default_layers, unit_analysis
 from ..attacks import (TargetedMisclassification, lbfgs_attack, load_adversarial, random_targets,
                        save_adversarial)
 from ..data import load_mnist
@@ -57,7 +57,11 @@ PairSource = Union[str, "os.PathLike[str]", Mapping[str, Tensor], tuple[Tensor, 
 @dataclass(frozen=True)
 class SectionSizes:
     """How big the three sections run. `train_subset` / `epochs` are those of the FC models shared with Table 1
-    (pass the profile's to reuse its checkpoints); None means all 60,000 images / the recipe's epochs."""
+    (pass the profile's to reuse its checkpoints); None means all 60,000 images / the recipe's epochs.
+
+    Presets in SIZES: "quick" (CI: small subsets, 20 directions, 30 pairs, one §4.2 seed on 5,000 images; about
+    30 s on two cores with one torch thread) and "standard" (full-data CNN and FC nets, 100 directions over all
+    10,000 test images, 100 CNN pairs, §4.2 on 20,000 images for 20 epochs with two seeds)."""
 
     name: str
     train_subset: int | None
@@ -68,7 +72,7 @@ class SectionSizes:
     n_directions: int  # §3: units and random directions per layer
     n_pairs: int  # §4.3: test images attacked per model that gets no pairs handed in
     pool_train_subset: int | None  # §4.2: training images of both nets
-    pool_epochs: int | None  # §4.2: epochs of both nets (None: the FC recipe's 30)
+    pool_epochs: int | None  # §4.2: epochs of both nets (None: the FC recipe's)
     pool: PoolConfig = field(default_factory=PoolConfig)
     n_robust: int = 300  # §4.2: test images attacked on both nets
     pool_seeds: int = 1  # §4.2: pairs of nets trained, with seeds seed, seed + 1, ...
@@ -126,7 +130,7 @@ def _digest(*tensors: Tensor) -> str:
     return h.hexdigest()[:16]
 
 
-def spec_name(tm: TrainedModel) -> str:
+def _spec_name(tm: TrainedModel) -> str:
     return str(tm.meta["spec"])
 
 
@@ -153,17 +157,17 @@ def units_section(runner: StageRunner, sizes: SectionSizes, *, seed: int = 0, de
 
             def compute(folder: Path, tm: TrainedModel = tm, layer: str = layer) -> dict[str, Any]:
                 a = unit_analysis(tm.model, layer, test.images, test.labels, k=8, n_directions=sizes.n_directions,
-                                  seed=seed, model_name=spec_name(tm))
+                                  seed=seed, model_name=_spec_name(tm))
                 record = a.to_dict()
                 record["unit_topk"] = test.indices[a.unit_topk].tolist()  # as MNIST test-set indices
                 record["random_topk"] = test.indices[a.random_topk].tolist()
                 write_json_atomic(folder / "units.json", record)
                 plot_unit_grid(test.images, test.labels, a, folder / "units.png", rows=8,
-                               title=f"{spec_name(tm)}, layer {layer}: top-{a.k} of {a.n_images} test images per "
+                               title=f"{_spec_name(tm)}, layer {layer}: top-{a.k} of {a.n_images} test images per "
                                      "direction (row label: direction, label purity, true labels)")
                 keep = ("layer", "width", "k", "n_images", "summary", "tests", "told_apart", "verdict", "chance",
                         "ambiguous_units", "ambiguous_random")
-                return {"model": spec_name(tm), "model_test_error": tm.meta.get("test_error"),
+                return {"model": _spec_name(tm), "model_test_error": tm.meta.get("test_error"),
                         "checkpoint": str(tm.path),
                         **{key: record[key] for key in keep}}
 
@@ -191,13 +195,19 @@ def units_report(results: dict[str, Any]) -> Section:
     above = [n for n, r in records.items()
              if all(r["summary"][m][kind]["mean"] > r["chance"][m]["p95"] for m in ("purity", "coherence")
                     for kind in ("units", "random"))]
-    higher = [n for n in apart if records[n]["summary"]["purity"]["units"]["mean"]
-              > records[n]["summary"]["purity"]["random"]["mean"]]
+    differences = []  # which measure told them apart in which layer, and which kind scored higher
+    for n in apart:
+        r = records[n]
+        for m, label in (("purity", "label purity"), ("coherence", "pixel coherence")):
+            if r["tests"][m]["mannwhitney_p"] < ALPHA / len(MEASURES):
+                kind = "units" if r["summary"][m]["units"]["mean"] > r["summary"][m]["random"]["mean"] else "random"
+                differences.append(f"{n}: {label}, {kind} higher")
     verdict = (f"Both kinds of direction pick out images far more alike than chance in {len(above)} of {len(records)} "
                f"layers (mean label purity and pixel coherence of units and of random directions above the 95th "
                f"percentile of random 8-image sets). Single units and random directions can be told apart "
-               f"(Mann–Whitney, α = 0.05 Bonferroni over 2 measures) in {len(apart)} of {len(records)} layers"
-               + (f" ({', '.join(apart)}; units score higher in purity in {len(higher)} of them)" if apart else "")
+               f"(Mann–Whitney, α = {ALPHA:g} Bonferroni over {len(MEASURES)} measures) in {len(apart)} of "
+               f"{len(records)} layers"
+               + (f" ({'; '.join(differences)})" if apart else "")
                + ". " + ("So here, as the paper found, the semantics live in the space rather than in single units."
                          if not apart else "So here single units are NOT interchangeable with random directions in "
                                            "every layer, a partial departure from the paper's qualitative claim."))
@@ -250,7 +260,7 @@ def _pairs_stage(runner: StageRunner, tm: TrainedModel, sizes: SectionSizes, see
         return {"n": int(len(chosen)), "success_rate": float(result.success.float().mean()),
                 "test_indices": chosen.tolist(), "attack_params": result.params}
 
-    return runner.run(f"bound pairs {spec_name(tm)}", inputs, compute)[1] / "adversarial.safetensors"
+    return runner.run(f"bound pairs {_spec_name(tm)}", inputs, compute)[1] / "adversarial.safetensors"
 
 
 def bound_check(model: nn.Module, x: Tensor, x_adv: Tensor, product: float) -> dict[str, Any]:
@@ -307,7 +317,7 @@ def spectral_section(runner: StageRunner, sizes: SectionSizes, *, pairs: Mapping
             model = tm.model.eval()
             bounds = layer_bounds(model, shape, verify=True, iters=iters)
             product = math.prod(b.bound for b in bounds)
-            return {"model": spec_name(tm), "test_error": tm.meta.get("test_error"), "checkpoint": str(tm.path),
+            return {"model": _spec_name(tm), "test_error": tm.meta.get("test_error"), "checkpoint": str(tm.path),
                     "input_shape": list(shape),
                     "layers": [b.to_dict() for b in bounds], "product": product,
                     "check": bound_check(model, x, x_adv, product)}
