@@ -823,8 +823,18 @@ def _sec_curves(results: dict[str, Any]) -> Section:
     monotone = [labels[k] for k, v in fg.items() if all(a <= b + 1e-9 for a, b in zip(v["error"], v["error"][1:]))]
     k25 = eps.index(EPSILON)
     best = min((k for k in fg if k != LOGREG), key=lambda k: fg[k]["error"][k25])
-    verdict = (f"Error grows monotonically with ε for {len(monotone)} of {len(fg)} models; at ε = 0.25 the most "
-               f"robust 10-class model is '{labels[best]}' ({_pct(fg[best]['error'][k25])}).")
+    sentences = [f"Error grows monotonically with ε for {len(monotone)} of {len(fg)} models; at ε = 0.25 the most "
+                 f"robust 10-class model is '{labels[best]}' ({_pct(fg[best]['error'][k25])})."]
+    for k, v in fg.items():
+        err = v["error"]
+        peak = max(range(1, k25), key=lambda j: err[j], default=None)
+        if peak is not None and err[peak] > min(err[peak:k25 + 1]) + 0.02:
+            low = min(range(peak, k25 + 1), key=lambda j: err[j])
+            sentences.append(f"'{labels[k]}' resists FGSM better at ε = {eps[low]:g} ({_pct(err[low])}) than at the "
+                             f"smaller ε = {eps[peak]:g} ({_pct(err[peak])}): a non-monotone curve warns that its "
+                             "gradient is a poor guide near the data (gradient masking), so its FGSM error can "
+                             "overstate its robustness to stronger attacks.")
+    verdict = " ".join(sentences)
     fig = Figure(Path(results["figures"]["curves"]), "Error on FGSM images vs ε for every model; crosses mark the "
                  "paper's values at ε = 0.25.")
     figs = [fig] + [Figure(Path(results["figures"][f"examples {k}"]),
