@@ -144,6 +144,14 @@ def test_sections_rebuild_from_results_json(run: dict) -> None:
         results, section = run[key]
         again = rebuild(json.loads(json.dumps(results)))
         assert to_markdown(Report("t", [], [again])) == to_markdown(Report("t", [], [section]))
+        rebuild(json.loads(json.dumps(results).replace("NaN", "null")))  # strict JSON (NaN -> null) renders too
+    broken = json.loads(json.dumps(run["pool"][0]))  # no successful attack anywhere: n/a, not a crash
+    seed0 = broken["seeds"]["0"]
+    seed0["evaluation"]["paired"].update(mean_ratio=None, share_larger=None)
+    seed0["evaluation"]["per_model"]["weight decay"].update(mean_distortion=None, median_distortion=None)
+    seed0["weight decay + adversarial pool"]["pool"]["layers"]["input"].update(mean_rms_distortion=None)
+    text = to_markdown(Report("t", [], [pool_report(broken)]))
+    assert "needs n/a× the plain net's" in text and "mean RMS distortion n/a" in text
 
 
 def test_sizes_for_a_profile() -> None:

@@ -117,9 +117,22 @@ def _pct(v: float) -> str:
     return f"{100 * v:.2f}%"
 
 
+def _finite(v: float | None) -> float:
+    """NaN for a value written as null (strict JSON) or NaN: the report says "n/a" for it."""
+    return float("nan") if v is None else float(v)
+
+
+def _num(v: float | None, spec: str) -> str:
+    v = _finite(v)
+    return "n/a" if math.isnan(v) else format(v, spec)
+
+
 def _span(values: list[float], spec: str) -> str:
-    """"a" or "a–b": the range of per-seed values."""
-    lo, hi = format(min(values), spec), format(max(values), spec)
+    """"a" or "a–b": the range of per-seed values ("n/a" where none is a number)."""
+    known = [v for v in values if not math.isnan(v)]
+    if not known:
+        return "n/a"
+    lo, hi = format(min(known), spec), format(max(known), spec)
     return lo if lo == hi else f"{lo}–{hi}"
 
 
@@ -509,7 +522,7 @@ def pool_report(results: dict[str, Any]) -> Section:
             r, p = run[name], ev["per_model"][name]
             rows.append([name, seed, _pct(r["train_error"]), _pct(r["test_error"]),
                          "—" if paper[name] is None else ("< " if name == POOLED else "") + _pct(paper[name]),
-                         f"{p['mean_distortion']:.4f}", f"{p['median_distortion']:.4f}",
+                         _num(p["mean_distortion"], ".4f"), _num(p["median_distortion"], ".4f"),
                          f"{100 * p['success_rate']:.1f}%", f"{r['wall_time_s']:.1f}",
                          f"{r['wall_time_s'] / wall:.2f}×"])
     diffs = [run[POOLED]["test_error"] - run[PLAIN]["test_error"] for run in runs.values()]
@@ -519,8 +532,8 @@ def pool_report(results: dict[str, Any]) -> Section:
         f"{run['evaluation']['mcnemar_p']:.3g} on the {sum(run['evaluation']['test_errors_only_wrong'].values())} "
         f"test images only one of the two nets gets wrong)" for seed, run in runs.items())
     significant = sum(run["evaluation"]["mcnemar_p"] < 0.05 for run in runs.values())
-    ratios = [run["evaluation"]["paired"]["mean_ratio"] for run in runs.values()]
-    shares = [run["evaluation"]["paired"]["share_larger"] for run in runs.values()]
+    ratios = [_finite(run["evaluation"]["paired"]["mean_ratio"]) for run in runs.values()]
+    shares = [_finite(run["evaluation"]["paired"]["share_larger"]) for run in runs.values()]
     costs = [run[POOLED]["wall_time_s"] / run[PLAIN]["wall_time_s"] for run in runs.values()]
     attack_share = [run[POOLED]["attack_seconds"] / run[POOLED]["wall_time_s"] for run in runs.values()]
     verdict = (f"Test error with the pool is lower in {lower} of {len(runs)} seed(s); mean change "
@@ -546,7 +559,8 @@ def pool_report(results: dict[str, Any]) -> Section:
                      "diagonal: 100% by construction)", fmt="str")
     pool = first[POOLED]["pool"]
     layer_text = "; ".join(f"layer {k}: {v['added']} of {v['attacked']} attacks added (success "
-                           f"{100 * v['success_rate']:.0f}%, mean RMS distortion {v['mean_rms_distortion']:.3f})"
+                           f"{_num(_finite(v['success_rate']) * 100, '.0f')}%, mean RMS distortion "
+                           f"{_num(v['mean_rms_distortion'], '.3f')})"
                            for k, v in pool["layers"].items())
     only_input = list(pool["layers"]) == ["input"]
     paragraphs = [
@@ -563,4 +577,5 @@ def pool_report(results: dict[str, Any]) -> Section:
 
 
 __all__ = ["SectionSizes", "SIZES", "sizes_for", "units_section", "spectral_section", "adversarial_training_section",
-           "units_report", "spectral_report", "pool_report", "bound_check", "PairSource"]
+           "units_report", "spectral_report", "pool_report", "bound_check", "PairSource", "SPECTRAL_MODELS",
+           "UNIT_MODELS", "POOL_SPEC"]
