@@ -54,7 +54,7 @@ from ..io import file_digest, write_atomic, write_json_atomic  # noqa: E402
 from ..models import load_model, train  # noqa: E402
 from ..models.adversarial import Objective  # noqa: E402
 from ..models.zoo import BinaryLogistic, TwoClassLogits  # noqa: E402
-from ..report.document import Figure, Report, Section, Table, write_report  # noqa: E402
+from ..report.document import Figure, Report, Section, Table, run_facts_section, write_report  # noqa: E402
 from ..report.reference import paper_value  # noqa: E402
 from .stages import StageRunner  # noqa: E402
 
@@ -883,14 +883,7 @@ def _sec_models(results: dict[str, Any]) -> Section:
 
 
 def _sec_facts(results: dict[str, Any]) -> Section:
-    facts = results["facts"]
-    paragraphs = [f"{k.replace('_', ' ')}: {v}" for k, v in facts["choices"].items()]
-    paragraphs.append("versions: " + ", ".join(f"{k} {v}" for k, v in facts["versions"].items()))
-    computed = sum(1 for s in results["stages"] if s["status"] == "computed")
-    paragraphs.append(f"stages this run: {computed} computed, {len(results['stages']) - computed} reused from cache")
-    timing = Table(["stage", "wall time (s)"], [[k, f"{v:.1f}"] for k, v in results["wall_time_s"].items()],
-                   "Wall time per stage (this run)", fmt="str")
-    return Section("Run facts and the choices the paper leaves open", paragraphs, [timing])
+    return run_facts_section(results)
 
 
 # ---- entry points --------------------------------------------------------------------------------

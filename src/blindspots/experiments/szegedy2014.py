@@ -36,7 +36,7 @@ from ..data.datasets import subset_order
 from ..errors import CheckpointError
 from ..io import write_json_atomic
 from ..models import load_model, predict, train
-from ..report.document import Figure, Report, Section, Table, write_report
+from ..report.document import Figure, Report, Section, Table, run_facts_section, write_report
 from ..report.figures import examples_grid
 from ..report.plots import distortion_histogram
 from ..report.reference import paper_value
@@ -469,16 +469,8 @@ def _figures_section(results: dict[str, Any], out: Path, attacks: dict[str, tupl
 
 
 def _facts_section(results: dict[str, Any]) -> Section:
-    facts = results["facts"]
-    paragraphs = [f"{k.replace('_', ' ')}: {v}" for k, v in facts["choices"].items()]
     clean = ", ".join(f"{k}: {v['clean_errors_skipped']}" for k, v in results["attacks"].items())
-    paragraphs.append(f"clean errors skipped before reaching the attacked images, per model: {clean}")
-    paragraphs.append("versions: " + ", ".join(f"{k} {v}" for k, v in facts["versions"].items()))
-    computed = sum(1 for s in results["stages"] if s["status"] == "computed")
-    paragraphs.append(f"stages this run: {computed} computed, {len(results['stages']) - computed} reused from cache")
-    timing = Table(["stage", "wall time (s)"], [[k, f"{v:.1f}"] for k, v in results["wall_time_s"].items()],
-                   "Wall time per stage (this run)", fmt="str")
-    return Section("Run facts and the choices the paper leaves open", paragraphs, [timing])
+    return run_facts_section(results, [f"clean errors skipped before reaching the attacked images, per model: {clean}"])
 
 
 def reproduce(out: str | Path = "runs/szegedy2014", profile: str = "standard", *, seed: int = 0,

@@ -117,6 +117,20 @@ def to_html(report: Report, root: Path) -> str:
     return "\n".join(out)
 
 
+def run_facts_section(results: dict, extra: list[str] | None = None) -> Section:
+    """The run's facts (the choices the paper leaves open, versions, cached vs computed stages, wall time per
+    stage), read from an experiment's results dict."""
+    facts = results["facts"]
+    paragraphs = [f"{k.replace('_', ' ')}: {v}" for k, v in facts["choices"].items()]
+    paragraphs += extra or []
+    paragraphs.append("versions: " + ", ".join(f"{k} {v}" for k, v in facts["versions"].items()))
+    computed = sum(1 for s in results["stages"] if s["status"] == "computed")
+    paragraphs.append(f"stages this run: {computed} computed, {len(results['stages']) - computed} reused from cache")
+    timing = Table(["stage", "wall time (s)"], [[k, f"{v:.1f}"] for k, v in results["wall_time_s"].items()],
+                   "Wall time per stage (this run)", fmt="str")
+    return Section("Run facts and the choices the paper leaves open", paragraphs, [timing])
+
+
 def write_report(report: Report, folder: Path) -> tuple[Path, Path]:
     """Write report.md and report.html (self-contained) into `folder`, atomically."""
     md = write_text_atomic(folder / "report.md", to_markdown(report))
