@@ -89,7 +89,8 @@ def _model_refs() -> list[ModelRef]:
     return refs
 
 
-def _t3_label(ref: ModelRef) -> str:
+def _display(ref: ModelRef) -> str:
+    """Name of a model in the tables: Table 3's names for the P1/P2 models, the spec otherwise."""
     for label, spec, split in TABLE3_MODELS:
         if ref.spec == spec and ref.split == split:
             return label
@@ -104,6 +105,7 @@ class Szegedy2014:
         self.out, self.profile, self.seed, self.device, self.progress = out, profile, seed, device, progress
         self.runner = StageRunner(out, announce=announce)
         self.models: dict[str, dict[str, Any]] = {}
+        self._loaded: dict[str, torch.nn.Module] = {}
         self.attacks: dict[str, tuple[dict[str, Any], Path]] = {}
         self.timings: dict[str, float] = {}
 
@@ -124,6 +126,9 @@ class Szegedy2014:
         return result
 
     def _load(self, ref: ModelRef) -> torch.nn.Module:
+        """The stored model of a train stage (loaded and hash-checked once per run)."""
+        if ref.label in self._loaded:
+            return self._loaded[ref.label]
         p = self.profile
         tm = load_model(ref.spec, split=ref.split, seed=self.seed, epochs=p.epochs, train_subset=p.train_subset,
                         device=self.device)
@@ -131,6 +136,7 @@ class Szegedy2014:
             # the store was retrained since the stage ran: rerun with the stored weights' hash
             raise CheckpointError(f"checkpoint {tm.path} changed since the train stage of {ref.label} ran; "
                                   "delete the run folder's stages/ to start over.")
+        self._loaded[ref.label] = tm.model
         return tm.model
 
     def _attack_stage(self, ref: ModelRef) -> tuple[dict[str, Any], Path]:
@@ -197,7 +203,7 @@ class Szegedy2014:
                 x, x_set, y = self._adversarial_set(ref)
                 return (magnify(x, x_set, MAGNIFY_SIGMA) if magnified else x_set), y
 
-            name = (_t3_label(ref) if ref.split != "train" else ref.label) + (" magnified" if magnified else "")
+            name = (_display(ref)) + (" magnified" if magnified else "")
             if magnified:
                 x, x_set, _ = self._adversarial_set(ref)
                 dist = float(_rms(magnify(x, x_set, MAGNIFY_SIGMA) - x).mean())
@@ -206,7 +212,7 @@ class Szegedy2014:
             sets[name] = (key, make, dist)
         return sets
 
-    def _noise_set(self, base: ModelRef, sigma: float, tag: str) -> tuple[dict[str, Any], Any, float]:
+    def _noise_set(self, base: ModelRef, sigma: float) -> tuple[dict[str, Any], Any, float]:
         """Gaussian noise of nominal per-pixel sigma on the clean images attacked for `base`."""
         summary, _ = self.attacks[base.label]
         key = {"noise": sigma, "images_of": summary["_stage"]["inputs"], "seed": self.seed}
@@ -293,16 +299,16 @@ class Szegedy2014:
         if magnified:
             sets |= self._row_sets(rows, magnified=True)
         for sigma in sigmas:
-            sets[f"gaussian({sigma:g})"] = self._noise_set(gaussian_base, sigma, "fixed")
+            sets[f"gaussian({sigma:g})"] = self._noise_set(gaussian_base, sigma)
         matched: dict[str, tuple[dict[str, Any], Any, float]] = {}
         for ref in rows:  # noise with the same realised distortion as each adversarial row
-            name = _t3_label(ref) if ref.split != "train" else ref.label
+            name = _display(ref)
             target = self.attacks[ref.label][0]["mean_distortion"]
             if not np.isfinite(target):  # no successful example: nothing to match
                 continue
             sigma = self._matched_sigma(ref, target)
-            matched[f"matched noise for {name}"] = self._noise_set(ref, sigma, "matched")
-        col_names = [(_t3_label(c) if c.split != "train" else c.label) for c in cols]
+            matched[f"matched noise for {name}"] = self._noise_set(ref, sigma)
+        col_names = [_display(c) for c in cols]
         table: dict[str, Any] = {"columns": col_names, "rows": {}, "matched_noise": {}}
         total = (len(sets) + len(matched)) * len(cols)
         bar = tqdm(total=total, desc="transfer cells", disable=not self.progress, leave=False)

@@ -241,11 +241,5 @@ def recipe_dict(recipe: Recipe) -> dict[str, Any]:
     return asdict(recipe)
 
 
-def timed_fit(spec: str | ModelSpec, data: ImageSet, **kw: Any) -> tuple[nn.Sequential, Recipe, float]:
-    t0 = time.perf_counter()
-    model, recipe = fit(spec, data, **kw)
-    return model, recipe, time.perf_counter() - t0
-
-
-__all__ = ["Recipe", "default_recipe", "fit", "timed_fit", "predict", "error_rate", "decay_penalty",
+__all__ = ["Recipe", "default_recipe", "fit", "predict", "error_rate", "decay_penalty",
            "load_mnist"]
