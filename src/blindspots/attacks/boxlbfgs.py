@@ -17,6 +17,7 @@ the working set in amortised compactions, so the per-iteration work runs on cont
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -50,72 +51,56 @@ def _two_loop(q: Tensor, S: Tensor, Y: Tensor, rho: Tensor, gamma: Tensor, newes
     order = [(newest - k) % m for k in range(m)]
     alphas = {}
     for j in order:
-        a = rho[j] * _rowdot(S[j], q, buf)
+        a = _rowdot(S[j], q, buf).mul_(rho[j])
         q.addcmul_(Y[j], a.unsqueeze(1), value=-1)
         alphas[j] = a
     q.mul_(gamma.unsqueeze(1))
     for j in reversed(order):
-        b = rho[j] * _rowdot(Y[j], q, buf)
-        q.addcmul_(S[j], (alphas[j] - b).unsqueeze(1))
+        b = _rowdot(Y[j], q, buf).mul_(rho[j])
+        q.addcmul_(S[j], alphas[j].sub_(b).unsqueeze(1))
     return q
-
-
-def _armijo(x: Tensor, f: Tensor, g: Tensor, trial: Tensor, f_trial: Tensor, alpha: Tensor,
-            live: Tensor) -> tuple[Tensor, Tensor]:
-    """Sufficient decrease along the projected path; returns the next step sizes and the rows still
-    searching. A rejected step backtracks to the minimiser of the quadratic through f, the predicted
-    change g·(trial − x) and f_trial, kept within [0.1, 0.5] of the step (0.1 if f_trial is not finite)."""
-    decrease = torch.linalg.vecdot(g, trial - x)
-    finite = torch.isfinite(f_trial)
-    ok = finite & (f_trial <= f + ARMIJO_C1 * decrease)
-    excess = f_trial - f - decrease
-    shrink = (-decrease / (2 * excess)).nan_to_num(0.5).clamp(0.1, 0.5)
-    shrink = torch.where(finite & (excess > 0), shrink, torch.full_like(shrink, 0.1))
-    pending = live & ~ok
-    return torch.where(pending, alpha * shrink, alpha), pending
 
 
 def minimize_box_lbfgs(objective: Objective, x0: Tensor, lower: float = 0.0, upper: float = 1.0, *,
                        history: int = 10, max_iter: int = 100, gtol: float = 1e-5, ftol: float = 1e-6,
-                       max_linesearch: int = 20, compact_fraction: float = 0.2,
+                       max_linesearch: int = 20, compact_fraction: float = 0.2, working_set: int | None = None,
                        on_converged: OnConverged | None = None) -> BoxLBFGSResult:
-    """Minimise objective row by row over the box [lower, upper]^D, starting from x0 [N, D]."""
+    """Minimise objective row by row over the box [lower, upper]^D, starting from x0 [N, D].
+
+    Each pass of the loop makes exactly one objective call on the whole working set. In it every row
+    evaluates its own pending point: the start of a fresh solve, the first trial along a new direction,
+    or its next backtracked trial. A row's sequence of points is therefore the same whichever rows share
+    the batch; only the interleaving differs, and no pass waits on the slowest line search."""
     n_all, dim = x0.shape
     device, dtype = x0.device, x0.dtype
     start = x0.clamp(lower, upper)
-    out_x, out_f = start.clone(), torch.empty(n_all, device=device, dtype=dtype)
+    out_x, out_f = start.clone(), torch.full((n_all,), math.nan, device=device, dtype=dtype)
     out_it = torch.zeros(n_all, dtype=torch.long, device=device)
     out_ev = torch.zeros_like(out_it)
     eps = torch.finfo(dtype).eps
-    buffer = torch.empty(n_all, dim, device=device, dtype=dtype)
+    n_ws = n_all if working_set is None else max(1, min(int(working_set), n_all))
+    buffer = torch.empty(n_ws, dim, device=device, dtype=dtype)
 
-    ids = torch.arange(n_all, device=device)
-    x = start.clone()
-    f, g = objective(x, ids)
-    evals = torch.ones(n_all, dtype=torch.long, device=device)
-    iters = torch.zeros_like(evals)
-    solve_iters = torch.zeros_like(evals)
-    S = torch.zeros(history, n_all, dim, device=device, dtype=dtype)
+    ids = torch.arange(n_ws, device=device)  # slot -> row of x0; rows n_ws.. wait in the queue
+    queued = n_ws  # next row of x0 to enter the working set
+    x = start[:n_ws].clone()
+    f = torch.full((n_ws,), math.inf, device=device, dtype=dtype)  # objective at x (inf: not evaluated)
+    g = torch.zeros_like(x)
+    d = torch.zeros_like(x)  # search direction (0 while a fresh start is pending)
+    alpha = torch.zeros(n_ws, device=device, dtype=dtype)  # step of the pending trial
+    fresh = torch.ones(n_ws, dtype=torch.bool, device=device)  # pending point is a solve's start: accept it
+    searching = torch.zeros_like(fresh)  # pending point is a backtracked trial of the current line search
+    done = torch.zeros_like(fresh)
+    trials = torch.zeros(n_ws, dtype=torch.long, device=device)  # evaluations in the current line search
+    evals, iters, solve_iters = (torch.zeros_like(trials) for _ in range(3))
+    S = torch.zeros(history, n_ws, dim, device=device, dtype=dtype)
     Y = torch.zeros_like(S)
-    rho = torch.zeros(history, n_all, device=device, dtype=dtype)
-    gamma = torch.ones(n_all, device=device, dtype=dtype)
+    rho = torch.zeros(history, n_ws, device=device, dtype=dtype)
+    gamma = torch.ones(n_ws, device=device, dtype=dtype)
     newest = history - 1
-    proj = (x - g).clamp_(lower, upper)
-    ended = torch.sub(x, proj).abs_().amax(dim=1) <= gtol  # rows whose current solve just stopped
-    done = ended.clone()
+    free = torch.ones_like(x)  # 1/0 mask of the variables the pending step may move (the direction's free set)
 
     while True:
-        if on_converged is not None and bool(ended.any()):
-            rows = ended.nonzero().squeeze(1)
-            again = rows[on_converged(ids[rows], x[rows], solve_iters[rows])]
-            if again.numel():  # fresh solve from x0 with the caller's new objective; forget the history
-                x[again] = start[ids[again]]
-                f[again], g[again] = objective(x[again], ids[again])
-                proj[again] = (x[again] - g[again]).clamp_(lower, upper)
-                evals[again] += 1
-                solve_iters[again] = 0
-                S[:, again], Y[:, again], rho[:, again], gamma[again] = 0, 0, 0, 1
-                done[again] = False
         n_done = int(done.sum())
         if n_done == x.shape[0]:
             break
@@ -123,70 +108,110 @@ def minimize_box_lbfgs(objective: Objective, x0: Tensor, lower: float = 0.0, upp
             out_x[ids[done]], out_f[ids[done]] = x[done], f[done]
             out_it[ids[done]], out_ev[ids[done]] = iters[done], evals[done]
             keep = ~done
-            ids, x, f, g, proj, iters, solve_iters, evals, gamma = (
-                t[keep] for t in (ids, x, f, g, proj, iters, solve_iters, evals, gamma))
+            (ids, x, f, g, d, alpha, fresh, searching, trials, evals, iters, solve_iters, gamma, free) = (
+                t[keep] for t in (ids, x, f, g, d, alpha, fresh, searching, trials, evals, iters, solve_iters, gamma, free))
             S, Y, rho = S[:, keep], Y[:, keep], rho[:, keep]
             done = done[keep]
         live = ~done
         buf = buffer[: x.shape[0]]
 
-        # L-BFGS-B's rule: a variable at a bound whose gradient points outwards stays fixed this step
-        # (there x − clip(x − g) = 0, which is also how the projected gradient test sees it)
-        free = proj != x
-        d = torch.where(free & live.unsqueeze(1), _two_loop(torch.where(free, g, 0), S, Y, rho, gamma, newest, buf)
-                        .neg_(), 0)
-        slope = _rowdot(g, d, buf)
-        not_descent = live & ~(slope < 0)
-        if bool(not_descent.any()):  # numerical loss of positive definiteness: restart that row's memory
-            d = torch.where(not_descent.unsqueeze(1), torch.where(free, -g, 0), d)
-            rho[:, not_descent] = 0
-            gamma[not_descent] = 1
-        has_memory = (rho != 0).any(dim=0)
-        alpha = torch.where(has_memory, torch.ones_like(gamma),
-                            (1 / d.norm(dim=1).clamp(min=eps)).clamp(max=1))
-
-        # projected Armijo search; the first trial runs on the whole working set (frozen rows have d = 0)
-        x_new = torch.addcmul(x, d, alpha.unsqueeze(1)).clamp_(lower, upper)
-        f_new, g_new = objective(x_new, ids)
+        # every live row evaluates its pending point (rows done for good evaluate junk, ignored, until
+        # compacted away). Masks over [n, D] are float multipliers: bool where() is ~10x slower on CPU.
+        trial = torch.addcmul(x, d, alpha.unsqueeze(1)).clamp_(lower, upper)
+        f_t, g_t = objective(trial, ids)
         evals += live.long()
-        alpha, pending = _armijo(x, f, g, x_new, f_new, alpha, live)
-        for _ in range(max_linesearch - 1):
-            rows = pending.nonzero().squeeze(1)
-            if rows.numel() == 0:
-                break
-            xr = x[rows]
-            trial = torch.addcmul(xr, d[rows], alpha[rows].unsqueeze(1)).clamp_(lower, upper)
-            ft, gt = objective(trial, ids[rows])
-            evals[rows] += 1
-            alpha_r, still = _armijo(xr, f[rows], g[rows], trial, ft, alpha[rows], torch.ones_like(rows, dtype=torch.bool))
-            good = ~still
-            x_new[rows[good]], f_new[rows[good]], g_new[rows[good]] = trial[good], ft[good], gt[good]
-            alpha[rows] = alpha_r
-            pending[rows[good]] = False
-        failed = pending
-        if bool(failed.any()):  # no acceptable step: stay put and stop this solve (as L-BFGS-B does)
-            x_new[failed], f_new[failed], g_new[failed] = x[failed], f[failed], g[failed]
+        s = torch.sub(trial, x)
+        decrease = _rowdot(g, s, buf)
+        finite = torch.isfinite(f_t)
+        ok = fresh | (finite & (f_t <= f + ARMIJO_C1 * decrease))
+        accept = live & ok
+        step = accept & ~fresh
 
-        step = live & ~failed
-        s, y = x_new.sub(x), g_new.sub(g)
-        sy, yy = _rowdot(s, y, buf), y.norm(dim=1).square()
+        # rejected: backtrack to the minimiser of the quadratic through f, the predicted change and f_t,
+        # kept within [0.1, 0.5] of the step (0.1 if f_t is not finite); give up after max_linesearch trials
+        reject = live & ~ok
+        trials += live.long()
+        excess = f_t - f - decrease
+        shrink = (-decrease / (2 * excess)).nan_to_num(0.5).clamp(0.1, 0.5)
+        shrink = torch.where(finite & (excess > 0), shrink, torch.full_like(shrink, 0.1))
+        alpha = torch.where(reject, alpha * shrink, alpha)
+        failed = reject & (trials >= max_linesearch)  # no acceptable step: stay put, stop (as L-BFGS-B does)
+        searching = reject & ~failed
+
+        # accepted steps: store the curvature pair, then move
+        # y is kept on the step's free variables only: s is zero on the held ones, and their gradient change
+        # would otherwise leak into H's estimate of the free block (measured: ~30% more steps per solve,
+        # against scipy's L-BFGS-B which works with the reduced Hessian of the free variables)
+        y = g_t.sub_(g)
+        y_free = torch.mul(y, free)
+        sy, yy = _rowdot(s, y_free, buf), _rowdot(y_free, y_free, buf)
         curv = step & (sy > eps * yy) & (sy > 0)
         newest = (newest + 1) % history
         curv_col = curv.unsqueeze(1).to(dtype)
         torch.mul(s, curv_col, out=S[newest])
-        torch.mul(y, curv_col, out=Y[newest])
+        torch.mul(y_free, curv_col, out=Y[newest])
         rho[newest] = torch.where(curv, 1 / sy.where(curv, torch.ones_like(sy)), 0)
         gamma = torch.where(curv, sy / yy.where(curv, torch.ones_like(yy)), gamma)
-
-        small_decrease = (f - f_new) <= ftol * torch.maximum(torch.maximum(f.abs(), f_new.abs()),
-                                                             torch.ones_like(f))
+        small_decrease = step & ((f - f_t) <= ftol * torch.maximum(torch.maximum(f.abs(), f_t.abs()),
+                                                                    torch.ones_like(f)))
+        acc_col = accept.unsqueeze(1)
+        x = torch.where(acc_col, trial, x)  # exact (x + s could leave the box by an ulp)
+        g.addcmul_(y, acc_col.to(dtype))  # g + (g_t - g)
+        f = torch.where(accept, f_t, f)
         iters += step.long()
         solve_iters += step.long()
-        x, f, g = x_new, f_new, g_new
-        proj = (x - g).clamp_(lower, upper)
-        stationary = torch.sub(x, proj).abs_().amax(dim=1) <= gtol
-        ended = live & (failed | small_decrease | stationary | (solve_iters >= max_iter))
+        fresh = fresh & ~accept
+
+        # projected gradient x − clip(x − g): its ∞-norm is the stationarity test, and where it is 0 the
+        # variable is held fixed for the next step (L-BFGS-B's rule: at a bound, gradient pointing outwards)
+        pg = torch.sub(x, g, out=buf).clamp_(lower, upper)
+        pg = torch.sub(x, pg).abs_()
+        stationary = pg.amax(dim=1) <= gtol
+        ended = failed | (accept & (small_decrease | stationary | (solve_iters >= max_iter)))
         done |= ended
+
+        if bool(ended.any()):
+            rows = ended.nonzero().squeeze(1)
+            if on_converged is not None:  # the caller may ask for a fresh solve in the same slot
+                again = on_converged(ids[rows], x[rows], solve_iters[rows])
+                rows, restart = rows[~again], rows[again]
+            else:
+                restart = rows[:0]
+            if rows.numel() and queued < n_all:  # finished for good: hand the slot to the next queued row
+                k = min(rows.numel(), n_all - queued)
+                rows, refill = rows[k:], rows[:k]
+                fin = ids[refill]
+                out_x[fin], out_f[fin], out_it[fin], out_ev[fin] = x[refill], f[refill], iters[refill], evals[refill]
+                ids = ids.index_put((refill,), torch.arange(queued, queued + k, device=device))  # new object
+                queued += k
+                iters[refill], evals[refill] = 0, 0
+                restart = torch.cat([restart, refill])
+            if restart.numel():  # a fresh solve from x0 (the caller's new objective, or a new row)
+                x[restart] = start[ids[restart]]
+                d[restart], alpha[restart], f[restart] = 0, 0, math.inf
+                fresh[restart], searching[restart], done[restart] = True, False, False
+                solve_iters[restart] = 0
+                rho[:, restart], gamma[restart] = 0, 1
+
+        # a new direction for every live row that has just moved (or is starting its first step)
+        need = ~done & ~fresh & ~searching
+        if bool(need.any()):
+            free_new = pg.sign_()  # 1 where the variable is free, 0 where it is held at its bound
+            q = _two_loop(torch.mul(g, free_new), S, Y, rho, gamma, newest, buf)
+            d_new = q.mul_(free_new).neg_()
+            slope = _rowdot(g, d_new, buf)
+            not_descent = need & ~(slope < 0)
+            if bool(not_descent.any()):  # numerical loss of positive definiteness: restart that row's memory
+                d_new = torch.where(not_descent.unsqueeze(1), torch.mul(g, free_new).neg_(), d_new)
+                rho[:, not_descent] = 0
+                gamma[not_descent] = 1
+            has_memory = (rho != 0).any(dim=0)
+            first = (1 / d_new.norm(dim=1).clamp(min=eps)).clamp(max=1)
+            need_col = need.unsqueeze(1).to(dtype)
+            d.lerp_(d_new, need_col)
+            free.lerp_(free_new, need_col)
+            alpha = torch.where(need, torch.where(has_memory, torch.ones_like(alpha), first), alpha)
+            trials = torch.where(need, 0, trials)
 
     out_x[ids], out_f[ids], out_it[ids], out_ev[ids] = x, f, iters, evals
     return BoxLBFGSResult(out_x, out_f, out_it, out_ev)

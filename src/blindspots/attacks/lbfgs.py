@@ -52,6 +52,7 @@ from .threads import single_thread
 BACKENDS = ("batched", "scipy")
 LOSSES = ("ce", "margin")
 BRACKET_FACTOR = 10.0
+VERIFY_ULPS = 64
 
 
 def attack_loss(logits: Tensor, criterion: Criterion, kind: str = "ce") -> Tensor:
@@ -75,14 +76,19 @@ def attack_loss(logits: Tensor, criterion: Criterion, kind: str = "ce") -> Tenso
 def make_objective(model: nn.Module, x0: Tensor, image_shape: torch.Size, criterion: Criterion,
                    c: Tensor, loss: str = "ce") -> Objective:
     """f(x') = c·‖x' − x0‖₂² + loss_f(x') and its gradient, for any subset of rows; reads c[rows] at each
-    call, so the caller may change c between solves."""
+    call, so the caller may change c between solves. The gathers for `rows` are reused while the caller
+    passes the same index tensor object again (the batched solver does, between changes of its working set)."""
+    cache: dict[str, Any] = {"rows": None}
+
     def objective(xr: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+        if cache["rows"] is not rows:
+            cache.update(rows=rows, x0=x0[rows], criterion=criterion.subset(rows))
         xr = xr.detach().requires_grad_(True)
         with torch.enable_grad():
             logits = model(xr.view(xr.shape[0], *image_shape))
-            value = attack_loss(logits, criterion.subset(rows), loss)
+            value = attack_loss(logits, cache["criterion"], loss)
             (grad,) = torch.autograd.grad(value.sum(), xr)
-        r = xr.detach() - x0[rows]
+        r = torch.sub(xr.detach(), cache["x0"])
         cr = c[rows].to(r.dtype)
         f = value.detach() + cr * torch.linalg.vecdot(r, r)
         return f, grad.addcmul_(r, cr.unsqueeze(1), value=2)
@@ -171,13 +177,17 @@ class CSearch:
 def lbfgs_attack(model: nn.Module, images: Tensor, criterion: Criterion, *, backend: str = "batched",
                  c_init: float = 1.0, search_steps: int = 10, bracket_steps: int = 5, max_iter: int = 100,
                  history: int = 10, gtol: float = 1e-5, ftol: float = 1e-6, loss: str = "ce",
-                 batch_size: int = 1000, progress: bool = False) -> AttackResult:
+                 batch_size: int | None = None, progress: bool = False) -> AttackResult:
     """Minimal-perturbation box-constrained L-BFGS attack (Szegedy et al. 2014, section 4.1).
 
     Returns a minimal AttackResult: x_adv [N, ...] is the smallest successful x + r found (or, where the
     search never succeeded, the attempt at the smallest c), extras "c" (the c that produced it, NaN on
     failure), "iterations" (L-BFGS steps over all solves), "solves" and "clean_adversarial" (images the
     model already gets "wrong" by the criterion: x_adv = x, distortion 0, counted as successes).
+
+    batch_size: images the batched solver optimises at once (its working set; the next image enters as
+    one finishes its whole c search). Default 128 on CPU, where a working set that small keeps each
+    pass's per-row vectors in L2 cache (measured on FC100-100-10: 1000 rows ~1.3x slower), 4096 on GPU.
     """
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose 'batched' (default) or 'scipy' (reference).")
@@ -185,8 +195,10 @@ def lbfgs_attack(model: nn.Module, images: Tensor, criterion: Criterion, *, back
         raise InputError(f"unknown loss {loss!r}; choose 'ce' (the paper's cross-entropy, default) or 'margin'.")
     check_positive("c_init", c_init)
     for name, value, low in (("search_steps", search_steps, 0), ("bracket_steps", bracket_steps, 0),
-                             ("max_iter", max_iter, 1), ("history", history, 1), ("batch_size", batch_size, 1)):
+                             ("max_iter", max_iter, 1), ("history", history, 1)):
         check_int(name, value, low)
+    if batch_size is not None:
+        check_int("batch_size", batch_size, 1)
     params = {"backend": backend, "c_init": c_init, "search_steps": search_steps,
               "bracket_steps": bracket_steps, "max_iter": max_iter, "history": history, "gtol": gtol,
               "ftol": ftol, "norm_term": "c*||r||_2^2", "loss": loss}
@@ -198,19 +210,13 @@ def lbfgs_attack(model: nn.Module, images: Tensor, criterion: Criterion, *, back
         image_shape = x.shape[1:]
         flat = x.reshape(n, -1)
         clean = criterion.is_adversarial(clean_logits)
-        out = {"x_adv": flat.clone(), "c": torch.full((n,), math.nan, dtype=torch.float64, device=x.device),
-               "iterations": torch.zeros(n, dtype=torch.long, device=x.device),
-               "solves": torch.zeros(n, dtype=torch.long, device=x.device)}
+        if batch_size is None:
+            batch_size = 4096 if x.device.type == "cuda" else 128
         bar = tqdm(total=int((~clean).sum()), desc=f"L-BFGS ({backend})", unit="img", disable=not progress,
                    leave=False)
-        for start in range(0, n, batch_size):
-            sl = slice(start, min(start + batch_size, n))
-            part = _attack_chunk(model, flat[sl], image_shape, criterion.subset(sl), ~clean[sl],
-                                 backend=backend, c_init=c_init, search_steps=search_steps,
-                                 bracket_steps=bracket_steps, max_iter=max_iter, history=history, gtol=gtol,
-                                 ftol=ftol, loss=loss, bar=bar)
-            for k, v in part.items():
-                out[k][sl] = v
+        out = _attack_rows(model, flat, image_shape, criterion, ~clean, backend=backend, c_init=c_init,
+                           search_steps=search_steps, bracket_steps=bracket_steps, max_iter=max_iter,
+                           history=history, gtol=gtol, ftol=ftol, loss=loss, bar=bar, working_set=batch_size)
         bar.close()
         x_adv = out["x_adv"].view_as(x)
     extras = {"c": out["c"], "iterations": out["iterations"], "solves": out["solves"],
@@ -219,15 +225,21 @@ def lbfgs_attack(model: nn.Module, images: Tensor, criterion: Criterion, *, back
                         wall_time=time.perf_counter() - t0, extras=extras)
 
 
-def _attack_chunk(model: nn.Module, x0: Tensor, image_shape: torch.Size, criterion: Criterion, todo: Tensor, *,
-                  backend: str, c_init: float, search_steps: int, bracket_steps: int, max_iter: int,
-                  history: int, gtol: float, ftol: float, loss: str, bar: tqdm | None) -> dict[str, Tensor]:
+def _attack_rows(model: nn.Module, x0: Tensor, image_shape: torch.Size, criterion: Criterion, todo: Tensor, *,
+                 backend: str, c_init: float, search_steps: int, bracket_steps: int, max_iter: int,
+                 history: int, gtol: float, ftol: float, loss: str, bar: tqdm | None,
+                 working_set: int) -> dict[str, Tensor]:
     search = CSearch(x0, todo, c_init=c_init, search_steps=search_steps, bracket_steps=bracket_steps, bar=bar)
     objective = make_objective(model, x0, image_shape, criterion, search.c, loss)
 
     def verify_rows(xs: Tensor, rows: Tensor) -> Tensor:
+        """Success by a forward pass, with a margin of VERIFY_ULPS float steps of the logits' scale: right at
+        the boundary c the margin is ~0, and a success that a fresh pass in another batch (other rounding)
+        would not confirm must not be kept as the minimum."""
         logits = logits_of(model, xs.view(xs.shape[0], *image_shape))
-        return criterion.subset(rows).is_adversarial(logits)
+        crit = criterion.subset(rows)
+        tol = VERIFY_ULPS * torch.finfo(logits.dtype).eps * logits.detach().abs().amax(dim=1).clamp(min=1)
+        return crit.is_adversarial(logits) & (attack_loss(logits, crit, "margin") < -tol)
 
     rows = todo.nonzero().squeeze(1)
     if backend == "scipy":
@@ -244,8 +256,18 @@ def _attack_chunk(model: nn.Module, x0: Tensor, image_shape: torch.Size, criteri
             sub = rows[local]
             return ~search.record(sub, xs, verify_rows(xs, sub), its)
 
-        minimize_box_lbfgs(lambda xr, local: objective(xr, rows[local]), x0[rows], history=history,
-                           max_iter=max_iter, gtol=gtol, ftol=ftol, on_converged=on_converged)
+        mapped: dict[str, Tensor | None] = {"local": None, "rows": None}
+
+        def solver_objective(xr: Tensor, local: Tensor) -> tuple[Tensor, Tensor]:
+            if mapped["local"] is not local:  # same index object -> same rows object, so the gathers are reused
+                mapped.update(local=local, rows=rows[local])
+            sub = mapped["rows"]
+            assert sub is not None
+            return objective(xr, sub)
+
+        minimize_box_lbfgs(solver_objective, x0[rows], history=history,
+                           max_iter=max_iter, gtol=gtol, ftol=ftol, on_converged=on_converged,
+                           working_set=working_set)
     return search.outputs()
 
 
