@@ -5,6 +5,8 @@
    throughput ratio (images/s) and the median-distortion ratio over images both attacked, at each size.
    The reference's per-image cost does not depend on N (it runs one image at a time), so with
    --reference-n M it is timed on the first M images only and its throughput is images/s over those.
+   The batched solver also runs once with its torch two-loop instead of the C kernel (BLINDSPOTS_NATIVE=0),
+   to show what the kernel adds.
 2. FGSM over a list of ε against a minimal hand-written torch loop that computes the same thing (one
    forward+backward, then per ε the adversarial images, kept, and one forward pass for their success),
    and against the bare floor: the same number of forward+backward and forward passes, nothing else.
@@ -21,6 +23,7 @@ thread pools; so the ratios are per core.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 
@@ -38,6 +41,11 @@ def lbfgs_side_by_side(model: torch.nn.Module, n: int, reference_n: int, seed: i
     data = load_mnist("test", subset=n)
     crit = TargetedMisclassification(random_targets(data.labels, seed), data.labels)
     fast = lbfgs_attack(model, data.images, crit, backend="batched")
+    os.environ["BLINDSPOTS_NATIVE"] = "0"  # the same solver with the torch two-loop instead of the C kernel
+    try:
+        plain = lbfgs_attack(model, data.images, crit, backend="batched")
+    finally:
+        os.environ.pop("BLINDSPOTS_NATIVE")
     m = min(reference_n, n)
     ref = lbfgs_attack(model, data.images[:m], crit.subset(slice(0, m)), backend="scipy")
     fast_rate, ref_rate = n / fast.wall_time, m / ref.wall_time
@@ -53,6 +61,8 @@ def lbfgs_side_by_side(model: torch.nn.Module, n: int, reference_n: int, seed: i
     print(f"  {'':22}{'batched':>12}{'scipy':>12}{'ratio':>10}")
     print(f"  {'wall time (s)':22}{fast.wall_time:12.2f}{ref.wall_time:12.2f}")
     print(f"  {'images / s':22}{fast_rate:12.2f}{ref_rate:12.3f}{fast_rate / ref_rate:9.1f}x   (goal >= 20x at 1000)")
+    print(f"  {'  torch-only direction':22}{n / plain.wall_time:12.2f}{'':12}{n / plain.wall_time / ref_rate:9.1f}x   "
+          f"(BLINDSPOTS_NATIVE=0; same successes: {bool(torch.equal(plain.success, fast.success))})")
     print(f"  {'success rate':22}{float(fast.success[:m].float().mean()):12.3f}{float(ref.success.float().mean()):12.3f}")
     print(f"  {'median RMS distortion':22}{med_fast:12.5f}{med_ref:12.5f}{med_fast / med_ref:10.4f}   (goal <= 1.02)")
     print(f"  {'mean RMS distortion':22}{float(fast.distortion[fast.success].mean()):12.5f}"
@@ -146,6 +156,9 @@ def main() -> None:
     fgsm_n = args.fgsm_n or (2000 if args.quick else 10_000)
 
     tm = train("FC100-100-10", progress=False)
+    from blindspots.attacks import native
+    kernel = native._library()
+    print(f"L-BFGS direction kernel: {'native C, ' + str(kernel._name) if kernel is not None else 'torch (no C compiler)'}")
     print(f"model FC100-100-10: test error {100 * tm.meta['test_error']:.2f}%, weights "
           f"{tm.meta['weights_sha256'][:12]}; torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     for n in sizes:

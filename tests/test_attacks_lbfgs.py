@@ -126,3 +126,56 @@ def test_untargeted_attack_and_box(mlp: torch.nn.Module, images: tuple[torch.Ten
     per = allt.extras["distortion_per_target"]
     assert torch.allclose(per.nan_to_num(math.inf).min(dim=1).values, allt.distortion, rtol=1e-5)
     assert float(allt.distortion.median()) <= 1.05 * float(res.distortion.median())
+
+
+def _history(n: int, dim: int, m: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """Curvature pairs with sᵀy > 0 (y = diag(a)·s + noise, a > 0), some slots empty (rho = 0)."""
+    gen = torch.Generator().manual_seed(3)
+    S = torch.randn(m, n, dim, generator=gen, dtype=dtype) * 0.01
+    Y = S * (torch.rand(1, 1, dim, generator=gen, dtype=dtype) + 0.5) + 1e-4 * torch.randn(m, n, dim, generator=gen,
+                                                                                           dtype=dtype)
+    rho = 1 / (S * Y).sum(-1)
+    rho[2:5, : n // 2] = 0  # rows early in a solve: part of the ring is empty
+    gamma = torch.rand(n, generator=gen, dtype=dtype) + 0.5
+    g = torch.randn(n, dim, generator=gen, dtype=dtype)
+    free_new = (torch.rand(n, dim, generator=gen) > 0.3).to(dtype)
+    need = torch.rand(n, generator=gen) > 0.25
+    return S, Y, rho, gamma, g, free_new, need
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_direction_matches_torch(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from blindspots.attacks import boxlbfgs, native
+
+    n, dim, m = 37, 784, 10
+    S, Y, rho, gamma, g, free_new, need = _history(n, dim, m, dtype)
+    if shutil.which("cc") or shutil.which("gcc"):
+        assert native._library() is not None, "a C compiler is here, so the kernel must build"
+    d_nat, free_nat = torch.full((n, dim), 7.0, dtype=dtype), torch.full((n, dim), 3.0, dtype=dtype)
+    out = native.direction(d_nat, free_nat, g, free_new, S, Y, rho, gamma, 4, need)
+    assert out is not None
+    monkeypatch.setenv("BLINDSPOTS_NATIVE", "0")
+    assert native.direction(d_nat.clone(), free_nat.clone(), g, free_new, S, Y, rho, gamma, 4, need) is None
+    d_ref, free_ref = torch.full((n, dim), 7.0, dtype=dtype), torch.full((n, dim), 3.0, dtype=dtype)
+    slope_ref, norm_ref = boxlbfgs._direction(d_ref, free_ref, g, free_new, S, Y, rho, gamma, 4, need)
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    assert torch.allclose(d_nat, d_ref, rtol=tol, atol=tol * float(d_ref.abs().max()))
+    assert torch.equal(free_nat, free_ref)
+    assert torch.equal(d_nat[~need], torch.full_like(d_nat[~need], 7.0))  # rows not needing one: untouched
+    assert torch.allclose(out[0][need], slope_ref[need], rtol=tol)
+    assert torch.allclose(out[1][need], norm_ref[need], rtol=tol)
+    assert bool((out[0][need] < 0).all())  # a descent direction
+
+
+def test_attack_same_with_and_without_native_kernel(mlp: torch.nn.Module, images: tuple[torch.Tensor, torch.Tensor],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    x, y = images[0][:10], images[1][:10]
+    crit = TargetedMisclassification(random_targets(y, seed=4), y)
+    fast = lbfgs_attack(mlp, x, crit, search_steps=6)
+    monkeypatch.setenv("BLINDSPOTS_NATIVE", "0")
+    plain = lbfgs_attack(mlp, x, crit, search_steps=6)
+    assert torch.equal(fast.success, plain.success)
+    rel = (fast.distortion - plain.distortion).abs() / plain.distortion.clamp(min=1e-12)
+    assert float(rel.max()) < 0.01

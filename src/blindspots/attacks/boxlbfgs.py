@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from . import native
+
 # objective(x_rows [n, D], rows [n]) -> (f [n], grad [n, D]); `rows` index the original batch.
 Objective = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 # on_converged(rows [k], x [k, D], iterations [k]) -> BoolTensor [k]: solve these rows again from x0.
@@ -40,25 +42,42 @@ class BoxLBFGSResult:
     evaluations: Tensor  # [N] objective evaluations, over all solves of the row
 
 
-def _rowdot(a: Tensor, b: Tensor, buf: Tensor) -> Tensor:
-    """Row-wise dot products a·b [n] through a preallocated product buffer (faster than vecdot on CPU)."""
-    return torch.mul(a, b, out=buf[: a.shape[0]]).sum(dim=1)
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """Row-wise dot products a·b [n]."""
+    return torch.linalg.vecdot(a, b)
 
 
-def _two_loop(q: Tensor, S: Tensor, Y: Tensor, rho: Tensor, gamma: Tensor, newest: int, buf: Tensor) -> Tensor:
-    """H·q for every row at once, in place on q; slots with rho == 0 are empty and contribute nothing."""
+def _two_loop(q: Tensor, S: Tensor, Y: Tensor, rho: Tensor, gamma: Tensor, newest: int) -> Tensor:
+    """H·q for every row at once, in place on q; slots with rho == 0 are empty and contribute nothing.
+    (Written for few dispatches per slot: at a working set of ~128 rows the per-op overhead is a third
+    of the cost.)"""
     m = S.shape[0]
     order = [(newest - k) % m for k in range(m)]
+    s_rows, y_rows, rhos = S.unbind(0), Y.unbind(0), rho.unbind(0)
     alphas = {}
     for j in order:
-        a = _rowdot(S[j], q, buf).mul_(rho[j])
-        q.addcmul_(Y[j], a.unsqueeze(1), value=-1)
+        a = _rowdot(s_rows[j], q).mul_(rhos[j])
+        q.addcmul_(y_rows[j], a.unsqueeze(1), value=-1)
         alphas[j] = a
     q.mul_(gamma.unsqueeze(1))
     for j in reversed(order):
-        b = _rowdot(Y[j], q, buf).mul_(rho[j])
-        q.addcmul_(S[j], alphas[j].sub_(b).unsqueeze(1))
+        b = _rowdot(y_rows[j], q).mul_(rhos[j])
+        q.addcmul_(s_rows[j], alphas[j].sub_(b).unsqueeze(1))
     return q
+
+
+def _direction(d: Tensor, free: Tensor, g: Tensor, free_new: Tensor, S: Tensor, Y: Tensor, rho: Tensor,
+               gamma: Tensor, newest: int, need: Tensor) -> tuple[Tensor, Tensor]:
+    """Where `need`: d = −free_new ⊙ H(free_new ⊙ g) and free = free_new, in place; returns the slope g·d
+    and ‖d‖ [n]. The native kernel when it is available (same numbers to float round-off), else torch."""
+    out = native.direction(d, free, g, free_new, S, Y, rho, gamma, newest, need)
+    if out is not None:
+        return out
+    d_new = _two_loop(torch.mul(g, free_new), S, Y, rho, gamma, newest).mul_(free_new).neg_()
+    need_col = need.unsqueeze(1).to(d.dtype)
+    d.lerp_(d_new, need_col)
+    free.lerp_(free_new, need_col)
+    return _rowdot(g, d_new), d_new.norm(dim=1)
 
 
 def minimize_box_lbfgs(objective: Objective, x0: Tensor, lower: float = 0.0, upper: float = 1.0, *,
@@ -100,16 +119,19 @@ def minimize_box_lbfgs(objective: Objective, x0: Tensor, lower: float = 0.0, upp
     newest = history - 1
     free = torch.ones_like(x)  # 1/0 mask of the variables the pending step may move (the direction's free set)
 
+    parked = torch.zeros_like(fresh)  # stopped, not yet handed back (to on_converged, or to the output)
     while True:
-        n_done = int(done.sum())
-        if n_done == x.shape[0]:
+        gone = done & ~parked  # finished for good
+        n_gone = int(gone.sum())
+        if n_gone == x.shape[0]:
             break
-        if n_done and n_done >= compact_fraction * x.shape[0]:
-            out_x[ids[done]], out_f[ids[done]] = x[done], f[done]
-            out_it[ids[done]], out_ev[ids[done]] = iters[done], evals[done]
-            keep = ~done
-            (ids, x, f, g, d, alpha, fresh, searching, trials, evals, iters, solve_iters, gamma, free) = (
-                t[keep] for t in (ids, x, f, g, d, alpha, fresh, searching, trials, evals, iters, solve_iters, gamma, free))
+        if n_gone and n_gone >= compact_fraction * x.shape[0]:
+            out_x[ids[gone]], out_f[ids[gone]] = x[gone], f[gone]
+            out_it[ids[gone]], out_ev[ids[gone]] = iters[gone], evals[gone]
+            keep = ~gone
+            (ids, x, f, g, d, alpha, fresh, searching, trials, evals, iters, solve_iters, gamma, free, parked) = (
+                t[keep] for t in (ids, x, f, g, d, alpha, fresh, searching, trials, evals, iters, solve_iters, gamma,
+                                  free, parked))
             S, Y, rho = S[:, keep], Y[:, keep], rho[:, keep]
             done = done[keep]
         live = ~done
@@ -119,9 +141,10 @@ def minimize_box_lbfgs(objective: Objective, x0: Tensor, lower: float = 0.0, upp
         # compacted away). Masks over [n, D] are float multipliers: bool where() is ~10x slower on CPU.
         trial = torch.addcmul(x, d, alpha.unsqueeze(1)).clamp_(lower, upper)
         f_t, g_t = objective(trial, ids)
-        evals += live.long()
+        live_n = live.long()
+        evals += live_n
         s = torch.sub(trial, x)
-        decrease = _rowdot(g, s, buf)
+        decrease = _rowdot(g, s)
         finite = torch.isfinite(f_t)
         ok = fresh | (finite & (f_t <= f + ARMIJO_C1 * decrease))
         accept = live & ok
@@ -130,7 +153,7 @@ def minimize_box_lbfgs(objective: Objective, x0: Tensor, lower: float = 0.0, upp
         # rejected: backtrack to the minimiser of the quadratic through f, the predicted change and f_t,
         # kept within [0.1, 0.5] of the step (0.1 if f_t is not finite); give up after max_linesearch trials
         reject = live & ~ok
-        trials += live.long()
+        trials += live_n
         excess = f_t - f - decrease
         shrink = (-decrease / (2 * excess)).nan_to_num(0.5).clamp(0.1, 0.5)
         shrink = torch.where(finite & (excess > 0), shrink, torch.full_like(shrink, 0.1))
@@ -144,22 +167,23 @@ def minimize_box_lbfgs(objective: Objective, x0: Tensor, lower: float = 0.0, upp
         # against scipy's L-BFGS-B which works with the reduced Hessian of the free variables)
         y = g_t.sub_(g)
         y_free = torch.mul(y, free)
-        sy, yy = _rowdot(s, y_free, buf), _rowdot(y_free, y_free, buf)
+        sy, yy = _rowdot(s, y_free), _rowdot(y_free, y_free)
         curv = step & (sy > eps * yy) & (sy > 0)
         newest = (newest + 1) % history
         curv_col = curv.unsqueeze(1).to(dtype)
         torch.mul(s, curv_col, out=S[newest])
         torch.mul(y_free, curv_col, out=Y[newest])
-        rho[newest] = torch.where(curv, 1 / sy.where(curv, torch.ones_like(sy)), 0)
-        gamma = torch.where(curv, sy / yy.where(curv, torch.ones_like(yy)), gamma)
-        small_decrease = step & ((f - f_t) <= ftol * torch.maximum(torch.maximum(f.abs(), f_t.abs()),
-                                                                    torch.ones_like(f)))
+        rho[newest] = torch.where(curv, sy.reciprocal(), 0)  # (inf/nan off curv rows are never selected)
+        gamma = torch.where(curv, sy / yy, gamma)
+        scale = torch.maximum(f.abs(), f_t.abs()).clamp_(min=1)
+        small_decrease = step & ((f - f_t) <= scale.mul_(ftol))
         acc_col = accept.unsqueeze(1)
         x = torch.where(acc_col, trial, x)  # exact (x + s could leave the box by an ulp)
         g.addcmul_(y, acc_col.to(dtype))  # g + (g_t - g)
         f = torch.where(accept, f_t, f)
-        iters += step.long()
-        solve_iters += step.long()
+        step_n = step.long()
+        iters += step_n
+        solve_iters += step_n
         fresh = fresh & ~accept
 
         # projected gradient x − clip(x − g): its ∞-norm is the stationarity test, and where it is 0 the
@@ -169,9 +193,14 @@ def minimize_box_lbfgs(objective: Objective, x0: Tensor, lower: float = 0.0, upp
         stationary = pg.amax(dim=1) <= gtol
         ended = failed | (accept & (small_decrease | stationary | (solve_iters >= max_iter)))
         done |= ended
+        parked |= ended
 
-        if bool(ended.any()):
-            rows = ended.nonzero().squeeze(1)
+        # stopped solves are handed back in groups (a hand-back costs about a pass's worth of fixed work):
+        # a parked row idles until the parked rows are an eighth of the unfinished ones, or nothing else runs
+        n_parked = int(parked.sum())
+        if n_parked and (8 * n_parked >= int((~done).sum()) + n_parked or bool(done.all())):
+            rows = parked.nonzero().squeeze(1)
+            parked[rows] = False
             if on_converged is not None:  # the caller may ask for a fresh solve in the same slot
                 again = on_converged(ids[rows], x[rows], solve_iters[rows])
                 rows, restart = rows[~again], rows[again]
@@ -197,19 +226,16 @@ def minimize_box_lbfgs(objective: Objective, x0: Tensor, lower: float = 0.0, upp
         need = ~done & ~fresh & ~searching
         if bool(need.any()):
             free_new = pg.sign_()  # 1 where the variable is free, 0 where it is held at its bound
-            q = _two_loop(torch.mul(g, free_new), S, Y, rho, gamma, newest, buf)
-            d_new = q.mul_(free_new).neg_()
-            slope = _rowdot(g, d_new, buf)
+            slope, dnorm = _direction(d, free, g, free_new, S, Y, rho, gamma, newest, need)
             not_descent = need & ~(slope < 0)
             if bool(not_descent.any()):  # numerical loss of positive definiteness: restart that row's memory
-                d_new = torch.where(not_descent.unsqueeze(1), torch.mul(g, free_new).neg_(), d_new)
-                rho[:, not_descent] = 0
-                gamma[not_descent] = 1
+                rows = not_descent.nonzero().squeeze(1)
+                d[rows] = torch.mul(g[rows], free_new[rows]).neg_()
+                dnorm[rows] = d[rows].norm(dim=1)
+                rho[:, rows] = 0
+                gamma[rows] = 1
             has_memory = (rho != 0).any(dim=0)
-            first = (1 / d_new.norm(dim=1).clamp(min=eps)).clamp(max=1)
-            need_col = need.unsqueeze(1).to(dtype)
-            d.lerp_(d_new, need_col)
-            free.lerp_(free_new, need_col)
+            first = (1 / dnorm.clamp(min=eps)).clamp(max=1)
             alpha = torch.where(need, torch.where(has_memory, torch.ones_like(alpha), first), alpha)
             trials = torch.where(need, 0, trials)
 
