@@ -114,3 +114,19 @@ def test_cli_reports_errors_in_one_line(capsys: pytest.CaptureFixture[str]) -> N
     assert "cannot parse model spec" in capsys.readouterr().err
     assert cli_main(["eval", "FC200-200-10", "--seed", "12345"]) == 2
     assert "has not been trained yet" in capsys.readouterr().err
+
+
+def test_ae_fit_is_deterministic_and_later_recipe_fields_keep_old_hashes() -> None:
+    from dataclasses import replace
+
+    from blindspots.models.train import default_recipe, fit, recipe_dict
+
+    data = load_mnist("train", subset=500)
+    recipe = replace(default_recipe("AE400-10"), pretrain_epochs=1, epochs=20)
+    a, _ = fit("AE400-10", data, seed=1, recipe=recipe, progress=False)
+    b, _ = fit("AE400-10", data, seed=1, recipe=recipe, progress=False)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+    assert recipe_dict(recipe)["pretrain_decay"] > 0
+    # fields added later are left out of the checkpoint-name hash at their defaults (old names stay valid)
+    assert "pretrain_decay" not in recipe_dict(default_recipe("FC100-100-10"))
