@@ -37,6 +37,11 @@ def test_solver_finds_box_constrained_minimum_per_row() -> None:
                              max_iter=500)
     assert torch.allclose(res.x, b.clamp(0, 1), atol=1e-6)
     assert bool((res.iterations > 0).all())
+    # two rows in flight at a time, the others queued: each row still gets its own full solve
+    streamed = minimize_box_lbfgs(objective, torch.full((n, dim), 0.5, dtype=torch.float64), gtol=1e-9, ftol=0,
+                                  max_iter=500, working_set=2)
+    assert torch.allclose(streamed.x, res.x, atol=1e-9)
+    assert torch.equal(streamed.iterations, res.iterations)
 
 
 def _closed_form_cases(model: torch.nn.Module, n: int = 60) -> tuple[torch.Tensor, ...]:

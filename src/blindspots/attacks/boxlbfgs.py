@@ -6,15 +6,21 @@ the batch (up to float round-off in the caller's objective). This is not one L-B
 batch, which would couple the samples through shared step sizes and curvature pairs.
 
 As in L-BFGS-B, a variable at a bound whose gradient points out of the box is held fixed for the step,
-so the direction −H·g restricted to the free variables is a descent direction. The stopping tests are
-those of scipy's L-BFGS-B: projected-gradient ∞-norm <= gtol, relative decrease <= ftol, max_iter.
+so the direction −H·g restricted to the free variables is a descent direction, and the curvature pairs
+keep y on the step's free variables (so H models the free block, as L-BFGS-B's reduced Hessian does).
+The stopping tests are those of scipy's L-BFGS-B: projected-gradient ∞-norm <= gtol, relative
+decrease <= ftol, max_iter.
 
-A row whose solve has stopped can be handed back to the caller (`on_converged`), which may change its
-objective (e.g. the attack's c) and ask for a fresh solve from x0 in the same slot: the working set
-stays full instead of waiting for the slowest row. Rows that are finished for good are dropped from
-the working set in amortised compactions, so the per-iteration work runs on contiguous tensors.
+Each pass makes one objective call on the whole working set, in which every row evaluates its own
+pending point: the start of a solve, the first trial along a new direction, or its next backtracked
+trial. Line searches thus run asynchronously, and no pass waits on the slowest row.
+
+A row whose solve has stopped can be handed back to the caller (`on_converged`, in groups), which may
+change its objective (e.g. the attack's c) and ask for a fresh solve from x0 in the same slot. With
+`working_set` < N only that many rows are in flight; a row finished for good hands its slot to the
+next one, so the per-pass vectors stay small enough for the CPU's cache. The direction (two-loop
+recursion) runs in a small C kernel where one can be built (attacks.native), else in torch.
 """
-
 from __future__ import annotations
 
 import math
@@ -86,13 +92,15 @@ def minimize_box_lbfgs(objective: Objective, x0: Tensor, lower: float = 0.0, upp
                        on_converged: OnConverged | None = None) -> BoxLBFGSResult:
     """Minimise objective row by row over the box [lower, upper]^D, starting from x0 [N, D].
 
-    Each pass of the loop makes exactly one objective call on the whole working set. In it every row
-    evaluates its own pending point: the start of a fresh solve, the first trial along a new direction,
-    or its next backtracked trial. A row's sequence of points is therefore the same whichever rows share
-    the batch; only the interleaving differs, and no pass waits on the slowest line search."""
+    objective(x_rows, rows) -> (f [n], grad [n, D]) is called once per pass with the working set's rows
+    (`rows` index x0, and stay the same tensor object while the working set does not change).
+    working_set: rows in flight at once (default all N)."""
     n_all, dim = x0.shape
     device, dtype = x0.device, x0.dtype
     start = x0.clamp(lower, upper)
+    if n_all == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return BoxLBFGSResult(start.clone(), torch.zeros(0, device=device, dtype=dtype), empty, empty.clone())
     out_x, out_f = start.clone(), torch.full((n_all,), math.nan, device=device, dtype=dtype)
     out_it = torch.zeros(n_all, dtype=torch.long, device=device)
     out_ev = torch.zeros_like(out_it)
