@@ -49,14 +49,13 @@ from .. import __version__  # noqa: E402
 from ..attacks import Misclassification, attack_mode, fgsm, load_adversarial, save_adversarial, verify  # noqa: E402
 from ..attacks.base import AttackResult  # noqa: E402
 from ..data import ImageSet, load_mnist  # noqa: E402
-from ..errors import SpecError  # noqa: E402
 from ..io import file_digest, write_atomic, write_json_atomic  # noqa: E402
 from ..models import load_model, train  # noqa: E402
 from ..models.adversarial import Objective  # noqa: E402
 from ..models.zoo import BinaryLogistic, TwoClassLogits  # noqa: E402
 from ..report.document import Figure, Report, Section, Table, run_facts_section, write_report  # noqa: E402
 from ..report.reference import paper_value  # noqa: E402
-from .stages import StageRunner  # noqa: E402
+from .stages import Experiment, pick_profile  # noqa: E402
 
 PAPER = "goodfellow2015"
 EPSILON = 0.25
@@ -194,16 +193,10 @@ def _at_budget(result: AttackResult, k: int) -> AttackResult:
                    linf=result.linf[sl], budgets=(result.budgets or EPSILONS)[k:k + 1])
 
 
-class Goodfellow2015:
+class Goodfellow2015(Experiment):
     """The experiment: holds the profile, the stage runner, and what each stage returned."""
 
-    def __init__(self, out: Path, profile: Profile, seed: int = 0, device: str = "cpu",
-                 progress: bool = True, announce: Any = print) -> None:
-        self.out, self.profile, self.seed, self.device, self.progress = out, profile, seed, device, progress
-        self.runner = StageRunner(out, announce=announce)
-        self.models: dict[str, dict[str, Any]] = {}
-        self.attacks: dict[str, tuple[dict[str, Any], Path]] = {}
-        self.timings: dict[str, float] = {}
+    profile: Profile
 
     # ---- models -------------------------------------------------------------------------------
     def _epochs(self, net: Net) -> int | None:
@@ -891,13 +884,7 @@ def reproduce(out: str | Path = "runs/goodfellow2015", profile: str = "standard"
               n_attack: int | None = None, device: str = "cpu", progress: bool = True,
               announce: Any = print) -> dict[str, Any]:
     """Run (or resume) the reproduction; returns results.json's content."""
-    if profile not in PROFILES:
-        raise SpecError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}.")
-    prof = PROFILES[profile]
-    if n_attack is not None:
-        if not 0 < n_attack <= 10_000:
-            raise SpecError(f"--n-attack must be between 1 and 10000 (the MNIST test set), got {n_attack}.")
-        prof = replace(prof, n_attack=n_attack)
+    prof = pick_profile(PROFILES, profile, n_attack)
     return Goodfellow2015(Path(out), prof, seed=seed, device=device, progress=progress, announce=announce).run()
 
 

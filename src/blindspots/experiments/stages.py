@@ -11,11 +11,12 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from ..errors import SpecError
 from ..io import stable_hash, write_json_atomic
 
 RESULT = "result.json"
@@ -76,3 +77,32 @@ class StageRunner:
 
 def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+P = TypeVar("P")
+MNIST_TEST = 10_000
+
+
+def pick_profile(profiles: Mapping[str, P], name: str, n_attack: int | None = None) -> P:
+    """The named run size, with its number of attacked test images overridden by n_attack if given."""
+    if name not in profiles:
+        raise SpecError(f"unknown profile {name!r}; choose one of {', '.join(profiles)}.")
+    prof = profiles[name]
+    if n_attack is not None:
+        if not 0 < n_attack <= MNIST_TEST:
+            raise SpecError(f"--n-attack must be between 1 and {MNIST_TEST} (the MNIST test set), got {n_attack}.")
+        prof = replace(prof, n_attack=n_attack)  # type: ignore[type-var]
+    return prof
+
+
+class Experiment:
+    """What every reproduction holds: output folder, run size, seed, device, the stage runner, and what
+    its stages returned (model metadata, attack results with their files, wall times)."""
+
+    def __init__(self, out: Path, profile: Any, seed: int = 0, device: str = "cpu", progress: bool = True,
+                 announce: Callable[[str], None] = print) -> None:
+        self.out, self.profile, self.seed, self.device, self.progress = out, profile, seed, device, progress
+        self.runner = StageRunner(out, announce=announce)
+        self.models: dict[str, dict[str, Any]] = {}
+        self.attacks: dict[str, tuple[dict[str, Any], Path]] = {}
+        self.timings: dict[str, float] = {}

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from ..report.document import Figure, Report, Section, Table, run_facts_section,
 from ..report.figures import examples_grid
 from ..report.plots import distortion_histogram
 from ..report.reference import paper_value
-from .stages import StageRunner
+from .stages import Experiment, pick_profile
 from .szegedy_sections import (SPECTRAL_MODELS, adversarial_training_section, sizes_for, spectral_section,
                                units_section)
 
@@ -97,17 +97,15 @@ def _display(ref: ModelRef) -> str:
     return ref.label
 
 
-class Szegedy2014:
+class Szegedy2014(Experiment):
     """The experiment: holds the profile, the stage runner, and the trained models."""
+
+    profile: Profile
 
     def __init__(self, out: Path, profile: Profile, seed: int = 0, device: str = "cpu",
                  progress: bool = True, announce: Any = print) -> None:
-        self.out, self.profile, self.seed, self.device, self.progress = out, profile, seed, device, progress
-        self.runner = StageRunner(out, announce=announce)
-        self.models: dict[str, dict[str, Any]] = {}
+        super().__init__(out, profile, seed=seed, device=device, progress=progress, announce=announce)
         self._loaded: dict[str, torch.nn.Module] = {}
-        self.attacks: dict[str, tuple[dict[str, Any], Path]] = {}
-        self.timings: dict[str, float] = {}
 
     # ---- stages -------------------------------------------------------------------------------
     def _train_stage(self, ref: ModelRef) -> dict[str, Any]:
@@ -483,17 +481,8 @@ def reproduce(out: str | Path = "runs/szegedy2014", profile: str = "standard", *
               n_attack: int | None = None, device: str = "cpu", progress: bool = True,
               announce: Any = print) -> dict[str, Any]:
     """Run (or resume) the reproduction; returns results.json's content."""
-    from ..errors import SpecError
-
-    if profile not in PROFILES:
-        raise SpecError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}.")
-    prof = PROFILES[profile]
-    if n_attack is not None:
-        if n_attack <= 0:
-            raise SpecError(f"--n-attack must be positive, got {n_attack}.")
-        prof = replace(prof, n_attack=n_attack)
-    exp = Szegedy2014(Path(out), prof, seed=seed, device=device, progress=progress, announce=announce)
-    return exp.run()
+    prof = pick_profile(PROFILES, profile, n_attack)
+    return Szegedy2014(Path(out), prof, seed=seed, device=device, progress=progress, announce=announce).run()
 
 
 def terminal_summary(results: dict[str, Any]) -> str:
