@@ -50,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="none: any wrong label (default); random: a seeded target ≠ label; all: lbfgs towards "
                         "each other label, keeping the smallest perturbation")
     p.add_argument("--backend", default="batched", choices=BACKENDS, help="lbfgs solver (scipy = per-image reference)")
-    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per batch (FGSM, default 1000) or in flight at once (L-BFGS, default 128 on CPU)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--threads", type=int, default=None, metavar="T",
                    help="torch CPU threads (default: torch's choice); on a busy or shared machine --threads 1 "
@@ -84,9 +85,10 @@ def _attack(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor, y
             return lbfgs_all_targets(model, x, y, **kw)
         return lbfgs_attack(model, x, crit, **kw)
     if args.method == "fgsm":
+        batch = {} if args.batch_size is None else {"batch_size": args.batch_size}
         if args.minimal:
-            return fgsm_min_epsilon(model, x, crit, batch_size=args.batch_size)
-        return fgsm(model, x, crit, args.eps or DEFAULT_EPS, batch_size=args.batch_size)
+            return fgsm_min_epsilon(model, x, crit, **batch)
+        return fgsm(model, x, crit, args.eps or DEFAULT_EPS, **batch)
     return noise_attack(model, x, crit, args.sigma or DEFAULT_SIGMA, seed=args.seed)
 
 
