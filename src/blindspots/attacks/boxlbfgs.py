@@ -21,6 +21,7 @@ change its objective (e.g. the attack's c) and ask for a fresh solve from x0 in 
 next one, so the per-pass vectors stay small enough for the CPU's cache. The direction (two-loop
 recursion) runs in a small C kernel where one can be built (attacks.native), else in torch.
 """
+
 from __future__ import annotations
 
 import math
