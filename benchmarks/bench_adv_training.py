@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from blindspots.data import load_mnist
-from blindspots.models.adversarial import Objective
+from blindspots.training.adversarial import Objective
 from blindspots.models.train import _sgd_epochs, default_recipe
 from blindspots.models.zoo import build_model
 

@@ -17,7 +17,7 @@ import torch
 
 from blindspots.data import load_mnist
 from blindspots.models import error_rate, fit
-from blindspots.models.adversarial_pool import PoolConfig, train_with_pool
+from blindspots.training.pool import PoolConfig, train_with_pool
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from torch import nn
 from blindspots.data import load_mnist
 from blindspots.errors import InputError, SpecError
 from blindspots.models import build_model, fit
-from blindspots.models.adversarial_pool import AdversarialPool, PoolConfig, _LayerPool, _split_at, train_with_pool
+from blindspots.training.pool import AdversarialPool, PoolConfig, _LayerPool, _split_at, train_with_pool
 from test_spectral import one_thread  # noqa: F401  (autouse: one torch thread, as in test_spectral)
 
 SMALL = PoolConfig(layers=("input", "act2"), refresh_every=24, attack_size=16, capacity=40, mix=0.5,

@@ -1,4 +1,4 @@
-"""Adversarial training and its noise controls (models.adversarial), the RBF net's pieces, the 3-vs-7
+"""Adversarial training and its noise controls (training.adversarial), the RBF net's pieces, the 3-vs-7
 logistic regression, and the analytic FGSM perturbation of linear models. All fast."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from blindspots.attacks import Misclassification, fgsm
 from blindspots.errors import SpecError
 from blindspots.experiments.goodfellow2015 import fit_logreg, logreg_data
 from blindspots.models import load_model, train
-from blindspots.models.adversarial import Objective
+from blindspots.training.adversarial import Objective
 from blindspots.models.zoo import BinaryLogistic, RBFLayer, TwoClassLogits, one_vs_rest_nll
 
 EPS = 0.25

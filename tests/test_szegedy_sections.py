@@ -17,10 +17,10 @@ from blindspots.analysis import empirical_ratio, lipschitz_bound
 from blindspots.attacks import load_adversarial
 from blindspots.data import load_mnist
 from blindspots.experiments.stages import StageRunner
-from blindspots.experiments.szegedy_sections import (SIZES, adversarial_training_section, pool_report, sizes_for,
+from blindspots.experiments.szegedy2014.sections import (SIZES, adversarial_training_section, pool_report, sizes_for,
                                                      spectral_report, spectral_section, units_report, units_section)
 from blindspots.models import error_rate, train
-from blindspots.models.adversarial_pool import PoolConfig
+from blindspots.training.pool import PoolConfig
 from blindspots.models.checkpoint import load_checkpoint
 from blindspots.report.document import Report, to_markdown
 

@@ -21,7 +21,7 @@ Documented choices where the paper is silent (also listed in the report):
   nets have 240 units x 5 pieces per layer (the paper's "original maxout network"; its 17.9% / 19.6% /
   40.9% / 81.4% come from a 1600-unit version trained with early stopping, which is not reproduced);
 - adversarial training and the noise controls use the plain maxout's recipe and epochs, with the
-  objective of models.adversarial (α = 0.5, ε = 0.25, no early stopping).
+  objective of training.adversarial (α = 0.5, ε = 0.25, no early stopping).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from ..attacks.base import AttackResult  # noqa: E402
 from ..data import ImageSet, load_mnist  # noqa: E402
 from ..io import file_digest, write_atomic, write_json_atomic  # noqa: E402
 from ..models import load_model, train  # noqa: E402
-from ..models.adversarial import Objective  # noqa: E402
+from ..training.adversarial import Objective  # noqa: E402
 from ..models.zoo import BinaryLogistic, TwoClassLogits  # noqa: E402
 from ..report.document import Figure, Report, Section, Table, run_facts_section, write_report  # noqa: E402
 from ..report.reference import paper_value  # noqa: E402

@@ -3,9 +3,9 @@
 from .checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
 from .spec import VALID_FORMS, ModelSpec, parse_spec
 from .store import TrainedModel, evaluate, load_model, train
-from .train import Recipe, default_recipe, error_rate, fit, predict
+from .train import Recipe, default_recipe, error_rate, fit, predict, predict_logits
 from .zoo import build_model
 
 __all__ = ["ModelSpec", "parse_spec", "VALID_FORMS", "build_model", "Recipe", "default_recipe", "fit",
-           "predict", "error_rate", "train", "load_model", "evaluate", "TrainedModel", "checkpoint_name",
+           "predict", "predict_logits", "error_rate", "train", "load_model", "evaluate", "TrainedModel", "checkpoint_name",
            "load_checkpoint", "save_checkpoint"]

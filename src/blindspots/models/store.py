@@ -15,10 +15,9 @@ from .. import __version__
 from ..data import SPLITS, load_mnist
 from ..errors import CheckpointError, SpecError
 from ..io import stable_hash
-from .adversarial import Objective
 from .checkpoint import checkpoint_name, load_checkpoint, models_dir, read_meta, save_checkpoint
 from .spec import ModelSpec, parse_spec
-from .train import default_recipe, error_rate, fit, recipe_dict
+from .train import StoredObjective, default_recipe, error_rate, fit, recipe_dict
 
 TRAIN_SPLITS = ("train", "P1", "P2")
 
@@ -37,7 +36,7 @@ class TrainedModel:
 
 
 def _stem(folder: Path, s: ModelSpec, split: str, seed: int, epochs: int | None, train_subset: int | None,
-          objective: Objective | None = None) -> Path:
+          objective: StoredObjective | None = None) -> Path:
     """Checkpoint path; the name carries a hash of the recipe, so a changed recipe never reuses old weights
     (and, for a training objective other than plain J, its tag: MAXOUT__train__s0__r<hash>__fgsm-e0p25-a0p5)."""
     recipe = default_recipe(s)
@@ -59,10 +58,10 @@ def _check_split(split: str) -> None:
 def train(spec: str | ModelSpec, *, split: str = "train", seed: int = 0, epochs: int | None = None,
           train_subset: int | None = None, dataset: str = "mnist", device: str | torch.device = "cpu",
           force: bool = False, progress: bool = True, data_dir: str | None = None,
-          store: Path | None = None, objective: Objective | None = None) -> TrainedModel:
+          store: Path | None = None, objective: StoredObjective | None = None) -> TrainedModel:
     """Train `spec` (or reuse the stored checkpoint made with the same arguments) and save it atomically.
 
-    `objective`: adversarial training or a noise control (models.adversarial.Objective) instead of plain J."""
+    `objective`: adversarial training or a noise control (training.Objective) instead of plain J."""
     s = parse_spec(spec)
     _check_split(split)
     folder = store or models_dir() / ("" if dataset == "mnist" else dataset)
@@ -90,7 +89,7 @@ def train(spec: str | ModelSpec, *, split: str = "train", seed: int = 0, epochs:
 
 def load_model(spec: str | ModelSpec, *, split: str = "train", seed: int = 0, epochs: int | None = None,
                train_subset: int | None = None, dataset: str = "mnist", device: str | torch.device = "cpu",
-               store: Path | None = None, objective: Objective | None = None) -> TrainedModel:
+               store: Path | None = None, objective: StoredObjective | None = None) -> TrainedModel:
     """The stored model trained with these arguments; a clear error if it was never trained."""
     s = parse_spec(spec)
     _check_split(split)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -23,6 +24,30 @@ from tqdm.auto import tqdm
 from ..data import ImageSet, load_mnist
 from .spec import ModelSpec, parse_spec
 from .zoo import build_model, one_vs_rest_nll
+
+
+class TrainingObjective(Protocol):
+    """What `fit` accepts instead of plain J (training.Objective, training.AdversarialPool): the data loss of one
+    minibatch, given the model, the batch, J and the shuffling generator."""
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Any,
+             gen: torch.Generator) -> torch.Tensor: ...
+
+
+class StoredObjective(TrainingObjective, Protocol):
+    """A training objective the checkpoint store can name: its parameters, a file-name tag and a sentence."""
+
+    @property
+    def slug(self) -> str: ...
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+    def describe(self) -> str: ...
+
+
+# called after every epoch with (epoch number from 1, the model): learning curves, early stopping (models in
+# train mode; evaluate through `predict`, which switches to eval mode and back)
+EpochHook = Callable[[int, nn.Module], None]
 
 
 @dataclass(frozen=True)
@@ -105,17 +130,25 @@ def decay_penalty(model: nn.Module, lam: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
-    """Predicted labels in eval mode, in batches; restores the model's mode afterwards."""
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
+    """The model's outputs (on the CPU) in eval mode, in batches, without autograd; restores the model's mode.
+
+    The one way the package runs a model for inference (predict, error_rate, the experiments' evaluations)."""
     was_training = model.training
     model.eval()
     try:
-        device = next(model.parameters()).device
-        out = [model(images[i:i + batch_size].to(device)).argmax(dim=1).cpu()
-               for i in range(0, images.shape[0], batch_size)]
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else images.device
+        out = [model(images[i:i + batch_size].to(device)).cpu() for i in range(0, images.shape[0], batch_size)]
     finally:
         model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
+    """Predicted labels (argmax of `predict_logits`)."""
+    logits = predict_logits(model, images, batch_size)
+    return logits.argmax(dim=1) if logits.numel() else torch.empty(0, dtype=torch.long)
 
 
 def error_rate(model: nn.Module, data: ImageSet) -> float:
@@ -125,21 +158,20 @@ def error_rate(model: nn.Module, data: ImageSet) -> float:
 
 def _sgd_epochs(model: nn.Module, params: list[nn.Parameter], x: torch.Tensor, y: torch.Tensor,
                 recipe: Recipe, epochs: int, gen: torch.Generator, device: torch.device,
-                desc: str, progress: bool, loss_fn: Any = None, objective: Any = None) -> None:
+                desc: str, progress: bool, loss_fn: Any = None, objective: TrainingObjective | None = None,
+                on_epoch: EpochHook | None = None) -> None:
     opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=True)
     n = x.shape[0]
-    steps_per_epoch = math.ceil(n / recipe.batch_size)
-    total = epochs * steps_per_epoch
-    step = 0
+    total = epochs * math.ceil(n / recipe.batch_size)
+    # cosine decay from lr to 0 over all steps, stepped per minibatch
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
     bar = tqdm(total=epochs, desc=desc, unit="epoch", disable=not progress, leave=False)
-    for _ in range(epochs):
+    for epoch in range(1, epochs + 1):
         model.train()
         perm = torch.randperm(n, generator=gen)
         for i in range(0, n, recipe.batch_size):
             idx = perm[i:i + recipe.batch_size]
             xb, yb = x[idx].to(device), y[idx].to(device)
-            for group in opt.param_groups:
-                group["lr"] = recipe.lr * 0.5 * (1 + math.cos(math.pi * step / total))
             opt.zero_grad(set_to_none=True)  # before the loss: an objective may back-propagate a part itself
             if objective is None:
                 data_loss = (loss_fn or F.cross_entropy)(model(xb), yb)
@@ -148,11 +180,13 @@ def _sgd_epochs(model: nn.Module, params: list[nn.Parameter], x: torch.Tensor, y
             loss = data_loss + decay_penalty(model, recipe.weight_decay).to(device)
             loss.backward()
             opt.step()
+            schedule.step()
             if recipe.max_norm is not None:
                 _apply_max_norm(model, recipe.max_norm)
-            step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
+        if on_epoch is not None:
+            on_epoch(epoch, model)
     bar.close()
 
 
@@ -237,11 +271,12 @@ def training_loss(spec: str | ModelSpec) -> Any:
 
 def fit(spec: str | ModelSpec, data: ImageSet, *, seed: int = 0, epochs: int | None = None,
         device: str | torch.device = "cpu", progress: bool = True,
-        recipe: Recipe | None = None, objective: Any = None) -> tuple[nn.Sequential, Recipe]:
+        recipe: Recipe | None = None, objective: TrainingObjective | None = None,
+        on_epoch: EpochHook | None = None) -> tuple[nn.Sequential, Recipe]:
     """Train a fresh model of `spec` on `data`; same seed and data give the same weights (on CPU).
 
-    `objective` (a models.adversarial.Objective) replaces the loss J by an adversarial-training or
-    noise-control objective built on J (SGD recipes only)."""
+    `objective` (training.Objective, training.AdversarialPool) replaces the loss J by an adversarial-training or
+    noise-control objective built on J (SGD recipes only); `on_epoch(epoch, model)` runs after every SGD epoch."""
     s = parse_spec(spec)
     recipe = recipe or default_recipe(s)
     if epochs is not None:
@@ -268,7 +303,7 @@ def fit(spec: str | ModelSpec, data: ImageSet, *, seed: int = 0, epochs: int | N
     else:
         params = [p for p in model.parameters() if p.requires_grad]
         _sgd_epochs(model, params, x, y, recipe, recipe.epochs, gen, device, s.name, progress,
-                    loss_fn=training_loss(s), objective=objective)
+                    loss_fn=training_loss(s), objective=objective, on_epoch=on_epoch)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
@@ -283,5 +318,5 @@ def recipe_dict(recipe: Recipe) -> dict[str, Any]:
     return d
 
 
-__all__ = ["Recipe", "default_recipe", "fit", "predict", "error_rate", "decay_penalty",
-           "load_mnist"]
+__all__ = ["Recipe", "default_recipe", "fit", "predict", "predict_logits", "error_rate", "decay_penalty",
+           "load_mnist", "TrainingObjective", "StoredObjective", "EpochHook"]

@@ -37,8 +37,8 @@ from torch import Tensor, nn
 from ..attacks import Criterion, Misclassification, TargetedMisclassification, lbfgs_attack, random_targets
 from ..data import ImageSet
 from ..errors import InputError, SpecError
-from .spec import ModelSpec, parse_spec
-from .train import Recipe, fit
+from ..models.spec import ModelSpec, parse_spec
+from ..models.train import EpochHook, Recipe, fit
 
 INPUT = "input"
 TARGETS = ("random", "any")
@@ -209,7 +209,7 @@ class PoolTraining:
 
 def train_with_pool(spec: str | ModelSpec, data: ImageSet, *, config: PoolConfig | None = None, seed: int = 0,
                     epochs: int | None = None, recipe: Recipe | None = None, device: str | torch.device = "cpu",
-                    progress: bool = False) -> PoolTraining:
+                    progress: bool = False, on_epoch: EpochHook | None = None) -> PoolTraining:
     """Train `spec` on `data` like `models.train.fit` with the same seed, epochs and recipe, plus the pool.
 
     Same arguments give the same weights (on CPU). The recipe must be an SGD one (the FC nets' default is)."""
@@ -218,7 +218,7 @@ def train_with_pool(spec: str | ModelSpec, data: ImageSet, *, config: PoolConfig
     pool = AdversarialPool(config, seed=seed)
     t0 = time.perf_counter()
     model, used = fit(s, data, seed=seed, epochs=epochs, device=device, progress=progress, recipe=recipe,
-                      objective=pool)
+                      objective=pool, on_epoch=on_epoch)
     return PoolTraining(model, used, config, pool.summary(), time.perf_counter() - t0)
 
 

@@ -28,21 +28,40 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import __version__
-from ..attacks import (TargetedMisclassification, gaussian_noise, lbfgs_attack, load_adversarial, magnify,
-                       random_targets, save_adversarial)
-from ..data import load_mnist
-from ..data.datasets import subset_order
-from ..errors import CheckpointError
-from ..io import write_json_atomic
-from ..models import load_model, predict, train
-from ..report.document import Figure, Report, Section, Table, run_facts_section, write_report
-from ..report.figures import examples_grid
-from ..report.plots import distortion_histogram
-from ..report.reference import paper_value
-from .stages import Experiment, pick_profile
-from .szegedy_sections import (SPECTRAL_MODELS, adversarial_training_section, sizes_for, spectral_section,
-                               units_section)
+from ... import __version__
+from ...attacks import (
+    TargetedMisclassification,
+    gaussian_noise,
+    lbfgs_attack,
+    load_adversarial,
+    magnify,
+    random_targets,
+    save_adversarial,
+)
+from ...data import load_mnist
+from ...data.datasets import subset_order
+from ...errors import CheckpointError
+from ...io import write_json_atomic
+from ...models import load_model, predict, train
+from ...report.document import (
+    Figure,
+    Report,
+    Section,
+    Table,
+    run_facts_section,
+    write_report,
+)
+from ...report.figures import examples_grid
+from ...report.plots import distortion_histogram
+from ...report.reference import paper_value
+from ..stages import Experiment, pick_profile
+from .sections import (
+    SPECTRAL_MODELS,
+    adversarial_training_section,
+    sizes_for,
+    spectral_section,
+    units_section,
+)
 
 TABLE1_MODELS = ("FC10(1e-4)", "FC10(1e-2)", "FC10(1)", "FC100-100-10", "FC200-200-10", "AE400-10")
 # Table 3: (display name, spec, training split)
