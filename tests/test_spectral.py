@@ -13,11 +13,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from blindspots.analysis import (conv2d_operator_norm, empirical_ratio, explicit_operator_norm, format_bound_table,
-                                 layer_bounds, lipschitz_bound, local_lipschitz, power_iteration_norm)
+import numpy as np
+from scipy.sparse.linalg import LinearOperator, svds
+
+from blindspots.analysis import (bound_check, conv2d_operator_norm, empirical_ratio, explicit_operator_norm,
+                                 format_bound_table, layer_bounds, lipschitz_bound, local_lipschitz,
+                                 power_iteration_norm)
 from blindspots.data import load_mnist
 from blindspots.errors import InputError, SpecError
 from blindspots.models import build_model, train
+from blindspots.models.zoo import Maxout
 
 
 @pytest.fixture(autouse=True)
@@ -162,21 +167,73 @@ def _signed_gradient_pairs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, e
     return x_adv
 
 
+def _conv_sigma_max(conv: nn.Conv2d, ishape: tuple[int, ...]) -> float:
+    """σ_max of a stride-1 conv's linear part by ARPACK on the conv as a linear map (adjoint: the transposed conv),
+    independent of the package's DFT and power-iteration code."""
+    w = conv.weight.detach().double()
+    pad = conv.padding
+    n_in = math.prod(ishape)
+    out_shape = F.conv2d(torch.zeros(1, *ishape, dtype=torch.float64), w, padding=pad).shape[1:]
+    n_out = math.prod(out_shape)
+
+    def mv(v: np.ndarray) -> np.ndarray:
+        return F.conv2d(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)).view(1, *ishape), w,
+                        padding=pad).flatten().numpy()
+
+    def rmv(u: np.ndarray) -> np.ndarray:
+        return F.conv_transpose2d(torch.from_numpy(np.ascontiguousarray(u, dtype=np.float64)).view(1, *out_shape), w,
+                                  padding=pad).flatten().numpy()
+
+    op = LinearOperator((n_out, n_in), matvec=mv, rmatvec=rmv, dtype=np.float64)
+    return float(svds(op, k=1, return_singular_vectors=False, random_state=0, tol=1e-8)[0])
+
+
+def _independent_constants(model: nn.Module) -> list[tuple[str, float, bool]]:
+    """(layer name, its ℓ2 Lipschitz constant computed here, exact?) for the zoo's layers: σ_max of the explicit
+    weight matrix (torch.linalg.matrix_norm), ARPACK for the convs, the activations' known constants. For a zero-
+    padded conv the package's DFT value is only an upper bound, so it is compared with a tolerance."""
+    out, shape = [], (1, 28, 28)
+    h = torch.zeros(1, *shape)
+    for name, layer in model.named_children():
+        if isinstance(layer, nn.Conv2d):
+            out.append((name, _conv_sigma_max(layer, tuple(h.shape[1:])), False))
+        elif isinstance(layer, nn.Linear):
+            out.append((name, float(torch.linalg.matrix_norm(layer.weight.detach().double(), ord=2)), True))
+        elif isinstance(layer, Maxout):
+            out.append((name, float(torch.linalg.matrix_norm(layer.linear.weight.detach().double(), ord=2)), True))
+        else:
+            known = {nn.Sigmoid: 0.25, nn.ReLU: 1.0, nn.MaxPool2d: 1.0, nn.Flatten: 1.0, nn.Dropout: 1.0}
+            out.append((name, known[type(layer)], True))
+        with torch.no_grad():
+            h = layer.eval()(h)
+    return out
+
+
 # brief training runs (CNN ~8% test error, FC ~24%), shared with test_units through the session's model store
 BRIEF = {"CNN": (2, 3000), "FC100-100-10": (3, 5000), "MAXOUT": (1, 1000)}
 
 
 @pytest.mark.parametrize("spec", list(BRIEF))
-def test_product_bound_is_never_below_empirical_ratios(spec: str, model_store: Path) -> None:
+def test_product_bound_matches_an_independent_computation(spec: str, model_store: Path) -> None:
+    """Each layer's bound against its constant computed here without the package (a bound 10× off in any layer, or
+    in the product, fails), then the product against empirical ratios on real MNIST pairs."""
     epochs, n = BRIEF[spec]
     tm = train(spec, epochs=epochs, train_subset=n, progress=False, store=model_store)
     model = tm.model.eval()
-    test = load_mnist("test", subset=200)
     bounds = layer_bounds(model, (1, 28, 28), verify=spec == "CNN", iters=60)
     bound = math.prod(b.bound for b in bounds)
     assert bound == pytest.approx(lipschitz_bound(model, (1, 28, 28)))
-    for b in bounds:
-        assert b.lower is None or b.lower <= b.bound * (1 + 1e-6)
+    independent = _independent_constants(model)
+    assert [b.name for b in bounds] == [name for name, _, _ in independent]
+    for b, (name, value, exact) in zip(bounds, independent):
+        if exact:
+            assert b.bound == pytest.approx(value, rel=1e-6), name
+        else:  # the DFT bound of a zero-padded conv: above the exact norm, and close to it
+            assert value * (1 - 1e-6) <= b.bound <= 1.1 * value, (name, b.bound, value)
+        assert b.lower is None or b.lower <= value * (1 + 1e-6)
+    exact_product = math.prod(v for _, v, _ in independent)
+    assert exact_product * (1 - 1e-6) <= bound <= 1.1 ** sum(not e for _, _, e in independent) * exact_product
+    test = load_mnist("test", subset=200)
     x, y = test.images, test.labels
     adv = _signed_gradient_pairs(model, x, y, eps=0.1, steps=3)
     moved = (adv - x).flatten(1).norm(dim=1) > 0
@@ -185,6 +242,10 @@ def test_product_bound_is_never_below_empirical_ratios(spec: str, model_store: P
     local = local_lipschitz(model, x[:50])
     assert float(ratios.max()) <= bound and float(local.max()) <= bound * (1 + 1e-5)
     assert "product" in format_bound_table(bounds)
+    check = bound_check(model, x[moved][:50], adv[moved][:50], bound)  # the report's and the CLI's one check
+    assert check["holds"] and check["ratio_max"] <= bound
+    low = min(check["ratio_max"], check["local_jacobian_max"]) / 10  # a bound 10× too small must fail the check
+    assert not bound_check(model, x[moved][:50], adv[moved][:50], low)["holds"]
 
 
 def test_local_lipschitz_of_a_linear_model_is_its_spectral_norm() -> None:

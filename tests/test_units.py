@@ -128,6 +128,9 @@ def test_units_and_spectral_commands(cli_home: Path, capsys: pytest.CaptureFixtu
     result = json.loads(capsys.readouterr().out)
     assert [layer["name"] for layer in result["layers"]] == ["flatten", "fc1", "act1", "fc2", "act2", "out"]
     assert result["check"]["holds"] and result["check"]["looseness_vs_local"] >= 1
+    # the report's own check (analysis.bound_check): ratio and local Jacobian both under the bound
+    assert {"holds_rtol", "adv_over_certified_min", "certified_radius_median"} <= set(result["check"])
+    assert max(result["check"]["ratio_max"], result["check"]["local_jacobian_max"]) <= result["product"] * (1 + 1e-5)
     assert cli_main(["spectral", *model, "--pairs", "20"]) == 0  # L-BFGS pairs
     printed = capsys.readouterr().out
     assert "product (Lipschitz bound of the whole net)" in printed and "the bound holds" in printed
