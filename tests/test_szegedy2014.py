@@ -1,6 +1,6 @@
 """`reproduce szegedy2014 --profile quick` end to end on real MNIST, killed with SIGKILL mid-run and
-resumed: finished stages are not recomputed, every table is in all three outputs, and the numbers obey
-the facts that define them."""
+resumed: finished stages are not recomputed, every table is in all three outputs, the report is a function of
+results.json alone, and the numbers obey the facts that define them (recomputed here from the models' logits)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from blindspots.attacks import TargetedMisclassification, load_adversarial
-from blindspots.experiments.szegedy2014 import reproduce
+from blindspots.attacks import gaussian_noise, load_adversarial
+from blindspots.data import load_mnist
+from blindspots.experiments.szegedy2014 import PROFILES, build_report, reproduce
 from blindspots.models import load_model
+from blindspots.report.document import to_markdown
 
 N_ATTACK = 60  # fewer than the quick profile's 100, to keep the suite short
 
@@ -71,6 +73,10 @@ def test_every_table_is_in_all_three_files(run: tuple[Path, dict, dict[str, floa
     assert len(disk["table1"]) == 6 and len(disk["table3"]["columns"]) == 3
     assert "data:image/png;base64," in page  # self-contained
     assert "| FC10(1e-4) |" in md and "| 7.4% |" in md  # paper column of FC10(1e-4) test error, from the reference file
+    assert to_markdown(build_report(disk)) == md  # the committed report can be checked against its results.json
+    for a in disk["attacks"].values():  # figures: paths relative to the run folder, stored in results.json
+        for rel in a["figures"].values():
+            assert not Path(rel).is_absolute() and f"]({rel})" in md and (out / rel).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_transfer_diagonal_equals_attack_success(run: tuple[Path, dict, dict[str, float]]) -> None:
@@ -92,11 +98,47 @@ def test_gaussian_rows_stay_below_the_adversarial_diagonal(run: tuple[Path, dict
     _, results, _ = run
     for key in ("table2", "table3"):
         table = results[key]
-        for gname, grow in table["rows"].items():
-            if not gname.startswith("gaussian"):
-                continue
+        gaussian = [n for n, r in table["rows"].items() if r["kind"] == "gaussian"]
+        assert len(gaussian) == 2 * (2 if key == "table2" else 1)  # both readings of each sigma
+        for gname in gaussian:
             for col in table["columns"]:
-                assert grow["errors"][col] < table["rows"][col]["errors"][col], (key, gname, col)
+                assert table["rows"][gname]["errors"][col] < table["rows"][col]["errors"][col], (key, gname, col)
+
+
+def test_gaussian_controls_in_both_readings(run: tuple[Path, dict, dict[str, float]]) -> None:
+    """Unclipped noise (the paper's reading) has RMS sigma and leaves the box; clipped noise is the same draw clipped;
+    each cell is recomputed here from the column model's logits on noise drawn here."""
+    out, results, _ = run
+    md = (out / "report.md").read_text()
+    table = results["table2"]
+    base = results["attacks"]["FC100-100-10"]
+    test, chosen = load_mnist("test"), torch.tensor(base["test_indices"])
+    x, y = test.images[chosen], test.labels[chosen]
+    draw = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    for sigma in (0.1, 0.3):
+        free, clipped = table["rows"][f"gaussian({sigma:g}) unclipped"], table["rows"][f"gaussian({sigma:g}) clipped"]
+        assert free["distortion"] == pytest.approx(sigma, rel=0.02) and clipped["distortion"] < 0.9 * sigma
+        assert free["outside_box"] > 0.3 and clipped["outside_box"] == 0
+        assert free["paper_row"] == f"gaussian({sigma:g})" and clipped["paper_row"] is None
+        noisy = x + sigma * draw
+        assert torch.equal(noisy.clamp(0, 1), gaussian_noise(x, sigma, seed=0))
+        for col in ("FC10(1e-4)", "AE400-10"):
+            m = results["models"][col]
+            model = load_model(m["spec"], split=m["split"], train_subset=10_000).model.eval()
+            for row, images in ((free, noisy), (clipped, noisy.clamp(0, 1))):
+                with torch.no_grad():
+                    error = float((model(images).argmax(dim=1) != y).float().mean())
+                assert row["errors"][col] == pytest.approx(error, abs=1e-9)
+        lines = {r: next(t for t in md.splitlines() if t.startswith(f"| gaussian({sigma:g}) {r} |"))
+                 for r in ("unclipped", "clipped")}
+        assert "%)" in lines["unclipped"] and "%)" not in lines["clipped"]  # the paper's column: unclipped only
+    assert "leave the [0, 1] box" in md
+
+
+def test_paper_profile_is_the_full_scale() -> None:
+    paper, standard = PROFILES["paper"], PROFILES["standard"]
+    assert paper.train_subset is None and paper.n_attack == 10_000 and paper.lbfgs == standard.lbfgs == {}
+    assert (PROFILES["quick"].n_attack, standard.n_attack, PROFILES["full"].n_attack) == (100, 500, 10_000)
 
 
 def test_adversarial_sets_reverify_from_disk(run: tuple[Path, dict, dict[str, float]]) -> None:
@@ -111,9 +153,8 @@ def test_adversarial_sets_reverify_from_disk(run: tuple[Path, dict, dict[str, fl
         assert tm.meta["weights_sha256"] == inputs["weights"]
         t = load_adversarial(folder / "adversarial.safetensors")
         with torch.no_grad():
-            pred = tm.model(t["x_adv"]).argmax(dim=1)
-        crit = TargetedMisclassification(t["target"], t["label"])
-        assert torch.equal(crit.is_adversarial(tm.model(t["x_adv"]).detach()), t["success"].bool())
+            pred = tm.model.eval()(t["x_adv"]).argmax(dim=1)  # success recomputed from the logits
+        assert torch.equal((pred == t["target"]) & (pred != t["label"]), t["success"].bool())
         assert torch.equal(pred, t["pred"])
         assert float(t["x_adv"].min()) >= 0.0 and float(t["x_adv"].max()) <= 1.0
         assert meta["success_rate"] > 0.9

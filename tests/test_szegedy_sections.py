@@ -77,7 +77,9 @@ def test_spectral_section_and_the_bound_on_the_saved_pairs(run: dict) -> None:
         assert lipschitz_bound(tm.model, (1, 28, 28)) == pytest.approx(r["product"], rel=1e-6)
         (pairs_file,) = stages.glob(f"bound_pairs_{spec.replace('(', '_').replace(')', '_')}-*/adversarial.safetensors")
         t = load_adversarial(pairs_file)
-        ok = t["success"] & ((t["x_adv"] - t["x"]).flatten(1).norm(dim=1) > 0)
+        with torch.no_grad():  # success recomputed from the logits, not read from the attack's record
+            pred = tm.model.eval()(t["x_adv"]).argmax(dim=1)
+        ok = (pred == t["target"]) & (pred != t["label"]) & ((t["x_adv"] - t["x"]).flatten(1).norm(dim=1) > 0)
         assert int(ok.sum()) == r["check"]["pairs"] > 0
         ratios = empirical_ratio(tm.model, t["x"][ok], t["x_adv"][ok])
         assert float(ratios.max()) <= r["product"] and float(ratios.max()) == pytest.approx(r["check"]["ratio_max"])
@@ -158,3 +160,7 @@ def test_sizes_for_a_profile() -> None:
     s = sizes_for("quick", train_subset=10_000, epochs=None)
     assert (s.train_subset, s.epochs, s.cnn_train_subset, s.n_directions) == (10_000, None, 10_000, 20)
     assert sizes_for("full", train_subset=None, epochs=None).n_directions == SIZES["standard"].n_directions
+    paper, standard = sizes_for("paper", train_subset=None, epochs=None), SIZES["standard"]
+    assert paper.name == "paper" and paper.train_subset is None and paper.unit_images is None  # all 10,000
+    assert paper.n_directions >= standard.n_directions and paper.n_pairs >= 10 * standard.n_pairs
+    assert paper.lbfgs == {}  # L-BFGS's full c search

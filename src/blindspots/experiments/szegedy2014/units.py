@@ -11,13 +11,13 @@ from ...data import load_mnist
 from ...io import write_json_atomic
 from ...models import TrainedModel
 from ...report.document import Figure, Section, Table
+from ...report.format import num, plus_minus
 from ...report.unit_figures import plot_unit_grid
 from ..stages import StageRunner
 from .common import (
     UNIT_MODELS,
     SectionSizes,
     _model_key,
-    _pm,
     _rel,
     _spec_name,
     _trained,
@@ -70,8 +70,8 @@ def units_report(results: dict[str, Any]) -> Section:
     for name, r in records.items():
         s, t = r["summary"], r["tests"]
         rows.append([name, str(r["width"]), _pm(s["purity"]["units"]), _pm(s["purity"]["random"]),
-                     f"{t['purity']['mannwhitney_p']:.3g}", _pm(s["coherence"]["units"]), _pm(s["coherence"]["random"]),
-                     f"{t['coherence']['mannwhitney_p']:.3g}", f"{r['chance']['purity']['mean']:.3f}",
+                     num(t["purity"]["mannwhitney_p"], ".3g"), _pm(s["coherence"]["units"]), _pm(s["coherence"]["random"]),
+                     num(t["coherence"]["mannwhitney_p"], ".3g"), num(r["chance"]["purity"]["mean"], ".3f"),
                      "yes" if r["told_apart"] else "no"])
     apart = [n for n, r in records.items() if r["told_apart"]]
     above = [n for n, r in records.items()
@@ -105,3 +105,8 @@ def units_report(results: dict[str, Any]) -> Section:
         "units and random directions. Per-layer sentences: " + " ".join(r["verdict"] for r in records.values()),
     ]
     return Section("§3 — units of φ(x): single units vs random directions", paragraphs, [table], figures)
+
+
+def _pm(d: dict[str, float]) -> str:
+    """A summary's mean ± std over directions."""
+    return plus_minus(d["mean"], d["std"], ".3f")
