@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..models import predict_logits
+from ..models import predict, predict_logits
 
 def _affine_to_linear(fn: Callable[[torch.Tensor], torch.Tensor], input_shape: Sequence[int],
                       dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -123,7 +123,7 @@ def bound_check(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, product:
     local = local_lipschitz(model, x)
     r = (x_adv - x).flatten(1).double().norm(dim=1).cpu()
     logits = predict_logits(model, x).double()
-    pred_adv = predict_logits(model, x_adv).argmax(dim=1)
+    pred_adv = predict(model, x_adv)
     top2 = logits.topk(2, dim=1).values
     certified = (top2[:, 0] - top2[:, 1]) / (math.sqrt(2) * product)
     flipped = pred_adv != logits.argmax(dim=1)
