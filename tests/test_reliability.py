@@ -29,7 +29,7 @@ from blindspots.models.store import _stem
 from blindspots.report.document import Report, run_facts_section, to_markdown
 from blindspots.training.adversarial import Objective
 
-TINY = dict(train_subset=500, epochs=1, progress=False)
+TINY = {"train_subset": 500, "epochs": 1, "progress": False}
 PACKAGE = blindspots.io.SOURCE_ROOT  # the real source (tests point SOURCE_ROOT at edited copies of it)
 
 

@@ -9,7 +9,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ def source_hash(*parts: str, exclude: tuple[str, ...] = (), length: int = 12) ->
     return _source_hash(SOURCE_ROOT, tuple(sorted(parts)), tuple(sorted(exclude)))[:length]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _source_hash(root: Path, parts: tuple[str, ...], exclude: tuple[str, ...]) -> str:
     files: set[Path] = set()
     for part in parts or ("",):

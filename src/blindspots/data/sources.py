@@ -8,7 +8,6 @@ works where only package registries are reachable. Every file is checked by the 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
 import subprocess
