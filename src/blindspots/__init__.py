@@ -1,6 +1,6 @@
 """blindspots: find and measure the blind spots (adversarial examples) of neural networks."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .data import ImageSet, fetch, load_mnist  # noqa: E402
 from .errors import BlindspotsError  # noqa: E402

@@ -21,3 +21,11 @@ class CheckpointError(BlindspotsError):
 
 class InputError(BlindspotsError, ValueError):
     """Images, labels or targets handed to an attack or model are invalid."""
+
+
+class OutputError(BlindspotsError):
+    """An output folder cannot be used: it is a file, cannot be written, or another run holds it."""
+
+
+class DeviceError(BlindspotsError):
+    """A torch device is named that does not exist here."""

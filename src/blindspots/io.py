@@ -1,4 +1,4 @@
-"""Atomic file writes, hashing and the BLINDSPOTS_HOME location."""
+"""Atomic file writes, hashing (of objects, files and the package's own source) and the BLINDSPOTS_HOME location."""
 
 from __future__ import annotations
 
@@ -9,16 +9,82 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any
+
+from .errors import DataError, OutputError
+
+# The installed package's folder; the source hashes below read the files under it.
+SOURCE_ROOT = Path(__file__).resolve().parent
+SOURCE_FILES = ("*.py", "published.json")
+
+
+def user_path(value: str | os.PathLike[str], what: str) -> Path:
+    """`value` with a leading ~ or ~user expanded; an unknown user is a clear error naming `what` (its source)."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:
+        raise DataError(f"{what}={str(value)!r}: cannot expand {str(value).split('/')[0]!r} (no such user or no "
+                        "home folder); give an absolute path instead.") from None
 
 
 def home() -> Path:
     """Folder for data and trained models: $BLINDSPOTS_HOME, default ~/.cache/blindspots."""
     env = os.environ.get("BLINDSPOTS_HOME")
-    root = Path(env).expanduser() if env else Path.home() / ".cache" / "blindspots"
-    root.mkdir(parents=True, exist_ok=True)
+    root = user_path(env, "BLINDSPOTS_HOME") if env else Path.home() / ".cache" / "blindspots"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the blindspots home folder {root} ({exc.strerror}); set "
+                          "BLINDSPOTS_HOME to a folder you can write.") from None
     return root
+
+
+def source_hash(*parts: str, exclude: tuple[str, ...] = (), length: int = 12) -> str:
+    """Short sha256 of the package's own source under `parts` (subpackage folders or module files relative to the
+    package, e.g. "models", "io.py"; none: the whole package) less `exclude`: the sorted relative paths and bytes
+    of its .py files and published.json. Cached keys built on it change whenever that code changes, so a fix never
+    silently reuses old weights or results. Computed once per process for each (root, parts, exclude)."""
+    return _source_hash(SOURCE_ROOT, tuple(sorted(parts)), tuple(sorted(exclude)))[:length]
+
+
+@cache
+def _source_hash(root: Path, parts: tuple[str, ...], exclude: tuple[str, ...]) -> str:
+    files: set[Path] = set()
+    for part in parts or ("",):
+        base = root / part
+        if base.is_file():
+            files.add(base)
+        elif base.is_dir():
+            files.update(f for pattern in SOURCE_FILES for f in base.rglob(pattern) if f.is_file())
+        else:
+            raise FileNotFoundError(f"source_hash: {base} is neither a module nor a subpackage of {root}")
+    h = hashlib.sha256()
+    for rel in sorted(f.relative_to(root).as_posix() for f in files):
+        if rel.split("/")[0] in exclude or "__pycache__" in rel:
+            continue
+        h.update(rel.encode() + b"\0")
+        h.update((root / rel).read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def output_folder(path: str | os.PathLike[str], what: str = "--out") -> Path:
+    """`path` as an output folder, created if needed; a clear error for "" (which would write into the current
+    folder), an existing file, or a path this process cannot create or write."""
+    if str(path).strip() == "":
+        raise OutputError(f"{what} is empty; name an output folder, e.g. {what} runs/mine.")
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{what} {folder} is an existing file, not a folder; choose another path.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{what} {folder} cannot be created ({exc.strerror}); choose a folder you can write.") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{what} {folder} is not writable by this user; choose a folder you can write.")
+    return folder
 
 
 @contextmanager

@@ -8,6 +8,7 @@ import importlib
 import sys
 
 from ..errors import BlindspotsError
+from .common import check_args
 
 # Modules of this package that each add their subcommands.
 COMMAND_MODULES = ("data", "models", "attack", "analysis", "reproduce")
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_args(args)
         return int(args.func(args) or 0)
     except BlindspotsError as exc:
         print(f"blindspots: error: {exc}", file=sys.stderr)

@@ -7,9 +7,52 @@ import json
 import sys
 from typing import Any
 
+from ..errors import DeviceError, SpecError
+from ..io import output_folder
+
 
 def add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda")
+
+
+def check_device(name: str) -> str:
+    """`name` if torch can run models on such a device here, else a DeviceError naming what exists."""
+    import torch
+
+    fix = "use --device cpu" + (" or --device cuda" if torch.cuda.is_available() else "")
+    if not name.strip():
+        raise DeviceError(f"--device is empty; {fix}.")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise DeviceError(f"--device {name!r} is not a torch device; {fix}.") from None
+    if device.type == "cpu":
+        return name
+    if device.type == "meta":
+        raise DeviceError(f"--device {name!r} holds no data (torch's meta device), so no model can run on it; {fix}.")
+    backend = getattr(torch, device.type, None)
+    if device.type == "mps":
+        backend = torch.backends.mps
+    available = bool(backend is not None and hasattr(backend, "is_available") and backend.is_available())
+    if not available:
+        raise DeviceError(f"--device {name!r}: no {device.type} device is available here (torch {torch.__version__}); "
+                          f"{fix}.")
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if device.index is not None and device.index >= count:
+        raise DeviceError(f"--device {name!r}: only {count} {device.type} device(s) here (0..{count - 1}); {fix}.")
+    return name
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse, before any work starts, option values that would fail later with a traceback: a device that does
+    not exist here, a number of epochs below 1, an output folder that is empty, a file, or not writable."""
+    if getattr(args, "device", None) is not None:
+        args.device = check_device(args.device)
+    epochs = getattr(args, "epochs", None)
+    if epochs is not None and epochs < 1:
+        raise SpecError(f"--epochs must be at least 1, got {epochs}; leave it out for the recipe's own.")
+    if getattr(args, "out", None) is not None:
+        output_folder(args.out, "--out")
 
 
 def add_data_dir(p: argparse.ArgumentParser) -> None:

@@ -7,6 +7,7 @@ import importlib
 from pathlib import Path
 
 from ..errors import SpecError
+from ..experiments.stages import timing_line
 from .common import add_device
 
 EXPERIMENTS = {"szegedy2014": "blindspots.experiments.szegedy2014",
@@ -39,5 +40,6 @@ def _run(args: argparse.Namespace) -> int:
                                progress=not args.no_progress)
     print()
     print(module.terminal_summary(results))
+    print(timing_line(results))
     print(f"\nReport: {out / 'report.html'} (also report.md; raw numbers in results.json)")
     return 0

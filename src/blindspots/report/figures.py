@@ -1,4 +1,4 @@
-"""Figures of adversarial examples: Szegedy et al.'s Figure 5 layout and success-vs-budget curves.
+"""Figures of adversarial examples: Szegedy et al.'s Figure 5 layout.
 
 Figure 5 shows, per example, the original image, the perturbation magnified around mid-grey, and the
 adversarial image, with the true and the predicted label. The paper magnifies the difference by a
@@ -8,18 +8,15 @@ white (pass `magnification=10` for the paper's).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from ..errors import InputError  # noqa: E402
-from ..io import write_atomic  # noqa: E402
+from ..errors import InputError
+from ..io import write_atomic
 
 
 def _images(t: torch.Tensor | np.ndarray, name: str) -> np.ndarray:
@@ -61,7 +58,8 @@ def examples_grid(x: torch.Tensor, x_adv: torch.Tensor, labels: torch.Tensor | S
     mag = float(magnification) if magnification is not None else (0.5 / peak if peak > 0 else 1.0)
 
     rows = max(k, 1)
-    fig, axes = plt.subplots(rows, 3, figsize=(3 * 1.25, rows * 1.3 + 0.45), dpi=100, squeeze=False)
+    fig = Figure(figsize=(3 * 1.25, rows * 1.3 + 0.45), dpi=100)
+    axes = fig.subplots(rows, 3, squeeze=False)
     heads = ("original", f"perturbation ×{mag:.3g}", "adversarial")
     for j, head in enumerate(heads):
         axes[0, j].set_title(head, fontsize=8)
@@ -83,27 +81,4 @@ def examples_grid(x: torch.Tensor, x_adv: torch.Tensor, labels: torch.Tensor | S
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     write_atomic(path, lambda p: fig.savefig(p, format="png"))
-    plt.close(fig)
-    return Path(path)
-
-
-def budget_curve(budgets: Sequence[float], curves: Mapping[str, Sequence[float]], path: str | Path, *,
-                 xlabel: str = "ε", ylabel: str = "error rate", title: str | None = None) -> Path:
-    """Success (or error) rate against budget, one line per named curve (e.g. from AttackResult.clip_to)."""
-    fig, ax = plt.subplots(figsize=(4.4, 3.0), dpi=100)
-    for name, values in curves.items():
-        if len(values) != len(budgets):
-            raise InputError(f"curve {name!r} has {len(values)} values for {len(budgets)} budgets.")
-        ax.plot(list(budgets), list(values), marker="o", ms=3, label=name)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    if title:
-        ax.set_title(title, fontsize=10)
-    if curves:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    write_atomic(path, lambda p: fig.savefig(p, format="png"))
-    plt.close(fig)
     return Path(path)

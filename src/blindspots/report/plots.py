@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ..io import write_atomic  # noqa: E402
+from ..io import write_atomic
 
 
 def distortion_histogram(distortions: np.ndarray, path: Path, title: str, paper: float | None = None) -> Path:
     """Histogram of per-example RMS distortions, with our mean and (if known) the paper's average."""
-    fig, ax = plt.subplots(figsize=(4.2, 2.8), dpi=100)
+    fig = Figure(figsize=(4.2, 2.8), dpi=100)
+    ax = fig.subplots()
     if len(distortions):
         ax.hist(distortions, bins=30, color="#4a7ab5", alpha=0.85)
         ax.axvline(float(np.mean(distortions)), color="k", lw=1.2, label=f"ours: {np.mean(distortions):.4f}")
@@ -29,5 +27,4 @@ def distortion_histogram(distortions: np.ndarray, path: Path, title: str, paper:
     ax.legend(fontsize=8)
     fig.tight_layout()
     write_atomic(path, lambda p: fig.savefig(p, format="png"))
-    plt.close(fig)
     return path

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 from ..analysis.units import UnitAnalysis
 from ..io import write_atomic
@@ -29,11 +30,6 @@ def plot_unit_grid(images: torch.Tensor, labels: torch.Tensor, analysis: UnitAna
     """Save a PNG: left, the top-k images of `rows` single units (Figure 1); right, of `rows` random directions
     (Figure 2). Rows are the first ones in the analysis' seeded order, not picked by hand; each row is labelled
     with its direction, its label purity and the images' true labels. Digits are drawn dark on light."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
     imgs = images.detach().cpu().numpy()
     labs = labels.cpu().numpy()
     panels = [("single units e_i (natural basis)", analysis.unit_topk, analysis.unit_purity,
@@ -42,7 +38,8 @@ def plot_unit_grid(images: torch.Tensor, labels: torch.Tensor, analysis: UnitAna
                [f"v_{i}" for i in analysis.random_ids])]
     rows = min(rows, *(len(p[1]) for p in panels))
     k = analysis.k
-    fig, axes = plt.subplots(1, 2, figsize=(2 * (0.55 * k + 1.6), 0.62 * rows + 1.1))
+    fig = Figure(figsize=(2 * (0.55 * k + 1.6), 0.62 * rows + 1.1))
+    axes = fig.subplots(1, 2)
     for ax, (name, topk, purity, ids) in zip(axes, panels):
         ax.imshow(_mosaic(imgs, topk[:rows]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         tile = imgs.shape[-1] + 2
@@ -58,10 +55,4 @@ def plot_unit_grid(images: torch.Tensor, labels: torch.Tensor, analysis: UnitAna
                  "(row label: direction, label purity, true labels)", fontsize=9)
     fig.tight_layout()
 
-    def save(tmp: Path) -> None:
-        fig.savefig(tmp, format="png", dpi=130)
-
-    try:
-        return write_atomic(path, save)
-    finally:
-        plt.close(fig)
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=130))

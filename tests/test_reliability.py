@@ -1,0 +1,255 @@
+"""Results that follow the code, faults that never crash a run: source-keyed caches, damaged stage results,
+unverifiable checkpoints, two runs into one folder, one-line errors for bad options, and a cached rerun's
+timing. Real MNIST and real (tiny) models throughout."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import blindspots.io
+from blindspots import __version__
+from blindspots.cli import main as cli_main
+from blindspots.data import load_mnist
+from blindspots.errors import CheckpointError, OutputError, SpecError
+from blindspots.experiments.stages import Experiment, StageRunner, timing_line
+from blindspots.io import home, source_hash
+from blindspots.models import load_model, predict, train
+from blindspots.models.checkpoint import models_dir
+from blindspots.models.spec import parse_spec
+from blindspots.models.store import _stem
+from blindspots.report.document import Report, run_facts_section, to_markdown
+from blindspots.training.adversarial import Objective
+
+TINY = {"train_subset": 500, "epochs": 1, "progress": False}
+PACKAGE = blindspots.io.SOURCE_ROOT  # the real source (tests point SOURCE_ROOT at edited copies of it)
+
+
+def _package_copy(tmp: Path, name: str, edit: str | None = None) -> Path:
+    """A copy of the package's source; `edit` (a file relative to the package) gets a comment appended."""
+    root = tmp / name
+    shutil.copytree(PACKAGE, root, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    if edit is not None:
+        with open(root / edit, "a", encoding="utf-8") as fh:
+            fh.write("\n# a code fix\n")
+    return root
+
+
+def test_code_changes_rename_checkpoints_and_stages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    obj = Objective("fgsm", 0.25, 0.5)
+    spec = parse_spec("FC100-100-10")
+    runner = StageRunner(tmp_path / "run", announce=lambda s: None)
+
+    def keys(root: Path) -> tuple[str, str, str]:
+        monkeypatch.setattr(blindspots.io, "SOURCE_ROOT", root)
+        return (_stem(tmp_path, spec, "train", 0, 1, 500).name, _stem(tmp_path, spec, "train", 0, 1, 500, obj).name,
+                runner.folder("attack FC100", {"n": 5}).name)
+
+    base = keys(_package_copy(tmp_path, "base"))
+    assert keys(_package_copy(tmp_path, "same")) == base  # same bytes, same keys
+    plain, adv, stage = keys(_package_copy(tmp_path, "training", "training/pool.py"))
+    assert plain == base[0] and adv != base[1] and stage != base[2]
+    plain, adv, stage = keys(_package_copy(tmp_path, "attacks", "attacks/fgsm.py"))
+    assert plain == base[0] and adv != base[1] and stage != base[2]
+    for edit in ("data/idx.py", "models/train.py", "io.py", "errors.py"):
+        plain, adv, stage = keys(_package_copy(tmp_path, edit.replace("/", "_"), edit))
+        assert plain != base[0] and adv != base[1] and stage != base[2], edit
+    for edit in ("report/document.py", "cli/common.py", "report/published.json"):  # re-rendered every run
+        assert keys(_package_copy(tmp_path, edit.replace("/", "_"), edit)) == base, edit
+    assert __version__ == "0.2.0"
+
+
+def test_a_fix_to_the_training_code_retrains_instead_of_reusing(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(blindspots.io, "SOURCE_ROOT", _package_copy(tmp_path, "before"))
+    old = train("FC100-100-10", store=tmp_path / "store", **TINY)
+    assert old.meta["source_sha256"] == source_hash("data", "models", "io.py", "errors.py")
+    monkeypatch.setattr(blindspots.io, "SOURCE_ROOT", _package_copy(tmp_path, "after", "models/train.py"))
+    with pytest.raises(CheckpointError, match="has not been trained yet"):
+        load_model("FC100-100-10", store=tmp_path / "store", train_subset=500, epochs=1)
+    new = train("FC100-100-10", store=tmp_path / "store", **TINY)
+    assert new.path != old.path and new.meta["source_sha256"] != old.meta["source_sha256"]
+    assert old.path.exists()  # the old checkpoint is left alone, never overwritten
+
+
+def _mean_pixel(folder: Path) -> dict[str, float]:
+    return {"mean": float(load_mnist("test", subset=200).images.mean())}
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "list", "no _stage", "missing"])
+def test_damaged_stage_result_is_recomputed_and_announced(tmp_path: Path, damage: str) -> None:
+    said: list[str] = []
+    first, folder = StageRunner(tmp_path, announce=said.append).run("mean", {"n": 200}, _mean_pixel)
+    done = folder / "result.json"
+    text = done.read_text()
+    if damage == "missing":
+        done.unlink()
+    else:
+        done.write_text({"truncated": text[: len(text) // 2], "empty": "", "list": "[1, 2]",
+                         "no _stage": json.dumps({"mean": 0.5})}[damage])
+    said.clear()
+    runner = StageRunner(tmp_path, announce=said.append)
+    again, folder2 = runner.run("mean", {"n": 200}, _mean_pixel)
+    assert folder2 == folder and again["mean"] == first["mean"] and runner.log[0].status == "computed"
+    redo = [line for line in said if "[redo]" in line]
+    assert len(redo) == 1 and "moved it to stages/.broken/" in redo[0]
+    assert len(list((tmp_path / "stages" / ".broken").iterdir())) == 1
+    third = StageRunner(tmp_path, announce=said.append)
+    third.run("mean", {"n": 200}, _mean_pixel)
+    assert third.log[0].status == "cached"
+
+
+def test_checkpoint_json_without_weights_hash_is_refused(tmp_path: Path) -> None:
+    tm = train("FC10(1)", train_subset=1000, progress=False, store=tmp_path)
+    tensors = load_file(str(tm.path))
+    save_file({k: v * 3 for k, v in tensors.items()}, str(tm.path))  # tampered, still a valid file
+    meta_path = tm.path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text())
+    meta.pop("weights_sha256")
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="records no weights_sha256.*retrain with --force"):
+        load_model("FC10(1)", train_subset=1000, store=tmp_path)
+
+
+def _sleeper(code: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_second_run_into_the_same_folder_is_refused_and_live_temps_are_kept(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    holder = _sleeper("import sys, time; from pathlib import Path; from blindspots.experiments.stages import "
+                      f"StageRunner; r = StageRunner(Path({str(out)!r}), announce=print); print('ready', flush=True); "
+                      "time.sleep(120)")
+    try:
+        with pytest.raises(OutputError, match=f"{out} is in use by another blindspots run \\(pid {holder.pid}\\)"):
+            StageRunner(out)
+        assert cli_main(["reproduce", "szegedy2014", "--profile", "quick", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("blindspots: error: ") and f"pid {holder.pid}" in err and err.count("\n") == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        dead_pid = holder.pid  # killed and reaped above
+        for pid in (live.pid, dead_pid):
+            (out / "stages" / f".tmp-attack-abc-{pid}").mkdir(parents=True)
+        StageRunner(out)  # the lock died with its holder
+        assert (out / "stages" / f".tmp-attack-abc-{live.pid}").exists(), "a live run's temp folder was deleted"
+        assert not (out / "stages" / f".tmp-attack-abc-{dead_pid}").exists()
+    finally:
+        live.kill()
+        live.wait()
+
+
+def _one_line_error(argv: list[str], capsys: pytest.CaptureFixture[str], match: str) -> None:
+    assert cli_main(argv) == 2, argv
+    err = capsys.readouterr().err
+    assert err.startswith("blindspots: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert match in err, err
+
+
+@pytest.mark.parametrize("device,match", [("tpu", "not a torch device"), ("", "--device is empty"),
+                                         ("meta", "holds no data"), ("cuda", "no cuda device is available"),
+                                         ("cuda:7", "cuda")])
+def test_missing_devices_are_one_line_errors(device: str, match: str, capsys: pytest.CaptureFixture[str]) -> None:
+    if device.startswith("cuda") and torch.cuda.is_available() and device != "cuda:7":
+        pytest.skip("this machine has a GPU: --device cuda is valid here")
+    for argv in (["train", "FC10(1)", "--device", device], ["eval", "FC10(1)", "--device", device],
+                 ["reproduce", "szegedy2014", "--device", device, "--out", "unused-out"],
+                 ["attack", "FC10(1)", "--method", "fgsm", "--device", device, "--out", "unused-out"]):
+        _one_line_error(argv, capsys, match)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_is_accepted_where_a_gpu_exists() -> None:
+    from blindspots.cli.common import check_device
+
+    assert check_device("cuda") == "cuda" and check_device("cuda:0") == "cuda:0"
+
+
+def test_bad_epochs_and_output_folders_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for epochs in ("0", "-3"):
+        _one_line_error(["train", "FC10(1)", "--epochs", epochs], capsys, "--epochs must be at least 1")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    for out, match in (("", "--out is empty"), (str(a_file), "is an existing file"),
+                       (str(a_file / "sub"), "cannot be created"), ("/proc/blindspots-out", "cannot be created")):
+        _one_line_error(["reproduce", "szegedy2014", "--out", out], capsys, match)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing written for the refused runs
+    with pytest.raises(SpecError, match="epochs must be a whole number >= 1"):
+        train("FC10(1)", epochs=0, store=tmp_path)
+
+
+def test_unexpandable_home_and_data_folders_are_one_line_errors(monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("BLINDSPOTS_DATA", "~nouser-blindspots/x")
+    _one_line_error(["data", "fetch"], capsys, "BLINDSPOTS_DATA='~nouser-blindspots/x': cannot expand")
+    monkeypatch.delenv("BLINDSPOTS_DATA")
+    monkeypatch.setenv("BLINDSPOTS_HOME", "~nouser-blindspots/x")
+    _one_line_error(["eval", "FC10(1)"], capsys, "BLINDSPOTS_HOME='~nouser-blindspots/x': cannot expand")
+
+
+def test_cached_rerun_reports_the_original_compute_time(tmp_path: Path) -> None:
+    def compute(folder: Path) -> dict[str, float]:
+        tm = train("FC100-100-10", store=folder, **TINY)
+        return {"test_error": tm.meta["test_error"]}
+
+    first = StageRunner(tmp_path, announce=lambda s: None)
+    result, _ = first.run("train FC100", {"tiny": True}, compute)
+    rerun = StageRunner(tmp_path, announce=lambda s: None)
+    rerun.run("train FC100", {"tiny": True}, compute)
+    record = rerun.log[0]
+    assert record.status == "cached" and record.compute_s == result["_stage"]["wall_s"] > record.wall_s
+    assert result["_stage"]["source_sha256"] == source_hash(exclude=("report", "cli"))
+    results = {"facts": {"choices": {}, "versions": {}}, "wall_time_s": {"total": 0.02},
+               "stages": [{"name": r.name, "key": r.key, "status": r.status, "wall_s": r.wall_s,
+                           "compute_s": r.compute_s} for r in rerun.log]}
+    line = timing_line(results)
+    assert "0 computed, 1 reused" in line and f"original compute time {record.compute_s:.0f} s" in line
+    md = to_markdown(Report("run", [], [run_facts_section(results)]))
+    assert f"| train FC100 | cached | {record.wall_s:.1f} | {record.compute_s:.1f} |" in md
+
+
+def test_experiment_loads_a_checkpoint_with_its_checks(tmp_path: Path) -> None:
+    tm = train("FC10(1)", train_subset=1000, progress=False, store=tmp_path / "store")
+    exp = Experiment(tmp_path / "run", profile=None, announce=lambda s: None)
+    model = exp.load_checkpoint_checked(tm.path, "FC10(1)", tm.meta["weights_sha256"])
+    x = load_mnist("test", subset=300).images
+    assert torch.equal(predict(model, x), predict(tm.model, x))
+    assert exp.load_checkpoint_checked(tm.path.with_suffix(""), "FC10(1)") is model  # loaded once per run
+    with pytest.raises(CheckpointError, match="changed since the stage that trained it ran"):
+        Experiment(tmp_path / "run2", profile=None).load_checkpoint_checked(tm.path, "FC10(1)", "0" * 64)
+    with pytest.raises(CheckpointError, match="holds FC10"):
+        Experiment(tmp_path / "run3", profile=None).load_checkpoint_checked(tm.path, "FC100-100-10")
+
+
+def test_tests_run_in_a_temporary_home_with_the_real_mnist() -> None:
+    real = Path.home() / ".cache" / "blindspots"
+    assert home().resolve() != real.resolve() and not models_dir().resolve().is_relative_to(real.resolve())
+    assert len(load_mnist("test")) == 10_000
+
+
+def test_report_modules_leave_the_matplotlib_backend_alone(tmp_path: Path) -> None:
+    code = ("import matplotlib, blindspots.report.figures, blindspots.report.plots, blindspots.report.unit_figures; "
+            "print(matplotlib.get_backend())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, "MPLBACKEND": "svg", "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.stdout.strip() == "svg"
+    from blindspots.report.figures import examples_grid
+
+    x = load_mnist("test", subset=4).images
+    png = examples_grid(x, (x + 0.1).clamp(0, 1), [1, 2, 3, 4], [1, 2, 3, 4], tmp_path / "grid.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
