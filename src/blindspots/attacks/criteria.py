@@ -1,7 +1,9 @@
 """What counts as adversarial: small criterion objects handed to an attack (Foolbox style).
 
 Targeted vs untargeted is data given to the attack, not a flag on it. A criterion holds one label or
-target per image and answers `is_adversarial(logits)` for a batch of logits [N, C].
+target per image, answers `is_adversarial(logits)` for a batch of logits [N, C], and supplies the loss
+every gradient attack descends (`loss(logits, kind)`, lower = more adversarial), so a new criterion
+needs no change to any attack.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from abc import ABC, abstractmethod
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from ..errors import InputError
 
@@ -37,6 +40,11 @@ class Criterion(ABC):
 
     @abstractmethod
     def is_adversarial(self, logits: Tensor) -> Tensor: ...
+
+    @abstractmethod
+    def loss(self, logits: Tensor, kind: str = "ce") -> Tensor:
+        """Per-sample loss [N] of logits [N, C], lower = more adversarial. kind "ce": a cross-entropy form,
+        bounded below; "margin": a logit margin that is < 0 exactly where the criterion holds."""
 
     @abstractmethod
     def subset(self, index: Tensor | slice) -> Criterion:
@@ -83,6 +91,16 @@ class Misclassification(Criterion):
         assert self.labels is not None
         return logits.argmax(dim=-1) != self.labels.to(logits.device)
 
+    def loss(self, logits: Tensor, kind: str = "ce") -> Tensor:
+        """"ce": −log(1 − p_label), the log of the probability mass off the label (its gradient is
+        parallel to that of −CE(label), and it stays bounded); "margin": z_label − max_{j≠label} z_j."""
+        assert self.labels is not None
+        own = F.one_hot(self.labels, logits.shape[-1]).bool()
+        others = logits.masked_fill(own, float("-inf"))
+        if _kind(kind) == "ce":
+            return logits.logsumexp(dim=-1) - others.logsumexp(dim=-1)
+        return logits.gather(-1, self.labels.unsqueeze(-1)).squeeze(-1) - others.amax(dim=-1)
+
     def subset(self, index: Tensor | slice) -> Misclassification:
         assert self.labels is not None
         return Misclassification(self.labels[index])
@@ -109,6 +127,15 @@ class TargetedMisclassification(Criterion):
         assert self.targets is not None
         return logits.argmax(dim=-1) == self.targets.to(logits.device)
 
+    def loss(self, logits: Tensor, kind: str = "ce") -> Tensor:
+        """"ce": cross-entropy of the target; "margin": max_{j≠t} z_j − z_t."""
+        assert self.targets is not None
+        if _kind(kind) == "ce":
+            return F.cross_entropy(logits, self.targets, reduction="none")
+        own = F.one_hot(self.targets, logits.shape[-1]).bool()
+        mine = logits.gather(-1, self.targets.unsqueeze(-1)).squeeze(-1)
+        return logits.masked_fill(own, float("-inf")).amax(dim=-1) - mine
+
     def subset(self, index: Tensor | slice) -> TargetedMisclassification:
         assert self.targets is not None
         return TargetedMisclassification(self.targets[index], None if self.labels is None else self.labels[index])
@@ -120,6 +147,15 @@ class TargetedMisclassification(Criterion):
 
     def __repr__(self) -> str:
         return f"TargetedMisclassification(n={len(self)})"
+
+
+LOSSES = ("ce", "margin")
+
+
+def _kind(kind: str) -> str:
+    if kind not in LOSSES:
+        raise InputError(f"unknown loss {kind!r}; choose 'ce' (cross-entropy) or 'margin' (logit margin).")
+    return kind
 
 
 def random_targets(labels: Tensor, seed: int, n_classes: int = 10) -> Tensor:
