@@ -4,7 +4,11 @@ For each c: minimise ‖x' − x‖₂² + c'·max(m(x'), −κ) by Adam for `st
 criterion's logit margin (their f₆: max_{j≠t} z_j − z_t targeted, z_y − max_{j≠y} z_j untargeted) and κ
 the confidence. x' = lo + (hi − lo)·(tanh(w) + 1)/2 (their change of variables; w starts at the clean
 image) or, with parametrisation="projected", x' = clip(x + δ) after each step. Every iterate the forward
-pass shows to meet the criterion is a candidate; the smallest is kept.
+pass shows to meet the criterion is a candidate; the smallest is kept. Adam's step starts at lr = 0.1
+and decays along a cosine to lr/100 over each solve: their constant 0.01 needs about ten times more steps
+on MNIST, where most pixels sit at a bound and tanh starts saturated (measured on softmax regression,
+64 images, 100 steps: 78% success at a constant 0.01), and a constant 0.1 oscillates ~5% above the
+minimum on mid-grey pixels.
 
 The c search is attacks.csearch, shared with the L-BFGS attack, on c = 1/c' (the objective is scaled by
 c, which Adam does not see): bracket by factors of 10 from c_init, then bisect in log space
@@ -40,6 +44,7 @@ def _solve(model: nn.Module, x0: Tensor, image_shape: torch.Size, criterion: Cri
         var = torch.zeros_like(x0)
     var.requires_grad_(True)
     opt = torch.optim.Adam([var], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr / 100)
     best_x, best_d = x0.clone(), torch.full((x0.shape[0],), float("inf"), device=x0.device, dtype=torch.float64)
     cw = c.to(x0.dtype)
     for _ in range(steps + 1):
@@ -57,6 +62,7 @@ def _solve(model: nn.Module, x0: Tensor, image_shape: torch.Size, criterion: Cri
         opt.zero_grad(set_to_none=True)
         objective.backward()
         opt.step()
+        sched.step()
         if parametrisation == "projected":
             with torch.no_grad():
                 var.copy_((x0 + var).clamp_(lo, hi) - x0)
@@ -64,7 +70,7 @@ def _solve(model: nn.Module, x0: Tensor, image_shape: torch.Size, criterion: Cri
     return torch.where(found.unsqueeze(1), best_x, last), found
 
 
-def cw_l2(model: nn.Module, images: Tensor, criterion: Criterion, *, steps: int = 100, lr: float = 0.01,
+def cw_l2(model: nn.Module, images: Tensor, criterion: Criterion, *, steps: int = 100, lr: float = 0.1,
           confidence: float = 0.0, c_init: float = 1.0, search_steps: int = 5, bracket_steps: int = 5,
           parametrisation: str = "tanh", batch_size: int = 1000, bounds: Bounds = (0.0, 1.0)) -> AttackResult:
     """Minimal C&W-L2: x_adv [N, ...]; extras "c" (this module's c = 1/c' that produced it, NaN on failure)

@@ -35,8 +35,9 @@ class Attack(Protocol):
 
 
 def _lbfgs_all_targets(model: nn.Module, images: Tensor, criterion: Criterion, **params: Any) -> AttackResult:
-    if criterion.targets is not None or criterion.labels is None:
-        raise InputError("lbfgs-all-targets tries every other label itself: pass Misclassification(labels).")
+    if not isinstance(criterion, Criterion) or criterion.targets is not None or criterion.labels is None:
+        raise InputError("lbfgs-all-targets tries every other label itself: pass the criterion "
+                         "Misclassification(labels).")
     return lbfgs_all_targets(model, images, criterion.labels, **params)
 
 
