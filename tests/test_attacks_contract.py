@@ -13,15 +13,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_attacks import LINEAR, linear, one_thread  # noqa: F401  (shared fixtures)
 from torch import nn
 
-from blindspots.attacks import (Misclassification, Normalized, TargetedMisclassification, deepfool, fgsm, lbfgs_attack,
-                                pgd, random_targets)
+from blindspots.attacks import (
+    Misclassification,
+    Normalized,
+    TargetedMisclassification,
+    deepfool,
+    fgsm,
+    lbfgs_attack,
+    pgd,
+    random_targets,
+)
 from blindspots.attacks.boxlbfgs import _direction, store_pairs
 from blindspots.cli import main
 from blindspots.data import load_mnist
 from blindspots.errors import InputError
-from test_attacks import LINEAR, linear, one_thread  # noqa: F401  (shared fixtures)
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,23 @@ import math
 
 import pytest
 import torch
-from torch import nn
-
-from blindspots.attacks import (ATTACKS, Misclassification, TargetedMisclassification, cw_l2, deepfool, get_attack,
-                                pgd, random_targets, run_attack)
-from blindspots.data import load_mnist
-from blindspots.errors import InputError
 from test_attacks import linear, mlp, one_thread  # noqa: F401  (shared fixtures)
 from test_attacks_lbfgs import _closed_form_cases
+from torch import nn
+
+from blindspots.attacks import (
+    ATTACKS,
+    Misclassification,
+    TargetedMisclassification,
+    cw_l2,
+    deepfool,
+    get_attack,
+    pgd,
+    random_targets,
+    run_attack,
+)
+from blindspots.data import load_mnist
+from blindspots.errors import InputError
 
 BUDGETS = {"fgsm": [0.1, 0.2], "pgd": [0.1, 0.2], "noise": [0.1, 0.3]}
 QUICK = {"lbfgs": {"search_steps": 2}, "lbfgs-all-targets": {"search_steps": 2}, "cw": {"steps": 20, "search_steps": 1},

@@ -80,6 +80,27 @@ class Criterion(ABC):
                                  f"a targeted attack needs a different class: use random_targets(labels, seed).")
 
 
+class _OffLabelMass(torch.autograd.Function):
+    """−log(1 − p_y) = logsumexp(z) − logsumexp(z_{j≠y}) with its gradient p_y·(e_y − q) formed directly.
+    Autograd through the two logsumexps forms p_j − q_j instead, which cancels to rounding noise once the
+    image is confidently wrong (p_y < ~1e-6 in float32), and a sign-gradient attack then wanders."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, logits: Tensor, labels: Tensor) -> Tensor:
+        own = F.one_hot(labels, logits.shape[-1]).bool()
+        others = logits.masked_fill(own, float("-inf"))
+        lse, lse_others = logits.logsumexp(dim=-1), others.logsumexp(dim=-1)
+        ctx.save_for_backward(logits, labels, others, lse, lse_others)
+        return lse - lse_others
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
+        logits, labels, others, lse, lse_others = ctx.saved_tensors  # type: ignore[attr-defined]
+        p_own = (logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - lse).exp_().mul_(grad)
+        out = others.sub(lse_others.unsqueeze(-1)).exp_().neg_().mul_(p_own.unsqueeze(-1))  # −p_y·q
+        return out.scatter_(-1, labels.unsqueeze(-1), p_own.unsqueeze(-1)), None  # + p_y·e_y (q_y = 0)
+
+
 class Misclassification(Criterion):
     """Adversarial when the predicted class differs from the true label."""
 
@@ -92,13 +113,14 @@ class Misclassification(Criterion):
         return logits.argmax(dim=-1) != self.labels.to(logits.device)
 
     def loss(self, logits: Tensor, kind: str = "ce") -> Tensor:
-        """"ce": −log(1 − p_label), the log of the probability mass off the label (its gradient is
-        parallel to that of −CE(label), and it stays bounded); "margin": z_label − max_{j≠label} z_j."""
+        """"ce": −log(1 − p_label), minus the log of the probability mass off the label (bounded below; its
+        gradient p_y·(e_y − q), q the softmax over the other classes, is parallel to that of −CE(label));
+        "margin": z_label − max_{j≠label} z_j."""
         assert self.labels is not None
+        if _kind(kind) == "ce":
+            return _OffLabelMass.apply(logits, self.labels.expand(logits.shape[:-1]))
         own = F.one_hot(self.labels, logits.shape[-1]).bool()
         others = logits.masked_fill(own, float("-inf"))
-        if _kind(kind) == "ce":
-            return logits.logsumexp(dim=-1) - others.logsumexp(dim=-1)
         return logits.gather(-1, self.labels.unsqueeze(-1)).squeeze(-1) - others.amax(dim=-1)
 
     def subset(self, index: Tensor | slice) -> Misclassification:

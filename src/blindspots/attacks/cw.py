@@ -23,8 +23,19 @@ import time
 import torch
 from torch import Tensor, nn
 
-from .base import (AttackResult, Bounds, attack_mode, build_result, check_bounds, check_choice, check_int,
-                   check_nonnegative, check_positive, prepare)
+from .base import (
+    AttackResult,
+    Bounds,
+    as_model,
+    attack_mode,
+    build_result,
+    check_bounds,
+    check_choice,
+    check_int,
+    check_nonnegative,
+    check_positive,
+    prepare,
+)
 from .criteria import Criterion
 from .csearch import CSearch
 from .lbfgs import verified
@@ -85,7 +96,8 @@ def cw_l2(model: nn.Module, images: Tensor, criterion: Criterion, *, steps: int 
     check_choice("parametrisation", parametrisation, PARAMETRISATIONS)
     bounds = check_bounds(bounds)
     t0 = time.perf_counter()
-    with attack_mode(model) as model:
+    model = as_model(model)
+    with attack_mode(model):
         x, crit, clean_logits = prepare(model, images, criterion, batch_size, bounds=bounds)
         flat = x.reshape(x.shape[0], -1)
         clean = crit.is_adversarial(clean_logits)

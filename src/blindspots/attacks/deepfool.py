@@ -19,8 +19,17 @@ import time
 import torch
 from torch import Tensor, nn
 
-from .base import (AttackResult, Bounds, attack_mode, build_result, check_bounds, check_int, check_nonnegative,
-                   prepare)
+from .base import (
+    AttackResult,
+    Bounds,
+    as_model,
+    attack_mode,
+    build_result,
+    check_bounds,
+    check_int,
+    check_nonnegative,
+    prepare,
+)
 from .criteria import Criterion
 
 NUDGE = 1e-4  # the paper's small constant added to each step, so the boundary is crossed, not touched
@@ -65,7 +74,8 @@ def deepfool(model: nn.Module, images: Tensor, criterion: Criterion, *, steps: i
         check_int("candidates", candidates, 2)
     bounds = check_bounds(bounds)
     t0 = time.perf_counter()
-    with attack_mode(model) as model:
+    model = as_model(model)
+    with attack_mode(model):
         x, crit, clean_logits = prepare(model, images, criterion, batch_size, bounds=bounds)
         n, n_classes = x.shape[0], clean_logits.shape[1]
         k = n_classes if candidates is None else min(candidates, n_classes)

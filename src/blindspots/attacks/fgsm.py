@@ -16,8 +16,20 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError
-from .base import (AttackResult, Bounds, attack_mode, build_result, check_bounds, check_budgets, check_int,
-                   check_positive, logits_of, measure, prepare)
+from .base import (
+    AttackResult,
+    Bounds,
+    as_model,
+    attack_mode,
+    build_result,
+    check_bounds,
+    check_budgets,
+    check_int,
+    check_positive,
+    logits_of,
+    measure,
+    prepare,
+)
 from .criteria import Criterion
 
 
@@ -56,7 +68,8 @@ def fgsm(model: nn.Module, images: Tensor, criterion: Criterion, epsilons: Seque
     check_int("batch_size", batch_size)
     bounds = check_bounds(bounds)
     t0 = time.perf_counter()
-    with attack_mode(model) as model:
+    model = as_model(model)
+    with attack_mode(model):
         x, crit, _ = prepare(model, images, criterion, batch_size, clean_logits=False, bounds=bounds)
         clean: list[Tensor] = []
         x_adv = torch.empty((len(eps), *x.shape), device=x.device, dtype=x.dtype)
@@ -93,7 +106,8 @@ def fgsm_min_epsilon(model: nn.Module, images: Tensor, criterion: Criterion, *, 
     check_int("batch_size", batch_size)
     bounds = check_bounds(bounds)
     t0 = time.perf_counter()
-    with attack_mode(model) as model:
+    model = as_model(model)
+    with attack_mode(model):
         x, crit, clean_logits = prepare(model, images, criterion, batch_size, bounds=bounds)
         step = gradient_sign(model, x, crit, batch_size)
         n = x.shape[0]

@@ -40,11 +40,22 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .base import (AttackResult, Bounds, attack_mode, build_result, check_bounds, check_choice, check_int,
-                   check_nonnegative, check_positive, logits_of, prepare)
+from .base import (
+    AttackResult,
+    Bounds,
+    as_model,
+    attack_mode,
+    build_result,
+    check_bounds,
+    check_choice,
+    check_int,
+    check_nonnegative,
+    check_positive,
+    logits_of,
+    prepare,
+)
 from .boxlbfgs import Objective, minimize_box_lbfgs
 from .criteria import LOSSES, Criterion, Misclassification, TargetedMisclassification
 from .csearch import CSearch
@@ -138,7 +149,8 @@ def lbfgs_attack(model: nn.Module, images: Tensor, criterion: Criterion, *, back
               "bracket_steps": bracket_steps, "max_iter": max_iter, "history": history, "gtol": gtol,
               "ftol": ftol, "norm_term": "c*||r||_2^2", "loss": loss, "bounds": list(bounds)}
     t0 = time.perf_counter()
-    with attack_mode(model) as model:
+    model = as_model(model)
+    with attack_mode(model):
         x, criterion, clean_logits = prepare(model, images, criterion, bounds=bounds)
         n = x.shape[0]
         image_shape = x.shape[1:]
@@ -209,7 +221,8 @@ def lbfgs_all_targets(model: nn.Module, images: Tensor, labels: Tensor, **kwargs
     """
     t0 = time.perf_counter()
     crit = Misclassification(labels)
-    with attack_mode(model) as model:
+    model = as_model(model)
+    with attack_mode(model):
         x, crit_checked, logits = prepare(model, images, crit, bounds=kwargs.get("bounds", (0.0, 1.0)))
     assert crit_checked.labels is not None
     y = crit_checked.labels

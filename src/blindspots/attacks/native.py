@@ -124,7 +124,7 @@ def _compile(compiler: str, flags: list[str], target: Path, stamp: Path) -> bool
         src, out, sha = Path(tmp) / "kernel.c", Path(tmp) / "kernel.so", Path(tmp) / "kernel.sha256"
         src.write_text(_SOURCE)
         proc = subprocess.run([compiler, *flags, str(src), "-o", str(out), "-lm"], capture_output=True,
-                              text=True, timeout=120)
+                              text=True, timeout=120, check=False)
         if proc.returncode != 0:
             warnings.warn(f"blindspots: could not build the native L-BFGS kernel ({compiler}: "
                           f"{proc.stderr.strip()[:300]}); using the slower torch code.", stacklevel=4)
@@ -144,9 +144,9 @@ def _build() -> ctypes.CDLL | None:
     key = hashlib.sha256((_SOURCE + " ".join(flags)).encode()).hexdigest()[:16]
     target = home() / "native" / f"lbfgs_direction_{key}.so"
     stamp = target.with_suffix(".sha256")
-    if not _verified(target, stamp):  # missing, truncated, replaced, or a build that never finished
-        if not _compile(compiler, flags, target, stamp):
-            return None
+    # missing, truncated, replaced, or a build that never finished: rebuild
+    if not _verified(target, stamp) and not _compile(compiler, flags, target, stamp):
+        return None
     try:
         lib = ctypes.CDLL(str(target))
     except OSError:  # verified yet unloadable (e.g. built for another machine sharing the home): rebuild once

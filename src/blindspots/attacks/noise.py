@@ -16,7 +16,17 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError
-from .base import AttackResult, Bounds, attack_mode, build_result, check_bounds, check_budgets, check_images, prepare
+from .base import (
+    AttackResult,
+    Bounds,
+    as_model,
+    attack_mode,
+    build_result,
+    check_bounds,
+    check_budgets,
+    check_images,
+    prepare,
+)
 from .criteria import Criterion
 
 
@@ -66,7 +76,8 @@ def noise_attack(model: nn.Module, images: Tensor, criterion: Criterion, sigmas:
     sig = check_budgets(sigmas, "sigmas")
     bounds = check_bounds(bounds)
     t0 = time.perf_counter()
-    with attack_mode(model) as model:
+    model = as_model(model)
+    with attack_mode(model):
         x, crit, clean_logits = prepare(model, images, criterion, bounds=bounds)
     s = torch.tensor(sig, device=x.device, dtype=x.dtype).view(-1, *([1] * x.dim()))
     x_adv = (x.unsqueeze(0) + s * _unit_noise(x, seed).unsqueeze(0)).clamp_(*bounds)

@@ -23,8 +23,21 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import (AttackResult, Bounds, attack_mode, build_result, check_bounds, check_budgets, check_choice,
-                   check_int, check_positive, logits_of, measure, prepare)
+from .base import (
+    AttackResult,
+    Bounds,
+    as_model,
+    attack_mode,
+    build_result,
+    check_bounds,
+    check_budgets,
+    check_choice,
+    check_int,
+    check_positive,
+    logits_of,
+    measure,
+    prepare,
+)
 from .criteria import LOSSES, Criterion
 
 PGD_NORMS = ("linf", "l2")
@@ -92,7 +105,8 @@ def pgd(model: nn.Module, images: Tensor, criterion: Criterion, epsilons: Sequen
         check_positive("step_size", step_size)
     bounds = check_bounds(bounds)
     t0 = time.perf_counter()
-    with attack_mode(model) as model:
+    model = as_model(model)
+    with attack_mode(model):
         x, crit, clean_logits = prepare(model, images, criterion, batch_size, bounds=bounds)
         n = x.shape[0]
         gen = torch.Generator().manual_seed(seed)
