@@ -16,16 +16,8 @@ import torch
 from test_attacks import LINEAR, linear, one_thread  # noqa: F401  (shared fixtures)
 from torch import nn
 
-from blindspots.attacks import (
-    Misclassification,
-    Normalized,
-    TargetedMisclassification,
-    deepfool,
-    fgsm,
-    lbfgs_attack,
-    pgd,
-    random_targets,
-)
+from blindspots.attacks import (Misclassification, Normalized, TargetedMisclassification, deepfool, fgsm, lbfgs_attack,
+                                pgd, random_targets)
 from blindspots.attacks.boxlbfgs import _direction, store_pairs
 from blindspots.cli import main
 from blindspots.data import load_mnist

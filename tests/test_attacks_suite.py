@@ -12,17 +12,8 @@ from test_attacks import linear, mlp, one_thread  # noqa: F401  (shared fixtures
 from test_attacks_lbfgs import _closed_form_cases
 from torch import nn
 
-from blindspots.attacks import (
-    ATTACKS,
-    Misclassification,
-    TargetedMisclassification,
-    cw_l2,
-    deepfool,
-    get_attack,
-    pgd,
-    random_targets,
-    run_attack,
-)
+from blindspots.attacks import (ATTACKS, Misclassification, TargetedMisclassification, cw_l2, deepfool, get_attack,
+                                pgd, random_targets, run_attack)
 from blindspots.data import load_mnist
 from blindspots.errors import InputError
 

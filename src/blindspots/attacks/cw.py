@@ -23,19 +23,8 @@ import time
 import torch
 from torch import Tensor, nn
 
-from .base import (
-    AttackResult,
-    Bounds,
-    as_model,
-    attack_mode,
-    build_result,
-    check_bounds,
-    check_choice,
-    check_int,
-    check_nonnegative,
-    check_positive,
-    prepare,
-)
+from .base import (AttackResult, Bounds, as_model, attack_mode, build_result, check_bounds, check_choice, check_int,
+                   check_nonnegative, check_positive, prepare)
 from .criteria import Criterion
 from .csearch import CSearch
 from .lbfgs import verified

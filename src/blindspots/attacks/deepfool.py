@@ -19,17 +19,8 @@ import time
 import torch
 from torch import Tensor, nn
 
-from .base import (
-    AttackResult,
-    Bounds,
-    as_model,
-    attack_mode,
-    build_result,
-    check_bounds,
-    check_int,
-    check_nonnegative,
-    prepare,
-)
+from .base import (AttackResult, Bounds, as_model, attack_mode, build_result, check_bounds, check_int,
+                   check_nonnegative, prepare)
 from .criteria import Criterion
 
 NUDGE = 1e-4  # the paper's small constant added to each step, so the boundary is crossed, not touched

@@ -16,20 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError
-from .base import (
-    AttackResult,
-    Bounds,
-    as_model,
-    attack_mode,
-    build_result,
-    check_bounds,
-    check_budgets,
-    check_int,
-    check_positive,
-    logits_of,
-    measure,
-    prepare,
-)
+from .base import (AttackResult, Bounds, as_model, attack_mode, build_result, check_bounds, check_budgets, check_int,
+                   check_positive, logits_of, measure, prepare)
 from .criteria import Criterion
 
 

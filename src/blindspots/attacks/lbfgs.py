@@ -42,20 +42,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .base import (
-    AttackResult,
-    Bounds,
-    as_model,
-    attack_mode,
-    build_result,
-    check_bounds,
-    check_choice,
-    check_int,
-    check_nonnegative,
-    check_positive,
-    logits_of,
-    prepare,
-)
+from .base import (AttackResult, Bounds, as_model, attack_mode, build_result, check_bounds, check_choice, check_int,
+                   check_nonnegative, check_positive, logits_of, prepare)
 from .boxlbfgs import Objective, minimize_box_lbfgs
 from .criteria import LOSSES, Criterion, Misclassification, TargetedMisclassification
 from .csearch import CSearch

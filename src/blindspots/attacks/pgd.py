@@ -23,21 +23,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import (
-    AttackResult,
-    Bounds,
-    as_model,
-    attack_mode,
-    build_result,
-    check_bounds,
-    check_budgets,
-    check_choice,
-    check_int,
-    check_positive,
-    logits_of,
-    measure,
-    prepare,
-)
+from .base import (AttackResult, Bounds, as_model, attack_mode, build_result, check_bounds, check_budgets,
+                   check_choice, check_int, check_positive, logits_of, measure, prepare)
 from .criteria import LOSSES, Criterion
 
 PGD_NORMS = ("linf", "l2")

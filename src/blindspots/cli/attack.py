@@ -13,15 +13,8 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..attacks import (
-    ATTACKS,
-    AttackResult,
-    Misclassification,
-    TargetedMisclassification,
-    get_attack,
-    random_targets,
-    save_adversarial,
-)
+from ..attacks import (ATTACKS, AttackResult, Misclassification, TargetedMisclassification, get_attack, random_targets,
+                       save_adversarial)
 from ..attacks.lbfgs import BACKENDS
 from ..data import SPLIT_SEED, load_mnist
 from ..errors import InputError
