@@ -13,7 +13,7 @@ from test_attacks_lbfgs import _closed_form_cases
 from torch import nn
 
 from blindspots.attacks import (ATTACKS, Misclassification, TargetedMisclassification, cw_l2, deepfool, get_attack,
-                                pgd, random_targets, run_attack)
+                                pgd, random_targets, run_attack, verify)
 from blindspots.data import load_mnist
 from blindspots.errors import InputError
 
@@ -164,6 +164,7 @@ def test_every_registered_attack_keeps_the_contract(mlp: nn.Module, name: str) -
         mlp.eval()
     assert res.is_fixed_budget == (not spec.minimal)
     assert torch.equal(res.success, _wrong(mlp, res.x_adv, y))  # fresh re-verification, recomputed here
+    assert torch.equal(verify(mlp, res.x_adv, Misclassification(y), per_budget=res.is_fixed_budget), res.success)
     assert torch.equal(res.clean_error, _wrong(mlp, x, y))
     assert res.clean_error.shape == (10,) and res.success.shape[-1] == 10
     assert float(res.x_adv.min()) >= 0 and float(res.x_adv.max()) <= 1
