@@ -191,3 +191,34 @@ def test_cli_runs_every_new_method(tmp_path: Path, linear: nn.Module, capsys: py
                  "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err
     assert "--epochs must be at least 1" in err and "not been trained" not in err
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_criterion_losses_have_exact_parallel_gradients(targeted: bool) -> None:
+    """Every criterion loss descends towards the criterion; "ce" and "logodds" point the same way as the
+    textbook cross-entropy (checked in float64), and neither vanishes in float32 where softmax saturates."""
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(6, 10, generator=gen, dtype=torch.float64) * 3
+    z[0, 0], z[1, 1] = 40.0, -40.0  # one confidently right, one confidently wrong (labels 0..5)
+    z.requires_grad_(True)
+    y = torch.arange(6)
+    own = (y + 1) % 10 if targeted else y
+    crit = TargetedMisclassification(own, y) if targeted else Misclassification(y)
+    onehot = torch.nn.functional.one_hot(own, 10).double()
+    q = z.detach().masked_fill(onehot.bool(), float("-inf")).softmax(1)  # softmax over the rival classes
+    direction = q - onehot if targeted else onehot - q  # the cross-entropy's gradient / (1 − p_own), formed stably
+    ref = torch.nn.functional.cross_entropy(z, own, reduction="none")
+    (g_ref,) = torch.autograd.grad((ref if targeted else -ref).sum(), z)
+    unsaturated = torch.arange(6) >= 2
+    one = torch.ones(6, dtype=torch.float64)
+    assert torch.allclose(torch.nn.functional.cosine_similarity(g_ref, direction)[unsaturated], one[unsaturated])
+    for kind in ("ce", "logodds", "margin"):
+        assert torch.autograd.gradcheck(lambda t: crit.loss(t, kind), (z.detach().requires_grad_(True),))
+        (g,) = torch.autograd.grad(crit.loss(z, kind).sum(), z)
+        if kind == "logodds" or (kind == "ce" and not targeted):
+            unit = g / g.norm(dim=1, keepdim=True)  # (cosine_similarity clamps norms below 1e-8)
+            assert torch.allclose(torch.nn.functional.cosine_similarity(unit, direction), one)
+        assert torch.equal(crit.loss(z, "margin") < 0, crit.is_adversarial(z))
+    z32 = z.detach().float().requires_grad_(True)
+    (g32,) = torch.autograd.grad(crit.loss(z32, "logodds").sum(), z32)
+    assert bool((g32.abs().sum(1) > 0.5).all())  # e_y − q: unit-scale in every row, saturated or not

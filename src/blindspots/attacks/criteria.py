@@ -44,7 +44,9 @@ class Criterion(ABC):
     @abstractmethod
     def loss(self, logits: Tensor, kind: str = "ce") -> Tensor:
         """Per-sample loss [N] of logits [N, C], lower = more adversarial. kind "ce": a cross-entropy form,
-        bounded below; "margin": a logit margin that is < 0 exactly where the criterion holds."""
+        bounded below; "margin": a logit margin that is < 0 exactly where the criterion holds; "logodds": its
+        smooth form (a logsumexp over the rival classes), whose gradient is parallel to the cross-entropy's
+        but never vanishes in float, so sign-gradient attacks keep moving."""
 
     @abstractmethod
     def subset(self, index: Tensor | slice) -> Criterion:
@@ -115,13 +117,14 @@ class Misclassification(Criterion):
     def loss(self, logits: Tensor, kind: str = "ce") -> Tensor:
         """"ce": −log(1 − p_label), minus the log of the probability mass off the label (bounded below; its
         gradient p_y·(e_y − q), q the softmax over the other classes, is parallel to that of −CE(label));
-        "margin": z_label − max_{j≠label} z_j."""
+        "margin": z_label − max_{j≠label} z_j; "logodds": z_label − logsumexp_{j≠label} z_j."""
         assert self.labels is not None
         if _kind(kind) == "ce":
             return _OffLabelMass.apply(logits, self.labels.expand(logits.shape[:-1]))
         own = F.one_hot(self.labels, logits.shape[-1]).bool()
         others = logits.masked_fill(own, float("-inf"))
-        return logits.gather(-1, self.labels.unsqueeze(-1)).squeeze(-1) - others.amax(dim=-1)
+        rival = others.amax(dim=-1) if kind == "margin" else others.logsumexp(dim=-1)
+        return logits.gather(-1, self.labels.unsqueeze(-1)).squeeze(-1) - rival
 
     def subset(self, index: Tensor | slice) -> Misclassification:
         assert self.labels is not None
@@ -150,13 +153,13 @@ class TargetedMisclassification(Criterion):
         return logits.argmax(dim=-1) == self.targets.to(logits.device)
 
     def loss(self, logits: Tensor, kind: str = "ce") -> Tensor:
-        """"ce": cross-entropy of the target; "margin": max_{j≠t} z_j − z_t."""
+        """"ce": cross-entropy of the target; "margin": max_{j≠t} z_j − z_t; "logodds": logsumexp_{j≠t} z_j − z_t."""
         assert self.targets is not None
         if _kind(kind) == "ce":
             return F.cross_entropy(logits, self.targets, reduction="none")
-        own = F.one_hot(self.targets, logits.shape[-1]).bool()
-        mine = logits.gather(-1, self.targets.unsqueeze(-1)).squeeze(-1)
-        return logits.masked_fill(own, float("-inf")).amax(dim=-1) - mine
+        others = logits.masked_fill(F.one_hot(self.targets, logits.shape[-1]).bool(), float("-inf"))
+        rival = others.amax(dim=-1) if kind == "margin" else others.logsumexp(dim=-1)
+        return rival - logits.gather(-1, self.targets.unsqueeze(-1)).squeeze(-1)
 
     def subset(self, index: Tensor | slice) -> TargetedMisclassification:
         assert self.targets is not None
@@ -171,12 +174,13 @@ class TargetedMisclassification(Criterion):
         return f"TargetedMisclassification(n={len(self)})"
 
 
-LOSSES = ("ce", "margin")
+LOSSES = ("ce", "margin", "logodds")
 
 
 def _kind(kind: str) -> str:
     if kind not in LOSSES:
-        raise InputError(f"unknown loss {kind!r}; choose 'ce' (cross-entropy) or 'margin' (logit margin).")
+        raise InputError(f"unknown loss {kind!r}; choose 'ce' (cross-entropy), 'margin' (logit margin) or "
+                         f"'logodds' (its smooth form).")
     return kind
 
 

@@ -6,9 +6,10 @@ For each ε and each of `restarts` runs: start at x + δ₀ (δ₀ uniform in th
 x ← Π(x − α_t·sign(∇L)) for L∞, x ← Π(x − α_t·∇L/‖∇L‖₂) for L2, where Π projects onto the ε-ball around
 the clean image and then onto the bounds. α_t = step_size (default 2.5·ε/steps, Madry et al.'s rule),
 constant or decayed along a cosine (`schedule`). With several restarts, each image keeps the run whose
-final logit margin is lowest (the most adversarial). The default loss "ce" is Madry et al.'s
-cross-entropy (for Misclassification its gradient is parallel to that of the label's cross-entropy);
-"margin" is Carlini & Wagner's logit margin.
+final logit margin is lowest (the most adversarial). The default loss "logodds" (z_y − logsumexp of the
+other logits) has a gradient parallel to that of Madry et al.'s cross-entropy, so the sign steps are
+theirs, but unlike the cross-entropy's it does not vanish in float32 once an image is confidently
+wrong (the cross-entropy's own "ce" and Carlini & Wagner's "margin" are the other choices).
 
 Random starts come from one CPU generator seeded with `seed`, drawn for the whole batch of N images in
 the order budget, restart (torch.rand(N, ...) for L∞), so a run is reproducible on any device.
@@ -74,7 +75,7 @@ def _run(model: nn.Module, x0: Tensor, criterion: Criterion, start: Tensor, eps:
 
 def pgd(model: nn.Module, images: Tensor, criterion: Criterion, epsilons: Sequence[float], *, norm: str = "linf",
         steps: int = 40, step_size: float | None = None, restarts: int = 1, random_start: bool = True,
-        schedule: str = "constant", loss: str = "ce", seed: int = 0, batch_size: int = 1000,
+        schedule: str = "constant", loss: str = "logodds", seed: int = 0, batch_size: int = 1000,
         bounds: Bounds = (0.0, 1.0)) -> AttackResult:
     """PGD at each ε: a fixed-budget result, x_adv [K, N, ...] and success [K, N] (fresh forward pass).
 
