@@ -20,8 +20,9 @@ median RMS 0.056 against 0.060, targeted), so it stays the default.
 
 c search (attacks.csearch, shared with C&W), per sample: start at c_init; multiply by 10 while the
 solution succeeds, divide by 10 while it fails, until a success/failure pair brackets the boundary; then
-bisect in log space `search_steps` times. A larger c weights ‖r‖ more and gives a smaller r, so the paper's "minimum c" is read as the
-*largest* c that still succeeds; the smallest successful r found over the whole search is kept.
+bisect in log space `search_steps` times. A larger c weights ‖r‖ more and gives a smaller r, so the
+paper's "minimum c" is read as the *largest* c that still succeeds; the smallest successful r found over
+the whole search is kept.
 Every run of the inner problem starts from r = 0. Success is checked by a forward pass in the model's
 own dtype after each solve and again, freshly, on the final images.
 

@@ -10,9 +10,9 @@ rows, m = 10: see benchmarks/bench_attacks.py.
 The kernel is plain C99 with no Python or torch headers: `cc` builds it in well under a second into
 $BLINDSPOTS_HOME/native/ (keyed by a hash of the source and flags, written atomically, with the sha256 of
 the built library recorded beside it); ctypes loads it only after that hash checks out, and a missing,
-truncated or replaced library is rebuilt. Where there is no C compiler, the build fails, the tensors are not contiguous CPU float32/float64,
-or BLINDSPOTS_NATIVE=0, `direction` returns False and the caller uses the torch code, which computes the
-same thing (tests check the two agree).
+truncated or replaced library is rebuilt. Where there is no C compiler, the build fails, the tensors are not
+contiguous CPU float32/float64, or BLINDSPOTS_NATIVE=0, `direction` returns None and the caller uses the
+torch code, which computes the same thing (tests check the two agree).
 """
 
 from __future__ import annotations
