@@ -89,8 +89,7 @@ class _OffLabelMass(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, logits: Tensor, labels: Tensor) -> Tensor:
-        own = F.one_hot(labels, logits.shape[-1]).bool()
-        others = logits.masked_fill(own, float("-inf"))
+        others = logits.scatter(-1, labels.unsqueeze(-1), float("-inf"))
         lse, lse_others = logits.logsumexp(dim=-1), others.logsumexp(dim=-1)
         ctx.save_for_backward(logits, labels, others, lse, lse_others)
         return lse - lse_others
@@ -121,8 +120,7 @@ class Misclassification(Criterion):
         assert self.labels is not None
         if _kind(kind) == "ce":
             return _OffLabelMass.apply(logits, self.labels.expand(logits.shape[:-1]))
-        own = F.one_hot(self.labels, logits.shape[-1]).bool()
-        others = logits.masked_fill(own, float("-inf"))
+        others = logits.scatter(-1, self.labels.expand(logits.shape[:-1]).unsqueeze(-1), float("-inf"))
         rival = others.amax(dim=-1) if kind == "margin" else others.logsumexp(dim=-1)
         return logits.gather(-1, self.labels.unsqueeze(-1)).squeeze(-1) - rival
 
@@ -157,7 +155,7 @@ class TargetedMisclassification(Criterion):
         assert self.targets is not None
         if _kind(kind) == "ce":
             return F.cross_entropy(logits, self.targets, reduction="none")
-        others = logits.masked_fill(F.one_hot(self.targets, logits.shape[-1]).bool(), float("-inf"))
+        others = logits.scatter(-1, self.targets.expand(logits.shape[:-1]).unsqueeze(-1), float("-inf"))
         rival = others.amax(dim=-1) if kind == "margin" else others.logsumexp(dim=-1)
         return rival - logits.gather(-1, self.targets.unsqueeze(-1)).squeeze(-1)
 

@@ -46,9 +46,8 @@ def _random_start(x: Tensor, eps: float, norm: str, gen: torch.Generator) -> Ten
     return flat.view_as(x).to(x)
 
 
-def _project(x: Tensor, x0: Tensor, eps: float, norm: str, bounds: Bounds) -> Tensor:
-    if norm == "linf":
-        return torch.minimum(torch.maximum(x, x0 - eps), x0 + eps).clamp_(*bounds)
+def _project(x: Tensor, x0: Tensor, eps: float, bounds: Bounds) -> Tensor:
+    """Onto the L2 ball of radius ε around x0, then the bounds."""
     delta = x - x0
     size = delta.flatten(1).norm(dim=1)
     scale = (eps / size.clamp(min=1e-12)).clamp(max=1)
@@ -58,6 +57,8 @@ def _project(x: Tensor, x0: Tensor, eps: float, norm: str, bounds: Bounds) -> Te
 def _run(model: nn.Module, x0: Tensor, criterion: Criterion, start: Tensor, eps: float, *, norm: str, steps: int,
          step_size: float, schedule: str, loss: str, bounds: Bounds) -> Tensor:
     x = (x0 + start).clamp_(*bounds)
+    if norm == "linf":  # the ε-box ∩ the bounds, once: each projection is then one clamp
+        low, high = (x0 - eps).clamp_(min=bounds[0]), (x0 + eps).clamp_(max=bounds[1])
     for t in range(steps):
         alpha = step_size if schedule == "constant" else step_size * 0.5 * (1 + math.cos(math.pi * t / steps))
         x.requires_grad_(True)
@@ -65,11 +66,10 @@ def _run(model: nn.Module, x0: Tensor, criterion: Criterion, start: Tensor, eps:
             (grad,) = torch.autograd.grad(criterion.loss(model(x), loss).sum(), x)
         x = x.detach()
         if norm == "linf":
-            x = x.sub_(grad.sign_(), alpha=alpha)
+            x = x.sub_(grad.sign_(), alpha=alpha).clamp_(low, high)
         else:
             size = grad.flatten(1).norm(dim=1).clamp(min=1e-12)
-            x = x.sub_(grad * _per_row(grad, alpha / size))
-        x = _project(x, x0, eps, norm, bounds)
+            x = _project(x.sub_(grad * _per_row(grad, alpha / size)), x0, eps, bounds)
     return x
 
 
