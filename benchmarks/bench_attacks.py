@@ -51,8 +51,8 @@ def lbfgs_side_by_side(model: torch.nn.Module, n: int, reference_n: int, seed: i
     ref = lbfgs_attack(model, data.images[:m], crit.subset(slice(0, m)), backend="scipy")
     fast_rate, ref_rate = n / fast.wall_time, m / ref.wall_time
     both = fast.success[:m] & ref.success
-    med_fast = float(fast.distortion[:m][both].median())
-    med_ref = float(ref.distortion[both].median())
+    med_fast = float(fast.rms[:m][both].median())
+    med_ref = float(ref.rms[both].median())
     searched = torch.isfinite(fast.extras["c"])
     attacked = ~fast.extras["clean_adversarial"]
     flips = int((searched != fast.success)[attacked].sum())
@@ -66,8 +66,8 @@ def lbfgs_side_by_side(model: torch.nn.Module, n: int, reference_n: int, seed: i
           f"(BLINDSPOTS_NATIVE=0; same successes: {bool(torch.equal(plain.success, fast.success))})")
     print(f"  {'success rate':22}{float(fast.success[:m].float().mean()):12.3f}{float(ref.success.float().mean()):12.3f}")
     print(f"  {'median RMS distortion':22}{med_fast:12.5f}{med_ref:12.5f}{med_fast / med_ref:10.4f}   (goal <= 1.02)")
-    print(f"  {'mean RMS distortion':22}{float(fast.distortion[fast.success].mean()):12.5f}"
-          f"{float(ref.distortion[ref.success].mean()):12.5f}")
+    print(f"  {'mean RMS distortion':22}{float(fast.rms[fast.success].mean()):12.5f}"
+          f"{float(ref.rms[ref.success].mean()):12.5f}")
     print(f"  {'L-BFGS steps / solve':22}{its(fast):12.1f}{its(ref):12.1f}")
     print(f"  {'solves / image':22}{float(fast.extras['solves'].float().mean()):12.2f}"
           f"{float(ref.extras['solves'].float().mean()):12.2f}")

@@ -54,27 +54,41 @@ def _rowdot(a: Tensor, b: Tensor) -> Tensor:
     return torch.linalg.vecdot(a, b)
 
 
-def _two_loop(q: Tensor, S: Tensor, Y: Tensor, rho: Tensor, gamma: Tensor, newest: int) -> Tensor:
-    """H·q for every row at once, in place on q; slots with rho == 0 are empty and contribute nothing.
-    (Written for few dispatches per slot: at a working set of ~128 rows the per-op overhead is a third
-    of the cost.)"""
-    m = S.shape[0]
-    order = [(newest - k) % m for k in range(m)]
-    s_rows, y_rows, rhos = S.unbind(0), Y.unbind(0), rho.unbind(0)
-    alphas = {}
-    for j in order:
-        a = _rowdot(s_rows[j], q).mul_(rhos[j])
-        q.addcmul_(y_rows[j], a.unsqueeze(1), value=-1)
-        alphas[j] = a
+def store_pairs(S: Tensor, Y: Tensor, rho: Tensor, newest: Tensor, s: Tensor, y: Tensor, sy: Tensor,
+                store: Tensor) -> None:
+    """Where `store`: advance that row's own ring pointer newest [n] and put (s, y, 1/sᵀy) in its slot, in
+    place. A row that stores nothing keeps all of its pairs (each row owns its history ring)."""
+    rows = store.nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return
+    slot = (newest[rows] + 1) % S.shape[0]
+    newest[rows] = slot
+    S[slot, rows] = s[rows]
+    Y[slot, rows] = y[rows]
+    rho[slot, rows] = sy[rows].reciprocal()
+
+
+def _two_loop(q: Tensor, S: Tensor, Y: Tensor, rho: Tensor, gamma: Tensor, newest: Tensor) -> Tensor:
+    """H·q for every row at once, in place on q, each row's pairs from its newest (newest [n]) back; slots
+    with rho == 0 are empty and contribute nothing."""
+    m, n = S.shape[:2]
+    cols = torch.arange(n, device=q.device)
+    slots = [(newest - k) % m for k in range(m)]
+    pairs = [(S[j, cols], Y[j, cols], rho[j, cols]) for j in slots]
+    alphas = []
+    for s_k, y_k, rho_k in pairs:
+        a = _rowdot(s_k, q).mul_(rho_k)
+        q.addcmul_(y_k, a.unsqueeze(1), value=-1)
+        alphas.append(a)
     q.mul_(gamma.unsqueeze(1))
-    for j in reversed(order):
-        b = _rowdot(y_rows[j], q).mul_(rhos[j])
-        q.addcmul_(s_rows[j], alphas[j].sub_(b).unsqueeze(1))
+    for (s_k, y_k, rho_k), a in zip(reversed(pairs), reversed(alphas)):
+        b = _rowdot(y_k, q).mul_(rho_k)
+        q.addcmul_(s_k, a.sub_(b).unsqueeze(1))
     return q
 
 
 def _direction(d: Tensor, free: Tensor, g: Tensor, free_new: Tensor, S: Tensor, Y: Tensor, rho: Tensor,
-               gamma: Tensor, newest: int, need: Tensor) -> tuple[Tensor, Tensor]:
+               gamma: Tensor, newest: Tensor, need: Tensor) -> tuple[Tensor, Tensor]:
     """Where `need`: d = −free_new ⊙ H(free_new ⊙ g) and free = free_new, in place; returns the slope g·d
     and ‖d‖ [n]. The native kernel when it is available (same numbers to float round-off), else torch."""
     out = native.direction(d, free, g, free_new, S, Y, rho, gamma, newest, need)
@@ -125,7 +139,7 @@ def minimize_box_lbfgs(objective: Objective, x0: Tensor, lower: float = 0.0, upp
     Y = torch.zeros_like(S)
     rho = torch.zeros(history, n_ws, device=device, dtype=dtype)
     gamma = torch.ones(n_ws, device=device, dtype=dtype)
-    newest = history - 1
+    newest = torch.full((n_ws,), history - 1, dtype=torch.long, device=device)  # each row's own ring pointer
     free = torch.ones_like(x)  # 1/0 mask of the variables the pending step may move (the direction's free set)
 
     parked = torch.zeros_like(fresh)  # stopped, not yet handed back (to on_converged, or to the output)
@@ -138,9 +152,9 @@ def minimize_box_lbfgs(objective: Objective, x0: Tensor, lower: float = 0.0, upp
             out_x[ids[gone]], out_f[ids[gone]] = x[gone], f[gone]
             out_it[ids[gone]], out_ev[ids[gone]] = iters[gone], evals[gone]
             keep = ~gone
-            (ids, x, f, g, d, alpha, fresh, searching, trials, evals, iters, solve_iters, gamma, free, parked) = (
-                t[keep] for t in (ids, x, f, g, d, alpha, fresh, searching, trials, evals, iters, solve_iters, gamma,
-                                  free, parked))
+            (ids, x, f, g, d, alpha, fresh, searching, trials, evals, iters, solve_iters, gamma, free, parked,
+             newest) = (t[keep] for t in (ids, x, f, g, d, alpha, fresh, searching, trials, evals, iters, solve_iters,
+                                          gamma, free, parked, newest))
             S, Y, rho = S[:, keep], Y[:, keep], rho[:, keep]
             done = done[keep]
         live = ~done
@@ -178,11 +192,7 @@ def minimize_box_lbfgs(objective: Objective, x0: Tensor, lower: float = 0.0, upp
         y_free = torch.mul(y, free)
         sy, yy = _rowdot(s, y_free), _rowdot(y_free, y_free)
         curv = step & (sy > eps * yy) & (sy > 0)
-        newest = (newest + 1) % history
-        curv_col = curv.unsqueeze(1).to(dtype)
-        torch.mul(s, curv_col, out=S[newest])
-        torch.mul(y_free, curv_col, out=Y[newest])
-        rho[newest] = torch.where(curv, sy.reciprocal(), 0)  # (inf/nan off curv rows are never selected)
+        store_pairs(S, Y, rho, newest, s, y_free, sy, curv)
         gamma = torch.where(curv, sy / yy, gamma)
         scale = torch.maximum(f.abs(), f_t.abs()).clamp_(min=1)
         small_decrease = step & ((f - f_t) <= scale.mul_(ftol))

@@ -1,7 +1,9 @@
 """What counts as adversarial: small criterion objects handed to an attack (Foolbox style).
 
 Targeted vs untargeted is data given to the attack, not a flag on it. A criterion holds one label or
-target per image and answers `is_adversarial(logits)` for a batch of logits [N, C].
+target per image, answers `is_adversarial(logits)` for a batch of logits [N, C], and supplies the loss
+every gradient attack descends (`loss(logits, kind)`, lower = more adversarial), so a new criterion
+needs no change to any attack.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from abc import ABC, abstractmethod
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from ..errors import InputError
 
@@ -37,6 +40,13 @@ class Criterion(ABC):
 
     @abstractmethod
     def is_adversarial(self, logits: Tensor) -> Tensor: ...
+
+    @abstractmethod
+    def loss(self, logits: Tensor, kind: str = "ce") -> Tensor:
+        """Per-sample loss [N] of logits [N, C], lower = more adversarial. kind "ce": a cross-entropy form,
+        bounded below; "margin": a logit margin that is < 0 exactly where the criterion holds; "logodds": its
+        smooth form (a logsumexp over the rival classes), whose gradient is parallel to the cross-entropy's
+        but never vanishes in float, so sign-gradient attacks keep moving."""
 
     @abstractmethod
     def subset(self, index: Tensor | slice) -> Criterion:
@@ -72,6 +82,26 @@ class Criterion(ABC):
                                  f"a targeted attack needs a different class: use random_targets(labels, seed).")
 
 
+class _OffLabelMass(torch.autograd.Function):
+    """−log(1 − p_y) = logsumexp(z) − logsumexp(z_{j≠y}) with its gradient p_y·(e_y − q) formed directly.
+    Autograd through the two logsumexps forms p_j − q_j instead, which cancels to rounding noise once the
+    image is confidently wrong (p_y < ~1e-6 in float32), and a sign-gradient attack then wanders."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, logits: Tensor, labels: Tensor) -> Tensor:
+        others = logits.scatter(-1, labels.unsqueeze(-1), float("-inf"))
+        lse, lse_others = logits.logsumexp(dim=-1), others.logsumexp(dim=-1)
+        ctx.save_for_backward(logits, labels, others, lse, lse_others)
+        return lse - lse_others
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
+        logits, labels, others, lse, lse_others = ctx.saved_tensors  # type: ignore[attr-defined]
+        p_own = (logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - lse).exp_().mul_(grad)
+        out = others.sub(lse_others.unsqueeze(-1)).exp_().neg_().mul_(p_own.unsqueeze(-1))  # −p_y·q
+        return out.scatter_(-1, labels.unsqueeze(-1), p_own.unsqueeze(-1)), None  # + p_y·e_y (q_y = 0)
+
+
 class Misclassification(Criterion):
     """Adversarial when the predicted class differs from the true label."""
 
@@ -82,6 +112,17 @@ class Misclassification(Criterion):
     def is_adversarial(self, logits: Tensor) -> Tensor:
         assert self.labels is not None
         return logits.argmax(dim=-1) != self.labels.to(logits.device)
+
+    def loss(self, logits: Tensor, kind: str = "ce") -> Tensor:
+        """"ce": −log(1 − p_label), minus the log of the probability mass off the label (bounded below; its
+        gradient p_y·(e_y − q), q the softmax over the other classes, is parallel to that of −CE(label));
+        "margin": z_label − max_{j≠label} z_j; "logodds": z_label − logsumexp_{j≠label} z_j."""
+        assert self.labels is not None
+        if _kind(kind) == "ce":
+            return _OffLabelMass.apply(logits, self.labels.expand(logits.shape[:-1]))
+        others = logits.scatter(-1, self.labels.expand(logits.shape[:-1]).unsqueeze(-1), float("-inf"))
+        rival = others.amax(dim=-1) if kind == "margin" else others.logsumexp(dim=-1)
+        return logits.gather(-1, self.labels.unsqueeze(-1)).squeeze(-1) - rival
 
     def subset(self, index: Tensor | slice) -> Misclassification:
         assert self.labels is not None
@@ -109,6 +150,15 @@ class TargetedMisclassification(Criterion):
         assert self.targets is not None
         return logits.argmax(dim=-1) == self.targets.to(logits.device)
 
+    def loss(self, logits: Tensor, kind: str = "ce") -> Tensor:
+        """"ce": cross-entropy of the target; "margin": max_{j≠t} z_j − z_t; "logodds": logsumexp_{j≠t} z_j − z_t."""
+        assert self.targets is not None
+        if _kind(kind) == "ce":
+            return F.cross_entropy(logits, self.targets, reduction="none")
+        others = logits.scatter(-1, self.targets.expand(logits.shape[:-1]).unsqueeze(-1), float("-inf"))
+        rival = others.amax(dim=-1) if kind == "margin" else others.logsumexp(dim=-1)
+        return rival - logits.gather(-1, self.targets.unsqueeze(-1)).squeeze(-1)
+
     def subset(self, index: Tensor | slice) -> TargetedMisclassification:
         assert self.targets is not None
         return TargetedMisclassification(self.targets[index], None if self.labels is None else self.labels[index])
@@ -120,6 +170,16 @@ class TargetedMisclassification(Criterion):
 
     def __repr__(self) -> str:
         return f"TargetedMisclassification(n={len(self)})"
+
+
+LOSSES = ("ce", "margin", "logodds")
+
+
+def _kind(kind: str) -> str:
+    if kind not in LOSSES:
+        raise InputError(f"unknown loss {kind!r}; choose 'ce' (cross-entropy), 'margin' (logit margin) or "
+                         f"'logodds' (its smooth form).")
+    return kind
 
 
 def random_targets(labels: Tensor, seed: int, n_classes: int = 10) -> Tensor:

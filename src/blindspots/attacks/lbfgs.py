@@ -18,10 +18,11 @@ regression most images still come within 1% of the closed form, but some land up
 On FC100-100-10, though, the cross-entropy finds *smaller* perturbations than the margin (measured:
 median RMS 0.056 against 0.060, targeted), so it stays the default.
 
-c search, per sample: start at c_init; multiply by 10 while the solution succeeds, divide by 10 while
-it fails, until a success/failure pair brackets the boundary; then bisect in log space `search_steps`
-times. A larger c weights ‖r‖ more and gives a smaller r, so the paper's "minimum c" is read as the
-*largest* c that still succeeds; the smallest successful r found over the whole search is kept.
+c search (attacks.csearch, shared with C&W), per sample: start at c_init; multiply by 10 while the
+solution succeeds, divide by 10 while it fails, until a success/failure pair brackets the boundary; then
+bisect in log space `search_steps` times. A larger c weights ‖r‖ more and gives a smaller r, so the
+paper's "minimum c" is read as the *largest* c that still succeeds; the smallest successful r found over
+the whole search is kept.
 Every run of the inner problem starts from r = 0. Success is checked by a forward pass in the model's
 own dtype after each solve and again, freshly, on the final images.
 
@@ -40,37 +41,25 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from ..errors import InputError
-from .base import AttackResult, attack_mode, build_result, check_int, check_positive, logits_of, prepare
+from .base import (AttackResult, Bounds, as_model, attack_mode, build_result, check_bounds, check_choice, check_int,
+                   check_nonnegative, check_positive, logits_of, prepare)
 from .boxlbfgs import Objective, minimize_box_lbfgs
-from .criteria import Criterion, Misclassification, TargetedMisclassification
+from .criteria import LOSSES, Criterion, Misclassification, TargetedMisclassification
+from .csearch import CSearch
 from .threads import single_thread
 
 BACKENDS = ("batched", "scipy")
-LOSSES = ("ce", "margin")
-BRACKET_FACTOR = 10.0
 VERIFY_ULPS = 64
 
 
-def attack_loss(logits: Tensor, criterion: Criterion, kind: str = "ce") -> Tensor:
-    """loss_f per sample, lower = more adversarial.
-
-    "ce": cross-entropy of the target (targeted) or −log(1 − p_label) (untargeted);
-    "margin": max_{j≠t} z_j − z_t (targeted) or z_label − max_{j≠label} z_j (untargeted), on logits.
-    """
-    if kind == "ce" and criterion.targets is not None:
-        return F.cross_entropy(logits, criterion.targets, reduction="none")
-    own_idx = criterion.targets if criterion.targets is not None else criterion.labels
-    assert own_idx is not None
-    own = F.one_hot(own_idx, logits.shape[1]).bool()
-    if kind == "ce":
-        return logits.logsumexp(dim=1) - logits.masked_fill(own, float("-inf")).logsumexp(dim=1)
-    mine = logits.gather(1, own_idx.unsqueeze(1)).squeeze(1)
-    other = logits.masked_fill(own, float("-inf")).amax(dim=1)
-    return other - mine if criterion.targets is not None else mine - other
+def verified(logits: Tensor, criterion: Criterion) -> Tensor:
+    """Success with a margin of VERIFY_ULPS float steps of the logits' scale: right at the boundary c the
+    margin is ~0, and a success that a fresh pass in another batch (other rounding) would not confirm
+    must not be kept as the minimum. (A negative margin loss is the criterion itself.)"""
+    tol = VERIFY_ULPS * torch.finfo(logits.dtype).eps * logits.detach().abs().amax(dim=1).clamp(min=1)
+    return criterion.loss(logits.detach(), "margin") < -tol
 
 
 def make_objective(model: nn.Module, x0: Tensor, image_shape: torch.Size, criterion: Criterion,
@@ -86,7 +75,7 @@ def make_objective(model: nn.Module, x0: Tensor, image_shape: torch.Size, criter
         xr = xr.detach().requires_grad_(True)
         with torch.enable_grad():
             logits = model(xr.view(xr.shape[0], *image_shape))
-            value = attack_loss(logits, cache["criterion"], loss)
+            value = cache["criterion"].loss(logits, loss)
             (grad,) = torch.autograd.grad(value.sum(), xr)
         r = torch.sub(xr.detach(), cache["x0"])
         cr = c[rows].to(r.dtype)
@@ -96,12 +85,12 @@ def make_objective(model: nn.Module, x0: Tensor, image_shape: torch.Size, criter
 
 
 def _scipy_solve(objective: Objective, x0: Tensor, rows: Tensor, *, history: int, max_iter: int,
-                 gtol: float, ftol: float) -> tuple[Tensor, Tensor]:
+                 gtol: float, ftol: float, bounds: Bounds) -> tuple[Tensor, Tensor]:
     """Reference: scipy's L-BFGS-B on each row separately (float64 iterates, model in its own dtype)."""
     from scipy.optimize import Bounds, minimize
 
     dim = x0.shape[1]
-    bounds = Bounds(np.zeros(dim), np.ones(dim))
+    box = Bounds(np.full(dim, bounds[0]), np.full(dim, bounds[1]))
     xs, its = [], []
     for i in rows.tolist():
         row = torch.tensor([i], device=x0.device)
@@ -111,73 +100,18 @@ def _scipy_solve(objective: Objective, x0: Tensor, rows: Tensor, *, history: int
             f, g = objective(xt, row)
             return float(f[0]), g[0].double().cpu().numpy()
 
-        res = minimize(fun, x0[i].double().cpu().numpy(), jac=True, method="L-BFGS-B", bounds=bounds,
+        res = minimize(fun, x0[i].double().cpu().numpy(), jac=True, method="L-BFGS-B", bounds=box,
                        options={"maxcor": history, "maxiter": max_iter, "gtol": gtol, "ftol": ftol})
         xs.append(torch.from_numpy(res.x).to(device=x0.device, dtype=x0.dtype))
         its.append(int(res.nit))
     return torch.stack(xs), torch.tensor(its, device=x0.device)
 
 
-class CSearch:
-    """Per-sample bracket-then-bisect schedule over c, and the smallest verified success so far.
-
-    `c[i]` is the next c to try for sample i; `record` takes the outcome of a solve and says which
-    samples are finished. Both backends drive the same object, so their c schedules are identical.
-    """
-
-    def __init__(self, x0: Tensor, todo: Tensor, *, c_init: float, search_steps: int, bracket_steps: int,
-                 bar: tqdm | None = None) -> None:
-        n, dev = x0.shape[0], x0.device
-        f64 = {"dtype": torch.float64, "device": dev}
-        self.x0, self.search_steps, self.bracket_steps, self.bar = x0, search_steps, bracket_steps, bar
-        self.todo = todo.clone()
-        self.c = torch.full((n,), float(c_init), **f64)
-        self.c_succ = torch.zeros(n, **f64)  # largest c that succeeded (0: none yet)
-        self.c_fail = torch.full((n,), math.inf, **f64)  # smallest c that failed
-        self.bisections = torch.zeros(n, dtype=torch.long, device=dev)
-        self.brackets = torch.zeros_like(self.bisections)
-        self.solves = torch.zeros_like(self.bisections)
-        self.iterations = torch.zeros_like(self.bisections)
-        self.best_x = x0.clone()
-        self.best_d = torch.full((n,), math.inf, **f64)
-        self.best_c = torch.full((n,), math.nan, **f64)
-
-    def record(self, rows: Tensor, xs: Tensor, ok: Tensor, iterations: Tensor) -> Tensor:
-        """Outcome of solving rows at c[rows]: solutions xs, verified success ok. Returns finished [k]."""
-        c = self.c[rows]
-        was_bracketed = (self.c_succ[rows] > 0) & torch.isfinite(self.c_fail[rows])
-        self.iterations[rows] += iterations
-        self.solves[rows] += 1
-        dist = (xs - self.x0[rows]).double().norm(dim=1)
-        better = ok & (dist < self.best_d[rows])
-        self.best_x[rows[better]] = xs[better]
-        self.best_d[rows[better]] = dist[better]
-        self.best_c[rows[better]] = c[better]
-        c_succ = torch.where(ok, torch.maximum(self.c_succ[rows], c), self.c_succ[rows])
-        c_fail = torch.where(ok, self.c_fail[rows], torch.minimum(self.c_fail[rows], c))
-        self.c_succ[rows], self.c_fail[rows] = c_succ, c_fail
-        self.bisections[rows] += was_bracketed.long()
-        bracketed = (c_succ > 0) & torch.isfinite(c_fail)
-        self.brackets[rows] += (~bracketed).long()
-        finished = torch.where(bracketed, self.bisections[rows] >= self.search_steps,
-                               self.brackets[rows] > self.bracket_steps)
-        self.c[rows] = torch.where(bracketed, (c_succ * c_fail).sqrt(),
-                                   torch.where(ok, c * BRACKET_FACTOR, c / BRACKET_FACTOR))
-        never = ~ok & (c_succ == 0)  # a sample that never succeeds keeps its smallest-c attempt
-        self.best_x[rows[never]] = xs[never]
-        self.todo[rows[finished]] = False
-        if self.bar is not None:
-            self.bar.update(int(finished.sum()))
-        return finished
-
-    def outputs(self) -> dict[str, Tensor]:
-        return {"x_adv": self.best_x, "c": self.best_c, "iterations": self.iterations, "solves": self.solves}
-
-
 def lbfgs_attack(model: nn.Module, images: Tensor, criterion: Criterion, *, backend: str = "batched",
                  c_init: float = 1.0, search_steps: int = 10, bracket_steps: int = 5, max_iter: int = 100,
                  history: int = 10, gtol: float = 1e-5, ftol: float = 1e-6, loss: str = "ce",
-                 batch_size: int | None = None, progress: bool = False) -> AttackResult:
+                 batch_size: int | None = None, progress: bool = False,
+                 bounds: Bounds = (0.0, 1.0)) -> AttackResult:
     """Minimal-perturbation box-constrained L-BFGS attack (Szegedy et al. 2014, section 4.1).
 
     Returns a minimal AttackResult: x_adv [N, ...] is the smallest successful x + r found (or, where the
@@ -189,11 +123,12 @@ def lbfgs_attack(model: nn.Module, images: Tensor, criterion: Criterion, *, back
     one finishes its whole c search). Default 128 on CPU, where a working set that small keeps each
     pass's per-row vectors in L2 cache (measured on FC100-100-10: 1000 rows ~1.3x slower), 4096 on GPU.
     """
-    if backend not in BACKENDS:
-        raise InputError(f"unknown backend {backend!r}; choose 'batched' (default) or 'scipy' (reference).")
-    if loss not in LOSSES:
-        raise InputError(f"unknown loss {loss!r}; choose 'ce' (the paper's cross-entropy, default) or 'margin'.")
+    check_choice("backend", backend, BACKENDS)
+    check_choice("loss", loss, LOSSES)
     check_positive("c_init", c_init)
+    check_nonnegative("gtol", gtol)
+    check_nonnegative("ftol", ftol)
+    bounds = check_bounds(bounds)
     for name, value, low in (("search_steps", search_steps, 0), ("bracket_steps", bracket_steps, 0),
                              ("max_iter", max_iter, 1), ("history", history, 1)):
         check_int(name, value, low)
@@ -201,11 +136,11 @@ def lbfgs_attack(model: nn.Module, images: Tensor, criterion: Criterion, *, back
         check_int("batch_size", batch_size, 1)
     params = {"backend": backend, "c_init": c_init, "search_steps": search_steps,
               "bracket_steps": bracket_steps, "max_iter": max_iter, "history": history, "gtol": gtol,
-              "ftol": ftol, "norm_term": "c*||r||_2^2", "loss": loss}
+              "ftol": ftol, "norm_term": "c*||r||_2^2", "loss": loss, "bounds": list(bounds)}
     t0 = time.perf_counter()
+    model = as_model(model)
     with attack_mode(model):
-        x, criterion, clean_logits = prepare(model, images, criterion)
-        assert criterion is not None
+        x, criterion, clean_logits = prepare(model, images, criterion, bounds=bounds)
         n = x.shape[0]
         image_shape = x.shape[1:]
         flat = x.reshape(n, -1)
@@ -216,30 +151,25 @@ def lbfgs_attack(model: nn.Module, images: Tensor, criterion: Criterion, *, back
                    leave=False)
         out = _attack_rows(model, flat, image_shape, criterion, ~clean, backend=backend, c_init=c_init,
                            search_steps=search_steps, bracket_steps=bracket_steps, max_iter=max_iter,
-                           history=history, gtol=gtol, ftol=ftol, loss=loss, bar=bar, working_set=batch_size)
+                           history=history, gtol=gtol, ftol=ftol, loss=loss, bar=bar, working_set=batch_size,
+                           bounds=bounds)
         bar.close()
         x_adv = out["x_adv"].view_as(x)
     extras = {"c": out["c"], "iterations": out["iterations"], "solves": out["solves"],
               "clean_adversarial": clean}
     return build_result(model, x, x_adv, criterion, attack="lbfgs", params=params,
-                        wall_time=time.perf_counter() - t0, extras=extras)
+                        wall_time=time.perf_counter() - t0, extras=extras, clean_logits=clean_logits, bounds=bounds)
 
 
 def _attack_rows(model: nn.Module, x0: Tensor, image_shape: torch.Size, criterion: Criterion, todo: Tensor, *,
                  backend: str, c_init: float, search_steps: int, bracket_steps: int, max_iter: int,
                  history: int, gtol: float, ftol: float, loss: str, bar: tqdm | None,
-                 working_set: int) -> dict[str, Tensor]:
+                 working_set: int, bounds: Bounds) -> dict[str, Tensor]:
     search = CSearch(x0, todo, c_init=c_init, search_steps=search_steps, bracket_steps=bracket_steps, bar=bar)
     objective = make_objective(model, x0, image_shape, criterion, search.c, loss)
 
     def verify_rows(xs: Tensor, rows: Tensor) -> Tensor:
-        """Success by a forward pass, with a margin of VERIFY_ULPS float steps of the logits' scale: right at
-        the boundary c the margin is ~0, and a success that a fresh pass in another batch (other rounding)
-        would not confirm must not be kept as the minimum. (A negative margin loss is the criterion itself:
-        the target strictly above every other logit, or the label strictly below another.)"""
-        logits = logits_of(model, xs.view(xs.shape[0], *image_shape))
-        tol = VERIFY_ULPS * torch.finfo(logits.dtype).eps * logits.detach().abs().amax(dim=1).clamp(min=1)
-        return attack_loss(logits, criterion.subset(rows), "margin") < -tol
+        return verified(logits_of(model, xs.view(xs.shape[0], *image_shape)), criterion.subset(rows))
 
     rows = todo.nonzero().squeeze(1)
     if backend == "scipy":
@@ -248,7 +178,7 @@ def _attack_rows(model: nn.Module, x0: Tensor, image_shape: torch.Size, criterio
                 row = torch.tensor([i], device=x0.device)
                 while True:
                     xs, its = _scipy_solve(objective, x0, row, history=history, max_iter=max_iter, gtol=gtol,
-                                           ftol=ftol)
+                                           ftol=ftol, bounds=bounds)
                     if bool(search.record(row, xs, verify_rows(xs, row), its)[0]):
                         break
     elif rows.numel():
@@ -265,7 +195,7 @@ def _attack_rows(model: nn.Module, x0: Tensor, image_shape: torch.Size, criterio
             assert sub is not None
             return objective(xr, sub)
 
-        minimize_box_lbfgs(solver_objective, x0[rows], history=history,
+        minimize_box_lbfgs(solver_objective, x0[rows], *bounds, history=history,
                            max_iter=max_iter, gtol=gtol, ftol=ftol, on_converged=on_converged,
                            working_set=working_set)
     return search.outputs()
@@ -280,9 +210,10 @@ def lbfgs_all_targets(model: nn.Module, images: Tensor, labels: Tensor, **kwargs
     """
     t0 = time.perf_counter()
     crit = Misclassification(labels)
+    model = as_model(model)
     with attack_mode(model):
-        x, crit_checked, logits = prepare(model, images, crit)
-    assert crit_checked is not None and crit_checked.labels is not None
+        x, crit_checked, logits = prepare(model, images, crit, bounds=kwargs.get("bounds", (0.0, 1.0)))
+    assert crit_checked.labels is not None
     y = crit_checked.labels
     n, n_classes = x.shape[0], logits.shape[1]
     offsets = torch.arange(1, n_classes, device=x.device)
@@ -290,7 +221,7 @@ def lbfgs_all_targets(model: nn.Module, images: Tensor, labels: Tensor, **kwargs
     stacked = x.unsqueeze(0).expand(n_classes - 1, *x.shape).reshape(-1, *x.shape[1:])
     crit_t = TargetedMisclassification(targets.reshape(-1), y.repeat(n_classes - 1))
     res = lbfgs_attack(model, stacked, crit_t, **kwargs)
-    dist = torch.where(res.success, res.distortion, torch.full_like(res.distortion, math.inf))
+    dist = torch.where(res.success, res.rms, torch.full_like(res.rms, math.inf))
     dist = dist.view(n_classes - 1, n)
     best = dist.argmin(dim=0)
     cols = torch.arange(n, device=x.device)
@@ -304,4 +235,5 @@ def lbfgs_all_targets(model: nn.Module, images: Tensor, labels: Tensor, **kwargs
               "iterations": res.extras["iterations"].view(n_classes - 1, n).sum(0)}
     params = dict(res.params, mode="all-targets")
     return build_result(model, x, x_adv, crit_checked, attack="lbfgs-all-targets", params=params,
-                        wall_time=time.perf_counter() - t0, extras=extras)
+                        wall_time=time.perf_counter() - t0, extras=extras, clean_logits=logits,
+                        bounds=res.bounds)

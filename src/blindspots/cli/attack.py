@@ -1,5 +1,6 @@
-"""`blindspots attack SPEC --method lbfgs|fgsm|noise --out DIR`: attack a trained model on MNIST images and
-write DIR/adversarial.safetensors, DIR/summary.json and DIR/examples.png (Figure 5 layout)."""
+"""`blindspots attack SPEC --method NAME --out DIR`: attack a trained model on MNIST images with any attack of
+the registry (attacks.ATTACKS) and write DIR/adversarial.safetensors, DIR/summary.json and DIR/examples.png
+(Figure 5 layout)."""
 
 from __future__ import annotations
 
@@ -12,20 +13,20 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..attacks import (AttackResult, Misclassification, TargetedMisclassification, fgsm, fgsm_min_epsilon,
-                       lbfgs_all_targets, lbfgs_attack, noise_attack, random_targets, save_adversarial)
-from ..attacks.base import evaluate
+from ..attacks import (ATTACKS, AttackResult, Misclassification, TargetedMisclassification, get_attack, random_targets,
+                       save_adversarial)
 from ..attacks.lbfgs import BACKENDS
 from ..data import SPLIT_SEED, load_mnist
 from ..errors import InputError
 from ..io import file_digest, write_json_atomic
-from ..models import load_model
+from ..models import load_model, predict_logits
 from .common import add_data_dir, add_device, add_model_args, print_json
 
-METHODS = ("lbfgs", "fgsm", "noise")
 TARGETS = ("none", "random", "all")
-DEFAULT_EPS = (0.1, 0.25)
-DEFAULT_SIGMA = (0.1, 0.3)
+DEFAULT_BUDGETS = {"epsilons": (0.1, 0.25), "sigmas": (0.1, 0.3)}
+BUDGET_FLAGS = {"epsilons": "eps", "sigmas": "sigma"}
+ALL_TARGETS = {"lbfgs": "lbfgs-all-targets"}  # --target all: the method's variant that tries every label
+MINIMAL = {"fgsm": "fgsm-min"}  # --minimal: the method's per-image smallest-budget variant
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,17 +40,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="attack seed: random targets and noise (default 0)")
     p.add_argument("--model-split", default="train", help="the model's training split: train, P1 or P2 (default train)")
     p.add_argument("--model-seed", type=int, default=0, help="the model's training seed (default 0)")
-    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--method", required=True, choices=list(ATTACKS),
+                   help="; ".join(f"{k}: {v.description}" for k, v in ATTACKS.items()))
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="any parameter of the attack, repeatable (e.g. --param steps=100 --param norm=l2); "
+                        "`python -c 'from blindspots.attacks import ATTACKS; print(ATTACKS[\"pgd\"].params)'` "
+                        "lists them")
     p.add_argument("--n", type=int, default=100, help="number of images (a fixed seeded subset; default 100)")
     p.add_argument("--eps", type=float, nargs="+", default=None, metavar="E",
-                   help=f"fgsm budgets ε (default {' '.join(map(str, DEFAULT_EPS))})")
+                   help="budgets ε of fgsm or pgd (default 0.1 0.25)")
     p.add_argument("--minimal", action="store_true", help="fgsm: per-image smallest ε by bisection instead")
     p.add_argument("--sigma", type=float, nargs="+", default=None, metavar="S",
-                   help=f"noise per-pixel σ (default {' '.join(map(str, DEFAULT_SIGMA))})")
+                   help="noise per-pixel σ (default 0.1 0.3)")
     p.add_argument("--target", default="none", choices=TARGETS,
                    help="none: any wrong label (default); random: a seeded target ≠ label; all: lbfgs towards "
                         "each other label, keeping the smallest perturbation")
-    p.add_argument("--backend", default="batched", choices=BACKENDS, help="lbfgs solver (scipy = per-image reference)")
+    p.add_argument("--backend", default=None, choices=BACKENDS, help="lbfgs solver (scipy = per-image reference)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per batch (FGSM, default 1000) or in flight at once (L-BFGS, default 128 on CPU)")
     p.add_argument("--out", required=True, help="output folder")
@@ -69,27 +75,63 @@ def _criterion(target: str, labels: torch.Tensor, seed: int) -> Misclassificatio
     return Misclassification(labels)
 
 
-def _attack(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
-    if args.method != "lbfgs" and args.target == "all":
-        raise InputError("--target all is the L-BFGS 'all targets' mode; use --target none or random with "
-                         f"--method {args.method}.")
-    if args.method != "fgsm" and (args.eps is not None or args.minimal):
-        raise InputError("--eps and --minimal belong to --method fgsm.")
-    if args.method != "noise" and args.sigma is not None:
-        raise InputError("--sigma belongs to --method noise.")
-    crit = _criterion(args.target, y, args.seed)
-    progress = not args.no_progress
-    if args.method == "lbfgs":
-        kw = {"backend": args.backend, "batch_size": args.batch_size, "progress": progress}
-        if args.target == "all":
-            return lbfgs_all_targets(model, x, y, **kw)
-        return lbfgs_attack(model, x, crit, **kw)
-    if args.method == "fgsm":
-        batch = {} if args.batch_size is None else {"batch_size": args.batch_size}
-        if args.minimal:
-            return fgsm_min_epsilon(model, x, crit, **batch)
-        return fgsm(model, x, crit, args.eps or DEFAULT_EPS, **batch)
-    return noise_attack(model, x, crit, args.sigma or DEFAULT_SIGMA, seed=args.seed)
+def _value(text: str) -> Any:
+    """A --param value: int, float, true/false/none, else the string itself."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _attack(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+            n_classes: int) -> AttackResult:
+    name = args.method
+    if args.target == "all":
+        if name not in ALL_TARGETS:
+            raise InputError(f"--target all is the L-BFGS 'all targets' mode; use --target none or random with "
+                             f"--method {name}.")
+        name = ALL_TARGETS[name]
+    if args.minimal:
+        if name not in MINIMAL:
+            raise InputError(f"--minimal belongs to --method {', '.join(MINIMAL)}.")
+        name = MINIMAL[name]
+    spec = get_attack(name)
+    budgets = None
+    for kind, flag in BUDGET_FLAGS.items():
+        given = getattr(args, flag)
+        if given is not None and spec.budgets != kind:
+            raise InputError(f"--{flag} belongs to --method "
+                             f"{', '.join(k for k, v in ATTACKS.items() if v.budgets == kind)}.")
+        if spec.budgets == kind:
+            budgets = given or DEFAULT_BUDGETS[kind]
+    params: dict[str, Any] = {}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--param takes KEY=VALUE, got {item!r}.")
+        params[key.strip().replace("-", "_")] = _value(value)
+    flags = {"backend": args.backend, "batch_size": args.batch_size}
+    for key, value in flags.items():
+        if value is not None:
+            if key not in spec.params:
+                raise InputError(f"--{key.replace('_', '-')} is not a parameter of --method {args.method}.")
+            params[key] = value
+    for key, value in (("progress", not args.no_progress), ("seed", args.seed)):
+        if key in spec.params:
+            params.setdefault(key, value)
+    if args.target == "random":
+        crit: Misclassification | TargetedMisclassification = TargetedMisclassification(
+            random_targets(y, args.seed, n_classes), y)
+    else:
+        crit = Misclassification(y)
+    return spec(model, x, crit, budgets, **params)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -97,6 +139,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise InputError(f"--n must be at least 1, got {args.n}.")
+    if args.epochs is not None and args.epochs < 1:
+        raise InputError(f"--epochs must be at least 1, got {args.epochs}; omit it to use the recipe's epochs.")
     if args.threads is not None:
         if args.threads < 1:
             raise InputError(f"--threads must be at least 1, got {args.threads}.")
@@ -106,12 +150,12 @@ def _run(args: argparse.Namespace) -> int:
     data = load_mnist(args.split, dataset=args.dataset, subset=args.n, data_dir=args.data_dir)
     device = torch.device(args.device)
     x, y = data.images.to(device), data.labels.to(device)
-    result = _attack(args, tm.model, x, y)
+    result = _attack(args, tm.model, x, y, n_classes=int(predict_logits(tm.model, x[:1]).shape[1]))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     adv_path = save_adversarial(out / "adversarial.safetensors", result)
-    clean_pred = evaluate(tm.model, x, Misclassification(y))[1]
+    assert result.clean_error is not None
     summary: dict[str, Any] = {
         "command": "attack", "method": args.method, "target": args.target, "seed": args.seed,
         "model": {"spec": tm.meta["spec"], "split": args.model_split, "seed": args.model_seed,
@@ -119,9 +163,9 @@ def _run(args: argparse.Namespace) -> int:
                   "test_error": tm.meta.get("test_error")},
         "data": {"dataset": args.dataset, "split": args.split, "n": len(data), "subset_seed": SPLIT_SEED,
                  "indices_sha256": hashlib.sha256(data.indices.astype("int64").tobytes()).hexdigest()},
-        "params": result.params, "clean_error_rate": float((clean_pred != y).float().mean()),
-        "clean_errors_counted": "images the model already gets wrong are attacked like any other; for an "
-                                "untargeted criterion they are successes at distortion 0",
+        "params": result.params, "clean_error_rate": float(result.clean_error.float().mean()),
+        "clean_errors_counted": "images the model already gets wrong are attacked like any other and flagged "
+                                "(clean_error); the distortion statistics leave them out",
         **result.summary(),
         "files": {"adversarial.safetensors": file_digest(adv_path, "sha256")},
         "versions": {"blindspots": __version__, "torch": torch.__version__, "python": platform.python_version()},
