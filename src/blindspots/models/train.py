@@ -10,7 +10,6 @@ FC10(λ) errors (λ·Σ‖W‖² does not).
 from __future__ import annotations
 
 import math
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace

@@ -56,7 +56,9 @@ class Profile:
     n_attack: int | None  # None: the whole test set
     n_noise: int
     n_curve_fgsm: int  # test images whose FGSM error is measured after every epoch
-    n_curve_lbfgs: int  # test images whose minimal L-BFGS distortion is measured after every epoch
+    n_curve_lbfgs: int  # test images whose minimal L-BFGS distortion is measured after every `lbfgs_every` epochs
+    lbfgs_every: int = 1  # 0: at the last retraining epoch only (the quick profile: L-BFGS dominates its cost)
+    store_subset: int | None = None  # training images of the softmax and RBF nets (None: all 60,000)
     wide_units: int | None = None  # also train the paper's wide adversarial net (MAXOUT<units>), early-stopped
     checkpoint_every: int = 5  # epochs between saved training states (a killed run resumes from the last)
 
@@ -70,8 +72,8 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    "quick": Profile("quick", n_train=3_000, n_valid=1_000, max_epochs=6, patience=2, seeds=2, n_attack=1_000,
-                     n_noise=1_000, n_curve_fgsm=500, n_curve_lbfgs=10),
+    "quick": Profile("quick", n_train=2_000, n_valid=500, max_epochs=5, patience=2, seeds=2, n_attack=1_000,
+                     n_noise=1_000, n_curve_fgsm=500, n_curve_lbfgs=10, lbfgs_every=0, store_subset=5_000),
     "standard": Profile("standard", n_train=TRAIN_ROWS, n_valid=VALID_ROWS, max_epochs=25, patience=5, seeds=2,
                         n_attack=None, n_noise=10_000, n_curve_fgsm=2_000, n_curve_lbfgs=100),
     "paper": Profile("paper", n_train=TRAIN_ROWS, n_valid=VALID_ROWS, max_epochs=1_000, patience=100, seeds=5,

@@ -118,7 +118,8 @@ def learning_curves(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
             for ax, (metric, _, scale) in zip(axes, panels):
                 if metric in c:
                     ax.plot(c["epoch"], [np.nan if v is None else scale * v for v in c[metric]], color=f"C{i}",
-                            lw=1.2, alpha=0.9 if j == 0 else 0.5, label=labels[key] if j == 0 else None)
+                            lw=1.2, marker=".", ms=3, alpha=0.9 if j == 0 else 0.5,
+                            label=labels[key] if j == 0 else None)
             es = r["early_stop"]["curve"]
             metric = r["early_stop"]["stop_metric"]
             axes[3].plot(es["epoch"], [100 * v for v in es[metric]], color=f"C{i}", lw=1,

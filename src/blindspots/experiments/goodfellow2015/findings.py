@@ -141,7 +141,8 @@ def facts(p: Profile, seed: int, device: str) -> dict[str, Any]:
         "profile": p.name, "profile_description": p.description, "seed": seed,
         "training_data": f"maxout nets: rows 0–{p.n_train - 1} for early stopping, validation rows 50,000–"
                          f"{50_000 + p.n_valid - 1}, then retraining on both ({p.n_train + p.n_valid:,} images); "
-                         "softmax and RBF: all 60,000",
+                         "softmax and RBF: " + ("all 60,000" if p.store_subset is None else
+                                                f"a seeded subset of {p.store_subset:,}"),
         "attacked_images": "the whole test set (10,000)" if p.n_attack is None else f"the first {p.n_attack} test images",
         "versions": {"blindspots": __version__, "torch": torch.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},

@@ -64,29 +64,31 @@ def lbfgs_distortion(model: nn.Module, x: Tensor, y: Tensor) -> float | None:
 
 @dataclass
 class Probe:
-    """What is measured after every epoch: a metric name -> function of the model."""
+    """What is measured after every epoch: a metric name -> function of (the model, the epoch from 1)."""
 
-    metrics: dict[str, Callable[[nn.Module], float | None]]
+    metrics: dict[str, Callable[[nn.Module, int], float | None]]
 
 
 def validation_probe(net: Net, valid: ImageSet) -> Probe:
     x, y = valid.images, valid.labels
-    m: dict[str, Callable[[nn.Module], float | None]] = {
-        "valid_error": lambda model: float((predict(model, x) != y).float().mean())}
+    m: dict[str, Callable[[nn.Module, int], float | None]] = {
+        "valid_error": lambda model, e: float((predict(model, x) != y).float().mean())}
     if net.stop_on == "fgsm":
-        m["valid_fgsm_error"] = lambda model: fgsm_error(model, x, y)
+        m["valid_fgsm_error"] = lambda model, e: fgsm_error(model, x, y)
     return Probe(m)
 
 
-def test_probe(net: Net, profile: Profile) -> Probe:
+def test_probe(net: Net, profile: Profile, epochs: int) -> Probe:
     test = load_mnist("test")
-    m: dict[str, Callable[[nn.Module], float | None]] = {
-        "test_error": lambda model: float((predict(model, test.images) != test.labels).float().mean())}
+    m: dict[str, Callable[[nn.Module, int], float | None]] = {
+        "test_error": lambda model, e: float((predict(model, test.images) != test.labels).float().mean())}
     if net.curves == "full":
         xf, yf = test.images[:profile.n_curve_fgsm], test.labels[:profile.n_curve_fgsm]
         xl, yl = test.images[:profile.n_curve_lbfgs], test.labels[:profile.n_curve_lbfgs]
-        m["fgsm_error"] = lambda model: fgsm_error(model, xf, yf)
-        m["lbfgs_distortion"] = lambda model: lbfgs_distortion(model, xl, yl)
+        m["fgsm_error"] = lambda model, e: fgsm_error(model, xf, yf)
+        every = profile.lbfgs_every
+        m["lbfgs_distortion"] = lambda model, e: lbfgs_distortion(model, xl, yl) if (
+            (every and e % every == 0) or e == epochs) else None
     return Probe(m)
 
 
@@ -127,7 +129,7 @@ class Phase:
         def on_epoch(epoch: int, model: nn.Module) -> bool:
             self.curve["epoch"].append(epoch)
             for name, metric in self.probe.metrics.items():
-                self.curve[name].append(metric(model))
+                self.curve[name].append(metric(model, epoch))
             self.curve["wall_s"].append(round(time.perf_counter() - t0, 2))
             return self.stop_metric is not None and epoch - self.best_epoch() >= self.patience
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ...report.document import Figure, Report, Section, Table, run_facts_section
-from ...report.format import num, pct, plus_minus, span
+from ...report.format import num, pct, span
 from .config import EPSILON, EPSILONS, LOGREG, NETS
 from .figures import _labels
 
@@ -20,6 +20,10 @@ def _cmp(ours: float, paper: float | None, tol: float = 0.10) -> str:
     if abs(d) <= tol:
         return f"within {num(100 * tol, '.0f')} points of the paper"
     return f"{num(100 * abs(d), '.1f')} points {'above' if d > 0 else 'below'} the paper"
+
+
+def _gt(value: float | None, threshold: float) -> bool:
+    return value is not None and value > threshold
 
 
 def _row(name: str, f: dict[str, Any], digits: int = 1) -> list[Any]:

@@ -66,11 +66,11 @@ class Goodfellow2015(Experiment):
         es, _ = self.runner.run(f"early-stop {net.key} s{seed}", es_inputs, early_stop)
         epochs = int(es["best_epoch"])
         rt_inputs = base | {"phase": "retrain", "epochs": epochs, "curves": net.curves,
-                            "n_curve_fgsm": p.n_curve_fgsm, "n_curve_lbfgs": p.n_curve_lbfgs}
+                            "n_curve_fgsm": p.n_curve_fgsm, "n_curve_lbfgs": p.n_curve_lbfgs, "lbfgs_every": p.lbfgs_every}
 
         def retrain(folder: Path) -> dict[str, Any]:
             t0 = time.perf_counter()
-            phase = Phase(net.spec, both, recipe, net.objective, seed, epochs, test_probe(net, p),
+            phase = Phase(net.spec, both, recipe, net.objective, seed, epochs, test_probe(net, p, epochs),
                           self._work(f"train {net.key} s{seed}", rt_inputs), p.checkpoint_every)
             model = phase.run(self.device, self.progress)
             wall = time.perf_counter() - t0
@@ -92,10 +92,11 @@ class Goodfellow2015(Experiment):
 
     def _store_stage(self, net: Net) -> dict[str, Any]:
         """The shallow softmax and the RBF net: their own recipes, through the model store."""
-        inputs = {"spec": net.spec, "objective": None, "seed": self.seed, "version": __version__}
+        n = self.profile.store_subset
+        inputs = {"spec": net.spec, "objective": None, "seed": self.seed, "train_subset": n, "version": __version__}
 
         def compute(folder: Path) -> dict[str, Any]:
-            tm = train(net.spec, seed=self.seed, device=self.device, progress=self.progress)
+            tm = train(net.spec, seed=self.seed, train_subset=n, device=self.device, progress=self.progress)
             keep = ("spec", "seed", "train_error", "test_error", "weights_sha256", "wall_time_s", "recipe", "epochs",
                     "n_train", "objective")
             return {k: tm.meta.get(k) for k in keep} | {"checkpoint": str(tm.path), "label": net.label}
@@ -112,7 +113,7 @@ class Goodfellow2015(Experiment):
             model = build_model(net.spec)
             model.load_state_dict(load_file(str(path)))
             return model.to(self.device).eval()
-        tm = load_model(net.spec, seed=self.seed, device=self.device)
+        tm = load_model(net.spec, seed=self.seed, train_subset=self.profile.store_subset, device=self.device)
         if tm.meta["weights_sha256"] != m["weights_sha256"]:
             raise RuntimeError(f"the stored checkpoint of {net.label} changed since its train stage ran; delete "
                                f"{self.out / 'stages'} to start over.")
