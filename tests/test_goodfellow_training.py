@@ -214,3 +214,40 @@ def test_maxout_width_spec() -> None:
     assert build_model("MAXOUT32").maxout2.linear.weight.shape == (32 * 5, 32)
     with pytest.raises(SpecError, match="MAXOUT1600"):
         parse_spec("MAXOUT0")
+
+
+def test_protocol_phase_killed_mid_training_resumes(tmp_path: Path) -> None:
+    """A Phase killed after its epoch-2 checkpoint resumes from it: same curve, same weights as a run never killed;
+    early stopping stops `patience` epochs after the best validation epoch."""
+    from blindspots.experiments.goodfellow2015 import protocol_recipe
+    from blindspots.experiments.goodfellow2015.protocol import Phase, Probe
+
+    data = _small(300)
+    boom = {"armed": True}
+
+    def metric(model: nn.Module, epoch: int) -> float:
+        if epoch == 3 and boom["armed"]:
+            raise KeyboardInterrupt  # the run is killed during epoch 3's measurements
+        return float(model.out.weight.detach().abs().sum())
+
+    def phase(work: Path) -> Phase:
+        return Phase("MAXOUT", data, protocol_recipe("MAXOUT", 4), Objective(), 0, 4, Probe({"v": metric}), work, 2)
+
+    killed = phase(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        killed.run("cpu", False)
+    assert (tmp_path / "a" / "state.safetensors").exists()
+    boom["armed"] = False
+    resumed = phase(tmp_path / "a")
+    model = resumed.run("cpu", False)
+    straight = phase(tmp_path / "b")
+    reference = straight.run("cpu", False)
+    assert resumed.curve["epoch"] == [1, 2, 3, 4] and resumed.curve["v"] == straight.curve["v"]
+    assert torch.equal(model.out.weight, reference.out.weight)
+    assert not (tmp_path / "a").exists()  # a finished phase leaves no state behind
+
+    rising = Phase("MAXOUT", data, protocol_recipe("MAXOUT", 9), None, 0, 9,
+                   Probe({"valid_error": lambda model, epoch: [0.5, 0.3, 0.4, 0.3, 0.35, 0.2, 0.1][epoch - 1]}),
+                   tmp_path / "c", 5, "valid_error", 2)
+    rising.run("cpu", False)
+    assert rising.best_epoch() == 2 and rising.curve["epoch"] == [1, 2, 3, 4]  # no improvement at 3 and 4

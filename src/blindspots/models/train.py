@@ -178,6 +178,9 @@ def _state(model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator, e
             out[f"momentum.{i}"] = buf.detach().cpu().clone()
     out["rng.shuffle"] = gen.get_state()
     out["rng.torch"] = torch.get_rng_state()
+    device = next(model.parameters()).device
+    if device.type == "cuda":  # dropout masks on a GPU come from its own generator
+        out["rng.cuda"] = torch.cuda.get_rng_state(device)
     out["epoch"] = torch.tensor([epoch])
     return out
 
@@ -190,6 +193,8 @@ def _restore(state: dict[str, torch.Tensor], model: nn.Module, opt: torch.optim.
             opt.state[p]["momentum_buffer"] = state[f"momentum.{i}"].to(device)
     gen.set_state(state["rng.shuffle"])
     torch.set_rng_state(state["rng.torch"])
+    if "rng.cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["rng.cuda"], device)
     return int(state["epoch"][0])
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -142,6 +143,7 @@ class Phase:
         model, _ = fit(self.spec, self.data, seed=self.seed, epochs=self.epochs, device=device,
                        progress=progress, recipe=self.recipe, objective=self.objective, on_epoch=on_epoch,
                        resume=resume, on_state=on_state)
+        shutil.rmtree(self.work, ignore_errors=True)  # finished: the stage's result replaces the saved state
         return model
 
 
