@@ -292,7 +292,7 @@ class Goodfellow2015(Experiment):
             "wall_time_s": {k: round(v, 2) for k, v in self.timings.items()},
         }
         results["wall_time_s"]["total"] = round(time.perf_counter() - t_start, 2)
-        write_json_atomic(self.out / "results.json", results)
+        write_json_atomic(self.out / "results.json", results, sort_keys=False)  # the report reads it in run order
         write_report(build_report(results), self.out)
         return results
 
