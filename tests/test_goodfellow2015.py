@@ -1,6 +1,7 @@
 """`reproduce goodfellow2015 --profile quick` end to end on real MNIST: every experiment is in all three
 outputs with the paper's numbers beside ours, every saved FGSM set re-verifies from disk against the
-stored models, adversarial training lowers FGSM error, and a second run recomputes nothing."""
+stored models, adversarial training lowers FGSM error, the protocol's early stopping and learning curves are
+consistent, the report is a function of results.json alone, and a second run recomputes nothing."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import pytest
 import torch
 
 from blindspots.attacks import Misclassification, load_adversarial
-from blindspots.experiments.goodfellow2015 import (LOGREG, NETS, PROFILES, TwoClassLogits, predict_confidence,
-                                                   reproduce, terminal_summary)
-from blindspots.models import load_model
+from blindspots.experiments.goodfellow2015 import (LOGREG, NETS, PROFILES, TwoClassLogits, build_report,
+                                                   predict_confidence, reproduce, t_interval, terminal_summary)
+from blindspots.io import file_digest
+from blindspots.models import build_model, load_model
+from blindspots.report.document import to_markdown
 from blindspots.models.zoo import BinaryLogistic
 from blindspots.report.reference import paper_value
 
@@ -84,10 +87,17 @@ def test_fgsm_sets_reverify_from_disk(run: tuple[Path, dict]) -> None:
             lr.load_state_dict(load_file(str(next((out / "stages").glob("train_logreg37-*")) / "logreg37.safetensors")))
             model = TwoClassLogits(lr.eval())
         else:
-            n = nets[key]
-            model = load_model(n.spec, epochs=QUICK.maxout_epochs if n.is_maxout else None,
-                               train_subset=QUICK.train_subset, objective=n.objective).model
-            assert results["models"][key]["weights_sha256"] == summary["_stage"]["inputs"]["weights"]
+            n, m = nets[key], results["models"][key]
+            if n.is_maxout:
+                from safetensors.torch import load_file
+
+                assert file_digest(m["checkpoint"], "sha256") == m["weights_sha256"]
+                model = build_model(n.spec)
+                model.load_state_dict(load_file(m["checkpoint"]))
+                model.eval()
+            else:
+                model = load_model(n.spec, train_subset=QUICK.store_subset).model
+            assert m["weights_sha256"] == summary["_stage"]["inputs"]["weights"]
         pred, conf, _ = predict_confidence(model, t["x_adv"][0], independent=key == "rbf")
         crit = Misclassification(t["label"])
         assert torch.equal(pred != t["label"], t["success"][0].bool()), key
@@ -119,3 +129,52 @@ def test_second_run_recomputes_nothing(run: tuple[Path, dict]) -> None:
     again = reproduce(out, "quick", progress=False, announce=lambda s: None)
     assert all(s["status"] == "cached" for s in again["stages"])
     assert again["findings"] == results["findings"]
+
+
+def test_protocol_early_stops_and_retrains_for_the_best_epoch(run: tuple[Path, dict]) -> None:
+    """Each protocol net stopped after `patience` epochs without improvement (or at the cap), and its retraining
+    ran exactly the best epoch's count with a curve point per epoch; the comparison has every seed."""
+    _, results = run
+    curves = results["curves"]
+    assert [r["seed"] for r in curves["maxout"]] == [0, 1] == [r["seed"] for r in curves["maxout_adv"]]
+    for key, runs in curves.items():
+        for r in runs:
+            es, rt = r["early_stop"], r["retrain"]
+            values = es["curve"][es["stop_metric"]]
+            best = min(range(len(values)), key=lambda i: (values[i], i)) + 1
+            assert es["best_epoch"] == best
+            assert len(values) == min(best + QUICK.patience, QUICK.max_epochs), key
+            assert rt["epoch"] == list(range(1, best + 1))
+            metrics = ("test_error", "fgsm_error", "lbfgs_distortion") if key in ("maxout", "maxout_adv") \
+                else ("test_error",)
+            for metric in metrics:
+                assert len(rt[metric]) == best, (key, metric)
+    for key in ("maxout", "maxout_adv"):  # the last curve point is the stored model's test error
+        assert curves[key][0]["retrain"]["test_error"][-1] == results["models"][key]["test_error"]
+    assert curves["maxout"][0]["retrain"]["fgsm_error"][-1] > curves["maxout_adv"][0]["retrain"]["fgsm_error"][-1]
+
+
+def test_curve_verdict_from_the_per_seed_finals(run: tuple[Path, dict]) -> None:
+    _, results = run
+    v = results["findings"]["curve_verdicts"]["maxout_adv"]
+    plain = [r["retrain"]["test_error"][-1] for r in results["curves"]["maxout"]]
+    adv = [r["retrain"]["test_error"][-1] for r in results["curves"]["maxout_adv"]]
+    diffs = [a - b for a, b in zip(adv, plain)]
+    assert v["differences"] == pytest.approx(diffs) and v["n"] == 2
+    lo, hi = v["ci95"]
+    assert lo <= sum(diffs) / 2 <= hi
+    assert v["ends_below"] == (sum(diffs) < 0)
+
+
+def test_t_interval() -> None:
+    lo, hi = t_interval([1.0, 2.0, 3.0])  # mean 2, sd 1, t(0.975, 2 dof) = 4.3027
+    assert (lo, hi) == pytest.approx((2 - 4.3027 / 3 ** 0.5, 2 + 4.3027 / 3 ** 0.5), abs=1e-3)
+    assert t_interval([0.5]) is None
+
+
+def test_report_is_a_function_of_results_json(run: tuple[Path, dict]) -> None:
+    out, _ = run
+    disk = json.loads((out / "results.json").read_text())
+    assert to_markdown(build_report(disk)) == (out / "report.md").read_text()
+    for path in disk["figures"].values():
+        assert not Path(path).is_absolute() and (out / path).is_file()

@@ -3,6 +3,7 @@ logistic regression, and the analytic FGSM perturbation of linear models. All fa
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,113 @@ def test_two_class_softmax_fgsm_is_eps_sign_w_other_minus_w_true() -> None:
     w = lin.weight.detach()
     direction = (w[1 - y] - w[y]).sign().view(-1, 1, 28, 28)
     torch.testing.assert_close(result.x_adv[0], (x + EPS * direction).clamp(0, 1), rtol=0, atol=0)
+
+
+def _small(n: int = 400):
+    from blindspots.data import load_mnist
+
+    return load_mnist("train", subset=n)
+
+
+def test_killed_training_resumes_bit_for_bit() -> None:
+    """fit(..., on_state) hands out the run's state; fit(..., resume=state) continues it to the same weights."""
+    from blindspots.experiments.goodfellow2015 import protocol_recipe
+    from blindspots.models import fit
+
+    data, recipe = _small(), protocol_recipe("MAXOUT", 3)
+    saved: dict[int, dict[str, torch.Tensor]] = {}
+    full, _ = fit("MAXOUT", data, seed=1, recipe=recipe, objective=Objective(), progress=False,
+                  on_state=lambda e, s: saved.__setitem__(e, s))
+    assert sorted(saved) == [1, 2, 3] and int(saved[2]["epoch"][0]) == 2
+    resumed, _ = fit("MAXOUT", data, seed=1, recipe=recipe, objective=Objective(), progress=False, resume=saved[2])
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    fresh, _ = fit("MAXOUT", data, seed=2, recipe=recipe, objective=Objective(), progress=False)
+    assert not torch.equal(fresh.out.weight, full.out.weight)
+
+
+def test_exponential_schedule_does_not_depend_on_the_epoch_count() -> None:
+    """Two epochs of a 2-epoch run equal the first two of a longer run stopped early by the hook (the retrain of
+    the protocol replays the early-stopping run's schedule); the cosine default would not."""
+    from blindspots.experiments.goodfellow2015 import protocol_recipe
+    from blindspots.models import fit
+    from blindspots.models.train import default_recipe, epoch_lr
+
+    data = _small()
+    recipe = protocol_recipe("MAXOUT", 2)
+    assert epoch_lr(recipe, 1) == recipe.lr and epoch_lr(recipe, 2) == pytest.approx(recipe.lr * recipe.lr_decay)
+    assert epoch_lr(recipe, 10_000) == recipe.lr_floor
+    short, _ = fit("MAXOUT", data, seed=0, recipe=recipe, progress=False)
+    stopped, _ = fit("MAXOUT", data, seed=0, recipe=protocol_recipe("MAXOUT", 9), progress=False,
+                     on_epoch=lambda epoch, model: epoch >= 2)
+    assert torch.equal(short.out.weight, stopped.out.weight)
+    cosine, _ = fit("MAXOUT", data, seed=0, recipe=replace(default_recipe("MAXOUT"), epochs=9), progress=False,
+                    on_epoch=lambda epoch, model: epoch >= 2)
+    assert not torch.equal(cosine.out.weight, short.out.weight)
+
+
+def test_clean_gradient_mode_takes_the_gradient_without_dropout() -> None:
+    """gradient="clean": δ = ε·sign(∇ₓJ) of the eval-mode net, whatever dropout does in training mode."""
+    from blindspots.models import build_model
+
+    torch.manual_seed(5)
+    net = build_model("MAXOUT").train()
+    x, y = torch.rand(6, 1, 28, 28), torch.randint(0, 10, (6,))
+    seen: list[torch.Tensor] = []
+    handle = net.flatten.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach().clone()))
+    Objective("fgsm", EPS, 0.5, gradient="clean").loss(net, x, y, F.cross_entropy, torch.Generator())
+    handle.remove()
+    assert net.training  # mode restored
+    expected = fgsm(net, x, Misclassification(y), [EPS]).x_adv[0]
+    torch.testing.assert_close(seen[-1][6:], expected, rtol=0, atol=0)
+    assert Objective(gradient="clean").slug.endswith("-gclean") and "gradient" not in Objective().as_dict()
+    with pytest.raises(SpecError):
+        Objective(gradient="noisy")
+
+
+def test_maxout_width_spec() -> None:
+    from blindspots.models import build_model, parse_spec
+
+    assert parse_spec("MAXOUT").name == "MAXOUT" and parse_spec("maxout240").name == "MAXOUT"
+    wide = parse_spec("MAXOUT1600(1e-4)")
+    assert wide.name == "MAXOUT1600(1e-4)" and parse_spec(wide.name) == wide
+    assert build_model("MAXOUT32").maxout2.linear.weight.shape == (32 * 5, 32)
+    with pytest.raises(SpecError, match="MAXOUT1600"):
+        parse_spec("MAXOUT0")
+
+
+def test_protocol_phase_killed_mid_training_resumes(tmp_path: Path) -> None:
+    """A Phase killed after its epoch-2 checkpoint resumes from it: same curve, same weights as a run never killed;
+    early stopping stops `patience` epochs after the best validation epoch."""
+    from blindspots.experiments.goodfellow2015 import protocol_recipe
+    from blindspots.experiments.goodfellow2015.protocol import Phase, Probe
+
+    data = _small(300)
+    boom = {"armed": True}
+
+    def metric(model: nn.Module, epoch: int) -> float:
+        if epoch == 3 and boom["armed"]:
+            raise KeyboardInterrupt  # the run is killed during epoch 3's measurements
+        return float(model.out.weight.detach().abs().sum())
+
+    def phase(work: Path) -> Phase:
+        return Phase("MAXOUT", data, protocol_recipe("MAXOUT", 4), Objective(), 0, 4, Probe({"v": metric}), work, 2)
+
+    killed = phase(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        killed.run("cpu", False)
+    assert (tmp_path / "a" / "state.safetensors").exists()
+    boom["armed"] = False
+    resumed = phase(tmp_path / "a")
+    model = resumed.run("cpu", False)
+    straight = phase(tmp_path / "b")
+    reference = straight.run("cpu", False)
+    assert resumed.curve["epoch"] == [1, 2, 3, 4] and resumed.curve["v"] == straight.curve["v"]
+    assert torch.equal(model.out.weight, reference.out.weight)
+    assert not (tmp_path / "a").exists()  # a finished phase leaves no state behind
+
+    rising = Phase("MAXOUT", data, protocol_recipe("MAXOUT", 9), None, 0, 9,
+                   Probe({"valid_error": lambda model, epoch: [0.5, 0.3, 0.4, 0.3, 0.35, 0.2, 0.1][epoch - 1]}),
+                   tmp_path / "c", 5, "valid_error", 2)
+    rising.run("cpu", False)
+    assert rising.best_epoch() == 2 and rising.curve["epoch"] == [1, 2, 3, 4]  # no improvement at 3 and 4

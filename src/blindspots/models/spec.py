@@ -12,7 +12,7 @@ VALID_FORMS = (
     "FC<h1>-...-10[(λ)] fully connected sigmoid net, e.g. FC100-100-10, FC123-456-10(1e-5)",
     "AE<h>-10[(λ)]      softmax on the frozen code of a <h>-unit sigmoid autoencoder, e.g. AE400-10",
     "CNN                small conv net: conv-ReLU-pool x2, FC100, softmax",
-    "MAXOUT             Goodfellow's MNIST maxout net: 2 x 240 units x 5 pieces, dropout",
+    "MAXOUT[<units>]    Goodfellow's MNIST maxout net: 2 x <units> (default 240) x 5 pieces, dropout, e.g. MAXOUT1600",
     "RBF                Goodfellow's shallow RBF net: one Gaussian unit per class",
 )
 KINDS = ("fc", "ae", "cnn", "maxout", "rbf")
@@ -21,6 +21,8 @@ N_CLASSES = 10
 _FC = re.compile(r"^FC((?:\d+-)*)10(?:\(([^()]+)\))?$", re.IGNORECASE)
 _AE = re.compile(r"^AE(\d+)-10(?:\(([^()]+)\))?$", re.IGNORECASE)
 _NAMED = {"CNN": "cnn", "MAXOUT": "maxout", "RBF": "rbf"}
+_MAXOUT = re.compile(r"^MAXOUT(\d+)(?:\(([^()]+)\))?$", re.IGNORECASE)
+MAXOUT_UNITS = 240  # the width of the paper's "original maxout network" (spec MAXOUT)
 
 
 def format_decay(lam: float) -> str:
@@ -36,7 +38,7 @@ class ModelSpec:
     """A parsed spec: the architecture family, hidden widths and weight decay λ (None = recipe default)."""
 
     kind: str
-    hidden: tuple[int, ...] = ()
+    hidden: tuple[int, ...] = ()  # FC/AE widths; a maxout width other than 240
     weight_decay: float | None = None
 
     @property
@@ -47,6 +49,8 @@ class ModelSpec:
             return "FC" + "".join(f"{h}-" for h in self.hidden) + "10" + decay
         if self.kind == "ae":
             return f"AE{self.hidden[0]}-10{decay}"
+        if self.kind == "maxout" and self.hidden:
+            return f"MAXOUT{self.hidden[0]}{decay}"
         return self.kind.upper() + decay
 
     @property
@@ -92,6 +96,12 @@ def parse_spec(text: str | ModelSpec) -> ModelSpec:
         if width <= 0:
             raise _bad(text, "the code width must be positive")
         return ModelSpec("ae", (width,), _decay(text, m.group(2)))
+    if (m := _MAXOUT.match(s)) is not None:
+        units = int(m.group(1))
+        if units <= 0:
+            raise _bad(text, "the maxout width must be positive")
+        # the default width keeps its old name (and checkpoints): MAXOUT240 is MAXOUT
+        return ModelSpec("maxout", () if units == MAXOUT_UNITS else (units,), _decay(text, m.group(2)))
     base, _, rest = s.partition("(")
     if base.upper() in _NAMED:
         return ModelSpec(_NAMED[base.upper()], (), _decay(text, rest[:-1] if rest.endswith(")") else None)

@@ -10,7 +10,6 @@ FC10(λ) errors (λ·Σ‖W‖² does not).
 from __future__ import annotations
 
 import math
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -46,15 +45,18 @@ class StoredObjective(TrainingObjective, Protocol):
 
 
 # called after every epoch with (epoch number from 1, the model): learning curves, early stopping (models in
-# train mode; evaluate through `predict`, which switches to eval mode and back)
-EpochHook = Callable[[int, nn.Module], None]
+# train mode; evaluate through `predict`, which switches to eval mode and back). Returning True stops training.
+EpochHook = Callable[[int, nn.Module], "bool | None"]
+# called after every epoch (after the hook) with (epoch, the run's full state as tensors): a caller saves it
+# every few epochs and passes it back as `fit(..., resume=state)` to continue a killed run bit for bit
+StateHook = Callable[[int, "dict[str, torch.Tensor]"], None]
 
 
 @dataclass(frozen=True)
 class Recipe:
     """How a model family is trained. `weight_decay` is λ in mean-CE + (λ/2)·Σ‖W‖²."""
 
-    optimizer: str  # "lbfgs" (full batch, to the optimum) | "sgd" (Nesterov momentum, cosine lr)
+    optimizer: str  # "lbfgs" (full batch, to the optimum) | "sgd" (Nesterov momentum, cosine or exponential lr)
     epochs: int
     weight_decay: float
     lr: float = 0.1
@@ -68,11 +70,16 @@ class Recipe:
     pretrain_lr: float = 1e-3  # Adam learning rate of the autoencoder (cosine-decayed when pretrain_cosine)
     pretrain_cosine: bool = False
     pretrain_decay: float = 0.0  # μ in the autoencoder's loss + (μ/2)·‖W_encoder‖²
+    # None: cosine decay over all `epochs`; a factor d: lr·d^(epoch−1) in each epoch, never below lr_floor. The
+    # second does not depend on the epoch count, so a retrain for the early-stopped number of epochs replays
+    # exactly the schedule the early-stopping run saw (pylearn2's maxout decayed exponentially with a floor).
+    lr_decay: float | None = None
+    lr_floor: float = 0.0
 
 
 # Fields added after checkpoints were first stored: left out of recipe_dict (so of the checkpoint-name hash)
 # while at their default, so adding them renamed no existing checkpoint.
-_LATER_FIELDS = ("pretrain_lr", "pretrain_cosine", "pretrain_decay")
+_LATER_FIELDS = ("pretrain_lr", "pretrain_cosine", "pretrain_decay", "lr_decay", "lr_floor")
 
 
 def default_recipe(spec: str | ModelSpec) -> Recipe:
@@ -156,37 +163,90 @@ def error_rate(model: nn.Module, data: ImageSet) -> float:
     return float((predict(model, data.images) != data.labels).float().mean())
 
 
+def epoch_lr(recipe: Recipe, epoch: int) -> float:
+    """The learning rate at the start of `epoch` (from 1) of an exponential-decay recipe."""
+    assert recipe.lr_decay is not None
+    return max(recipe.lr * recipe.lr_decay ** (epoch - 1), recipe.lr_floor)
+
+
+def _state(model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator, epoch: int) -> dict[str, torch.Tensor]:
+    """Everything an SGD run needs to continue: weights, momentum buffers, both random generators, the epoch."""
+    out = {f"model.{k}": v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    for i, p in enumerate(p for g in opt.param_groups for p in g["params"]):
+        buf = opt.state.get(p, {}).get("momentum_buffer")
+        if buf is not None:
+            out[f"momentum.{i}"] = buf.detach().cpu().clone()
+    out["rng.shuffle"] = gen.get_state()
+    out["rng.torch"] = torch.get_rng_state()
+    device = next(model.parameters()).device
+    if device.type == "cuda":  # dropout masks on a GPU come from its own generator
+        out["rng.cuda"] = torch.cuda.get_rng_state(device)
+    out["epoch"] = torch.tensor([epoch])
+    return out
+
+
+def _restore(state: dict[str, torch.Tensor], model: nn.Module, opt: torch.optim.Optimizer,
+             gen: torch.Generator, device: torch.device) -> int:
+    model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
+    for i, p in enumerate(p for g in opt.param_groups for p in g["params"]):
+        if f"momentum.{i}" in state:
+            opt.state[p]["momentum_buffer"] = state[f"momentum.{i}"].to(device)
+    gen.set_state(state["rng.shuffle"])
+    torch.set_rng_state(state["rng.torch"])
+    if "rng.cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["rng.cuda"], device)
+    return int(state["epoch"][0])
+
+
 def _sgd_epochs(model: nn.Module, params: list[nn.Parameter], x: torch.Tensor, y: torch.Tensor,
                 recipe: Recipe, epochs: int, gen: torch.Generator, device: torch.device,
                 desc: str, progress: bool, loss_fn: Any = None, objective: TrainingObjective | None = None,
-                on_epoch: EpochHook | None = None) -> None:
+                on_epoch: EpochHook | None = None, resume: dict[str, torch.Tensor] | None = None,
+                on_state: StateHook | None = None) -> None:
     opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=True)
     n = x.shape[0]
-    total = epochs * math.ceil(n / recipe.batch_size)
-    # cosine decay from lr to 0 over all steps, stepped per minibatch
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
-    bar = tqdm(total=epochs, desc=desc, unit="epoch", disable=not progress, leave=False)
-    for epoch in range(1, epochs + 1):
+    per_epoch = math.ceil(n / recipe.batch_size)
+    total = epochs * per_epoch
+    # cosine decay from lr to 0 over all steps, stepped per minibatch (unless the recipe decays per epoch)
+    schedule = None if recipe.lr_decay is not None else torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
+    done = 0 if resume is None else _restore(resume, model, opt, gen, device)
+    if schedule is not None and done:
+        for _ in range(done * per_epoch):
+            schedule.step()
+    x, y = x.to(device), y.to(device)
+    loss_fn = loss_fn or F.cross_entropy
+    decay = recipe.weight_decay
+    bar = tqdm(total=epochs, initial=done, desc=desc, unit="epoch", disable=not progress, leave=False)
+    for epoch in range(done + 1, epochs + 1):
         model.train()
-        perm = torch.randperm(n, generator=gen)
+        if recipe.lr_decay is not None:
+            for group in opt.param_groups:
+                group["lr"] = epoch_lr(recipe, epoch)
+        perm = torch.randperm(n, generator=gen).to(device)
         for i in range(0, n, recipe.batch_size):
             idx = perm[i:i + recipe.batch_size]
-            xb, yb = x[idx].to(device), y[idx].to(device)
+            xb, yb = x[idx], y[idx]
             opt.zero_grad(set_to_none=True)  # before the loss: an objective may back-propagate a part itself
             if objective is None:
-                data_loss = (loss_fn or F.cross_entropy)(model(xb), yb)
+                loss = loss_fn(model(xb), yb)
             else:
-                data_loss = objective.loss(model, xb, yb, loss_fn or F.cross_entropy, gen)
-            loss = data_loss + decay_penalty(model, recipe.weight_decay).to(device)
+                loss = objective.loss(model, xb, yb, loss_fn, gen)
+            if decay:
+                loss = loss + decay_penalty(model, decay).to(device)
             loss.backward()
             opt.step()
-            schedule.step()
+            if schedule is not None:
+                schedule.step()
             if recipe.max_norm is not None:
                 _apply_max_norm(model, recipe.max_norm)
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        if on_epoch is not None:
-            on_epoch(epoch, model)
+        stop = on_epoch(epoch, model) if on_epoch is not None else None
+        if on_state is not None:
+            on_state(epoch, _state(model, opt, gen, epoch))
+        if stop:
+            break
     bar.close()
 
 
@@ -272,11 +332,13 @@ def training_loss(spec: str | ModelSpec) -> Any:
 def fit(spec: str | ModelSpec, data: ImageSet, *, seed: int = 0, epochs: int | None = None,
         device: str | torch.device = "cpu", progress: bool = True,
         recipe: Recipe | None = None, objective: TrainingObjective | None = None,
-        on_epoch: EpochHook | None = None) -> tuple[nn.Sequential, Recipe]:
+        on_epoch: EpochHook | None = None, resume: dict[str, torch.Tensor] | None = None,
+        on_state: StateHook | None = None) -> tuple[nn.Sequential, Recipe]:
     """Train a fresh model of `spec` on `data`; same seed and data give the same weights (on CPU).
 
     `objective` (training.Objective, training.AdversarialPool) replaces the loss J by an adversarial-training or
-    noise-control objective built on J (SGD recipes only); `on_epoch(epoch, model)` runs after every SGD epoch."""
+    noise-control objective built on J (SGD recipes only); `on_epoch(epoch, model)` runs after every SGD epoch
+    (returning True stops early); `on_state(epoch, state)` hands out the run's state, `resume=state` continues it."""
     s = parse_spec(spec)
     recipe = recipe or default_recipe(s)
     if epochs is not None:
@@ -303,7 +365,8 @@ def fit(spec: str | ModelSpec, data: ImageSet, *, seed: int = 0, epochs: int | N
     else:
         params = [p for p in model.parameters() if p.requires_grad]
         _sgd_epochs(model, params, x, y, recipe, recipe.epochs, gen, device, s.name, progress,
-                    loss_fn=training_loss(s), objective=objective, on_epoch=on_epoch)
+                    loss_fn=training_loss(s), objective=objective, on_epoch=on_epoch, resume=resume,
+                    on_state=on_state)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
@@ -319,4 +382,4 @@ def recipe_dict(recipe: Recipe) -> dict[str, Any]:
 
 
 __all__ = ["Recipe", "default_recipe", "fit", "predict", "predict_logits", "error_rate", "decay_penalty",
-           "load_mnist", "TrainingObjective", "StoredObjective", "EpochHook"]
+           "load_mnist", "TrainingObjective", "StoredObjective", "EpochHook", "StateHook", "epoch_lr"]

@@ -4,7 +4,7 @@ and return logits. Layers are named (fc1, act1, ..., out) so analysis code can a
 Choices the papers leave open (documented in the README and in each checkpoint's JSON):
 - hidden units of the FC and AE nets are sigmoids (as in public reproductions of Szegedy et al.);
 - the CNN is conv5x5(16)-ReLU-maxpool2, conv5x5(32)-ReLU-maxpool2, FC100-ReLU, softmax;
-- MAXOUT follows Goodfellow et al. 2013/2015: two maxout layers of 240 units with 5 pieces;
+- MAXOUT follows Goodfellow et al. 2013/2015: two maxout layers of 240 units with 5 pieces (MAXOUT1600: 1600);
 - RBF has one Gaussian unit per class, logit_k = -sum_i beta_ki (x_i - mu_ki)^2 (the log of the unit's output).
 """
 
@@ -132,5 +132,5 @@ def build_model(spec: str | ModelSpec) -> nn.Sequential:
     if s.kind == "cnn":
         return _cnn()
     if s.kind == "maxout":
-        return _maxout()
+        return _maxout(*s.hidden)
     return _rbf()

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ..errors import SpecError
 
 PERTURBATIONS = ("fgsm", "sign_noise", "uniform_noise")
+GRADIENTS = ("dropout", "clean")
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -35,6 +36,9 @@ class Objective:
     perturbation: str = "fgsm"
     epsilon: float = 0.25
     alpha: float = 0.5
+    # "dropout": ∇ₓJ through the clean term's own training-mode pass (its dropout masks); "clean": ∇ₓJ of the
+    # deterministic (eval-mode, no dropout) net, as the attack at test time sees it (one extra forward+backward)
+    gradient: str = "dropout"
 
     def __post_init__(self) -> None:
         if self.perturbation not in PERTURBATIONS:
@@ -42,22 +46,30 @@ class Objective:
                             f"{', '.join(PERTURBATIONS)}.")
         if not 0 <= self.epsilon <= 1:
             raise SpecError(f"epsilon must lie in [0, 1] (pixels are in [0, 1]), got {self.epsilon}.")
+        if self.gradient not in GRADIENTS:
+            raise SpecError(f"unknown gradient mode {self.gradient!r}; choose one of {', '.join(GRADIENTS)}.")
         if not 0 <= self.alpha < 1:
             raise SpecError(f"alpha must lie in [0, 1) (alpha = 1 is plain training), got {self.alpha}.")
 
     @property
     def slug(self) -> str:
         """File-name-safe tag without dots (a checkpoint stem gets suffixes): fgsm-e0p25-a0p5."""
-        return f"{self.perturbation.replace('_', '')}-e{self.epsilon:g}-a{self.alpha:g}".replace(".", "p")
+        tag = "" if self.gradient == "dropout" else f"-g{self.gradient}"
+        return f"{self.perturbation.replace('_', '')}-e{self.epsilon:g}-a{self.alpha:g}{tag}".replace(".", "p")
 
     def describe(self) -> str:
         delta = {"fgsm": "ε·sign(∇ₓJ) (FGSM)", "sign_noise": "±ε sign noise",
                  "uniform_noise": "U(−ε, ε) noise"}[self.perturbation]
+        grad = "" if self.perturbation != "fgsm" else (
+            ", ∇ₓJ with the clean term's dropout masks" if self.gradient == "dropout" else ", ∇ₓJ without dropout")
         return (f"J̃ = {self.alpha:g}·J(x) + {1 - self.alpha:g}·J(x + δ), δ = {delta}, ε = {self.epsilon:g}, "
-                "x + δ clipped to [0, 1]")
+                f"x + δ clipped to [0, 1]{grad}")
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.gradient == "dropout":  # the default (added later) stays out: stored checkpoint names unchanged
+            del d["gradient"]
+        return d
 
     def noise(self, x: Tensor, gen: torch.Generator) -> Tensor:
         """δ of a noise control, drawn on the CPU from `gen` (so runs are reproducible on any device)."""
@@ -77,6 +89,17 @@ class Objective:
         the returned tensor is the adversarial term (1 − α)·J(x + δ). This costs about 2× a plain step
         instead of 3× for a separate input-gradient pass. For the noise controls both terms are returned.
         """
+        if self.perturbation == "fgsm" and self.gradient == "clean":
+            xg = x.detach().requires_grad_(True)
+            model.eval()
+            try:
+                (grad,) = torch.autograd.grad(loss_fn(model(xg), y), xg)
+            finally:
+                model.train()
+            x_pert = (x.detach() + self.epsilon * grad.sign()).clamp(0, 1)
+            out = model(torch.cat([x, x_pert]))
+            n = x.shape[0]
+            return self.alpha * loss_fn(out[:n], y) + (1 - self.alpha) * loss_fn(out[n:], y)
         if self.perturbation == "fgsm":
             x = x.detach().requires_grad_(True)
             clean = loss_fn(model(x), y)
@@ -94,4 +117,4 @@ class Objective:
         return self.alpha * loss_fn(out[:n], y) + (1 - self.alpha) * loss_fn(out[n:], y)
 
 
-__all__ = ["Objective", "PERTURBATIONS"]
+__all__ = ["Objective", "PERTURBATIONS", "GRADIENTS"]

@@ -1,0 +1,198 @@
+"""What a goodfellow2015 run is made of: its profiles, its models, the maxout training protocol's constants,
+the 3-vs-7 logistic regression and the rubbish-noise settings. No stage logic here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ...data import load_mnist
+from ...models import predict_logits
+from ...models.train import Recipe, default_recipe
+from ...models.zoo import BinaryLogistic
+from ...training.adversarial import Objective
+
+PAPER = "goodfellow2015"
+EPSILON = 0.25
+EPSILONS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
+LOGREG_DECAY = 1e-4  # λ of mean logistic loss + (λ/2)·‖w‖² (unspecified in the paper)
+LOGREG_CLASSES = (3, 7)  # negative, positive
+LOGREG = "logreg37"
+LOGREG_LABEL = "logistic regression, 3 vs 7"
+DIGIT_THRESHOLD = 0.5
+TRAIN_ROWS, VALID_ROWS = 50_000, 10_000  # the maxout protocol's split of the 60,000 training images
+
+# The maxout protocol's learning rate: lr·0.95^(epoch−1), never below 1e-3 (Nesterov momentum 0.9, batch 100,
+# max-norm 3.5, dropout 0.2 / 0.5: the MAXOUT recipe otherwise). The schedule does not depend on the epoch count,
+# so retraining for the early-stopped number of epochs replays the schedule the early-stopping run used. pylearn2's
+# maxout decayed lr 0.1 by 1.000004 per minibatch (0.998 per epoch) down to 1e-6 with momentum 0.5 -> 0.7 over
+# 250 epochs, a budget of hundreds of epochs; 0.95 per epoch reaches a small step within the ~40 epochs a CPU run has.
+LR_DECAY, LR_FLOOR = 0.95, 1e-3
+
+
+def protocol_recipe(spec: str, max_epochs: int) -> Recipe:
+    """The MAXOUT recipe with the protocol's epoch-count-free exponential schedule."""
+    return replace(default_recipe(spec), epochs=max_epochs, lr_decay=LR_DECAY, lr_floor=LR_FLOOR,
+                   note="dropout 0.2 input / 0.5 hidden, max-norm 3.5, SGD + Nesterov momentum 0.9, lr 0.05·0.95^(epoch−1)"
+                        " (floor 1e-3); early stopping on validation error, then retraining on train + validation")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How big a run is. Every profile follows the same protocol (early stopping on the validation rows, then
+    retraining on training + validation rows for the early-stopped number of epochs); only the sizes differ."""
+
+    name: str
+    n_train: int  # first rows of the 60,000 used for the early-stopping phase (≤ 50,000)
+    n_valid: int  # validation rows, from row 50,000 on (≤ 10,000)
+    max_epochs: int  # cap of the early-stopping phase
+    patience: int  # stop when validation error has not improved for this many epochs
+    seeds: int  # seeds of the plain-vs-adversarial comparison (the other models: the run's seed only)
+    n_attack: int | None  # None: the whole test set
+    n_noise: int
+    n_curve_fgsm: int  # test images whose FGSM error is measured after every epoch
+    n_curve_lbfgs: int  # test images whose minimal L-BFGS distortion is measured after every `lbfgs_every` epochs
+    lbfgs_every: int = 1  # 0: at the last retraining epoch only (the quick profile: L-BFGS dominates its cost)
+    store_subset: int | None = None  # training images of the softmax and RBF nets (None: all 60,000)
+    wide_units: int | None = None  # also train the paper's wide adversarial net (MAXOUT<units>), early-stopped
+    checkpoint_every: int = 5  # epochs between saved training states (a killed run resumes from the last)
+
+    @property
+    def description(self) -> str:
+        wide = f"; a {self.wide_units}-unit adversarially trained net too" if self.wide_units else ""
+        attacked = "the whole test set" if self.n_attack is None else f"{self.n_attack:,} test images"
+        return (f"maxout nets early-stopped on {self.n_valid:,} validation images after training on {self.n_train:,} "
+                f"(at most {self.max_epochs} epochs, patience {self.patience}), then retrained on both; {self.seeds} "
+                f"seed(s) for plain vs adversarial training{wide}; {attacked} attacked; {self.n_noise:,} noise images")
+
+
+PROFILES: dict[str, Profile] = {
+    "quick": Profile("quick", n_train=2_000, n_valid=500, max_epochs=5, patience=2, seeds=2, n_attack=1_000,
+                     n_noise=1_000, n_curve_fgsm=500, n_curve_lbfgs=10, lbfgs_every=0, store_subset=5_000),
+    "standard": Profile("standard", n_train=TRAIN_ROWS, n_valid=VALID_ROWS, max_epochs=25, patience=5, seeds=2,
+                        n_attack=None, n_noise=10_000, n_curve_fgsm=2_000, n_curve_lbfgs=100),
+    "paper": Profile("paper", n_train=TRAIN_ROWS, n_valid=VALID_ROWS, max_epochs=1_000, patience=100, seeds=5,
+                     n_attack=None, n_noise=10_000, n_curve_fgsm=10_000, n_curve_lbfgs=100, wide_units=1600,
+                     checkpoint_every=2),
+}
+
+
+@dataclass(frozen=True)
+class Net:
+    """One 10-class model of the experiment. `stop_on`: the early-stopping criterion, "clean" (validation
+    error) or "fgsm" (error on the validation images' FGSM images at ε = 0.25); `curves`: "full" (clean test
+    error, FGSM error, minimal L-BFGS distortion per epoch) or "clean" (clean test error only)."""
+
+    key: str
+    label: str
+    spec: str
+    objective: Objective | None = None
+    stop_on: str = "clean"
+    curves: str = "full"
+    compare: bool = False  # trained on every seed of the profile: part of the plain-vs-adversarial comparison
+
+    @property
+    def is_maxout(self) -> bool:
+        return self.spec.upper().startswith("MAXOUT")
+
+    @property
+    def independent_outputs(self) -> bool:
+        return self.spec == "RBF"
+
+
+FGSM_TRAINING = Objective("fgsm", EPSILON, 0.5)
+NETS = (
+    Net("softmax", "shallow softmax", "FC10(1e-4)"),
+    Net("maxout", "maxout", "MAXOUT", compare=True),
+    Net("maxout_adv", "maxout, adversarial training", "MAXOUT", FGSM_TRAINING, compare=True),
+    Net("maxout_sign", "maxout, ±ε sign-noise training", "MAXOUT", Objective("sign_noise", EPSILON, 0.5),
+        curves="clean"),
+    Net("maxout_uniform", "maxout, U(−ε, ε)-noise training", "MAXOUT", Objective("uniform_noise", EPSILON, 0.5),
+        curves="clean"),
+    Net("rbf", "RBF", "RBF"),
+)
+
+
+def wide_net(units: int) -> Net:
+    """The paper's best adversarially trained net: wider, early-stopped on the adversarial validation error."""
+    return Net("maxout_adv_wide", f"maxout {units} units, adversarial training", f"MAXOUT{units}", FGSM_TRAINING,
+               stop_on="fgsm", compare=True)
+
+
+def nets(profile: Profile) -> tuple[Net, ...]:
+    return NETS + ((wide_net(profile.wide_units),) if profile.wide_units else ())
+
+
+def noise_settings(train_pixels: Tensor) -> dict[str, dict[str, Any]]:
+    """Rubbish-class inputs: i.i.d. Gaussian pixels. The first setting is the headline one."""
+    mean, std = float(train_pixels.mean()), float(train_pixels.std())
+    return {
+        "data moments": {"mean": round(mean, 4), "std": round(std, 4), "clip": True,
+                         "text": f"N({mean:.3f}, {std:.3f}²) per pixel (the mean and standard deviation of MNIST "
+                                 "training pixels), clipped to [0, 1]"},
+        "mid-grey": {"mean": 0.5, "std": 0.5, "clip": True, "text": "N(0.5, 0.5²) per pixel, clipped to [0, 1]"},
+        "isotropic": {"mean": 0.0, "std": 1.0, "clip": False,
+                      "text": "N(0, 1) per pixel, not clipped (outside the pixel box)"},
+    }
+
+
+def rubbish_images(n: int, setting: dict[str, Any], seed: int) -> Tensor:
+    gen = torch.Generator().manual_seed(int(seed))
+    x = setting["mean"] + setting["std"] * torch.randn((n, 1, 28, 28), generator=gen)
+    return x.clamp(0, 1) if setting["clip"] else x
+
+
+def logreg_data(split: str) -> tuple[Tensor, Tensor, np.ndarray]:
+    """Images of 3s and 7s of a split, labels 0 (3) / 1 (7), and their rows in the IDX file."""
+    data = load_mnist(split)
+    neg, pos = LOGREG_CLASSES
+    keep = (data.labels == neg) | (data.labels == pos)
+    return data.images[keep], (data.labels[keep] == pos).long(), data.indices[keep.numpy()]
+
+
+def fit_logreg(x: Tensor, y01: Tensor, weight_decay: float = LOGREG_DECAY) -> BinaryLogistic:
+    """Mean logistic loss + (λ/2)·‖w‖² minimised to its optimum by full-batch L-BFGS (convex: from zero)."""
+    model = BinaryLogistic()
+    nn.init.zeros_(model.linear.weight)
+    nn.init.zeros_(model.linear.bias)
+    opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=500, history_size=20, tolerance_grad=1e-9,
+                            tolerance_change=1e-12, line_search_fn="strong_wolfe")
+    target = y01.float()
+
+    def closure() -> Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = (F.binary_cross_entropy_with_logits(model(x), target)
+                + 0.5 * weight_decay * model.linear.weight.square().sum())
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return model.eval()
+
+
+def binary_error(model: nn.Module, x: Tensor, y01: Tensor) -> float:
+    """Error of a one-logit model (z > 0: the positive class)."""
+    return float(((predict_logits(model, x) > 0).long() != y01).float().mean())
+
+
+def predict_confidence(model: nn.Module, x: Tensor, independent: bool = False,
+                       batch_size: int = 1000) -> tuple[Tensor, Tensor, Tensor]:
+    """(predicted class, confidence, classified-as-a-digit) by a fresh eval-mode forward pass.
+
+    Confidence is the softmax probability of the predicted class, or for a net with independent outputs
+    (RBF) the predicted unit's own output exp(logit); "a digit" means confidence >= 0.5.
+    """
+    logits = predict_logits(model, x, batch_size).float()
+    top, pred = logits.max(dim=-1)
+    conf = top.exp() if independent else logits.softmax(dim=-1).max(dim=-1).values
+    return pred, conf, conf >= DIGIT_THRESHOLD
+
+
+def mean_or_none(values: Tensor) -> float | None:
+    """Mean of a possibly empty selection; None (not NaN, which JSON and equality handle badly) if empty."""
+    return float(values.float().mean()) if values.numel() else None

@@ -1,0 +1,190 @@
+"""Our numbers beside the paper's, the verdict of the plain-vs-adversarial learning curves, and the run's facts
+(every choice the paper leaves open). Pure functions of the stages' results."""
+
+from __future__ import annotations
+
+import math
+import platform
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats
+
+from ... import __version__
+from ...report.reference import paper_value
+from .config import DIGIT_THRESHOLD, EPSILON, EPSILONS, LOGREG, LOGREG_CLASSES, LOGREG_DECAY, PAPER, FGSM_TRAINING, \
+    LR_DECAY, LR_FLOOR, Profile
+from .protocol import LBFGS_CURVE
+
+COMPARISONS = (("maxout_adv", "maxout"), ("maxout_adv_wide", "maxout"))
+
+
+def _p(*path: str) -> float | None:
+    return paper_value(PAPER, *path)
+
+
+def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """Student-t confidence interval of the mean of `values`; None for fewer than two."""
+    n = len(values)
+    if n < 2:
+        return None
+    mean, sd = float(np.mean(values)), float(np.std(values, ddof=1))
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def curve_verdict(adv: list[dict[str, Any]], plain: list[dict[str, Any]]) -> dict[str, Any]:
+    """Does the adversarially trained net end below the plain one in clean test error, from which epoch (of the
+    mean curves over seeds, on the epochs both have), by how much (per-seed differences, t-interval)?"""
+    by_seed = {r["seed"]: r["retrain"] for r in plain}
+    pairs = [(r["retrain"], by_seed[r["seed"]]) for r in adv if r["seed"] in by_seed]
+    diffs = [a["test_error"][-1] - b["test_error"][-1] for a, b in pairs]
+    common = min(min(len(a["test_error"]), len(b["test_error"])) for a, b in pairs)
+    mean_a = [float(np.mean([a["test_error"][i] for a, _ in pairs])) for i in range(common)]
+    mean_b = [float(np.mean([b["test_error"][i] for _, b in pairs])) for i in range(common)]
+    below_from = None
+    for i in range(common - 1, -1, -1):
+        if mean_a[i] < mean_b[i]:
+            below_from = i + 1
+        else:
+            break
+    ci = t_interval(diffs)
+    return {"seeds": [r["seed"] for r in adv if r["seed"] in by_seed], "n": len(diffs),
+            "adv_final": [a["test_error"][-1] for a, _ in pairs], "plain_final": [b["test_error"][-1] for _, b in pairs],
+            "differences": diffs, "mean_difference": float(np.mean(diffs)), "ci95": list(ci) if ci else None,
+            "ends_below": float(np.mean(diffs)) < 0, "seeds_below": sum(d < 0 for d in diffs),
+            "common_epochs": common, "below_from_epoch": below_from,
+            "adv_epochs": [len(a["test_error"]) for a, _ in pairs], "plain_epochs": [len(b["test_error"]) for _, b in pairs]}
+
+
+def findings(models: dict[str, Any], attacks: dict[str, Any], transfer: dict[str, Any], rubbish: dict[str, Any],
+             curves: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The experiments as {name: {quantity: {"ours": x, "paper": y}}}, plus the learning curves' verdicts."""
+    at = {k: v["at_0.25"] for k, v in attacks.items()}
+
+    def pair(ours: float | None, *path: str) -> dict[str, float | None]:
+        return {"ours": ours, "paper": _p(*path) if path else None}
+
+    rub = rubbish["results"][rubbish["headline"]]
+    out: dict[str, Any] = {
+        "1_fgsm": {
+            "softmax_error": pair(at["softmax"]["error"], "fgsm_softmax", "error"),
+            "softmax_confidence": pair(at["softmax"]["wrong_confidence"], "fgsm_softmax", "confidence"),
+            "maxout_error": pair(at["maxout"]["error"], "fgsm_maxout", "error"),
+            "maxout_confidence": pair(at["maxout"]["wrong_confidence"], "fgsm_maxout", "confidence"),
+        },
+        "2_logreg": {
+            "clean_error": pair(at[LOGREG]["clean_error"], "logreg_3v7", "clean_error"),
+            "fgsm_error": pair(at[LOGREG]["error"], "logreg_3v7", "fgsm_error"),
+            "fgsm_confidence": pair(at[LOGREG]["wrong_confidence"]),
+        },
+        "3_adv_training": {
+            "clean_error_before": pair(models["maxout"]["test_error"], "adv_training", "clean_error_before"),
+            "clean_error_after": pair(models["maxout_adv"]["test_error"], "adv_training", "clean_error_after"),
+            "fgsm_error_before": pair(at["maxout"]["error"], "adv_training", "fgsm_error_before"),
+            "fgsm_error_after": pair(at["maxout_adv"]["error"], "adv_training", "fgsm_error_after"),
+            "confidence_on_mistakes_after": pair(at["maxout_adv"]["wrong_confidence"], "adv_training",
+                                                 "confidence_on_mistakes_after"),
+            "transfer_original_to_adv": pair(transfer["rows"]["maxout"]["maxout_adv"], "transfer",
+                                             "original_to_adversarially_trained"),
+            "transfer_adv_to_original": pair(transfer["rows"]["maxout_adv"]["maxout"], "transfer",
+                                             "adversarially_trained_to_original"),
+        },
+        "4_noise_controls": {
+            "sign_noise_fgsm_error": pair(at["maxout_sign"]["error"], "noise_controls", "sign_noise_fgsm_error"),
+            "sign_noise_confidence": pair(at["maxout_sign"]["wrong_confidence"], "noise_controls",
+                                          "sign_noise_confidence"),
+            "uniform_noise_fgsm_error": pair(at["maxout_uniform"]["error"], "noise_controls",
+                                             "uniform_noise_fgsm_error"),
+            "uniform_noise_confidence": pair(at["maxout_uniform"]["wrong_confidence"], "noise_controls",
+                                             "uniform_noise_confidence"),
+            "sign_noise_clean_error": pair(models["maxout_sign"]["test_error"]),
+            "uniform_noise_clean_error": pair(models["maxout_uniform"]["test_error"]),
+        },
+        "5_rbf": {
+            "fgsm_error": pair(at["rbf"]["error"], "rbf", "fgsm_error"),
+            "confidence_on_mistakes": pair(at["rbf"]["wrong_confidence"], "rbf", "confidence_on_mistakes"),
+            "confidence_clean": pair(at["rbf"]["clean_confidence"], "rbf", "confidence_clean"),
+            "clean_error": pair(at["rbf"]["clean_error"]),
+        },
+        "6_rubbish": {
+            "setting": rubbish["headline"],
+            "maxout_fooled": pair(rub["maxout"]["fooled"], "rubbish", "maxout", "fooled"),
+            "maxout_confidence": pair(rub["maxout"]["confidence"], "rubbish", "maxout", "confidence"),
+            "softmax_fooled": pair(rub["softmax"]["fooled"], "rubbish", "softmax", "fooled"),
+            "softmax_confidence": pair(rub["softmax"]["confidence"], "rubbish", "softmax", "confidence"),
+            "rbf_fooled": pair(rub["rbf"]["fooled"], "rubbish", "rbf", "fooled"),
+        },
+        "7_curves": {k: {"epsilons": v["epsilons"], "error": v["error"]} for k, v in attacks.items()},
+        "curve_verdicts": {a: curve_verdict(curves[a], curves[b]) for a, b in COMPARISONS if a in curves and b in curves},
+        "paper_rubbish": {k: {"fooled": _p("rubbish", k, "fooled"), "confidence": _p("rubbish", k, "confidence")}
+                          for k in ("softmax", "maxout", "rbf")},
+        "paper_curves": {"softmax": _p("fgsm_softmax", "error"), "maxout": _p("fgsm_maxout", "error"),
+                         "maxout_adv": _p("adv_training", "fgsm_error_after"),
+                         "maxout_sign": _p("noise_controls", "sign_noise_fgsm_error"),
+                         "maxout_uniform": _p("noise_controls", "uniform_noise_fgsm_error"),
+                         "rbf": _p("rbf", "fgsm_error"), LOGREG: _p("logreg_3v7", "fgsm_error")},
+    }
+    if "maxout_adv_wide" in models:
+        out["3_adv_training"]["wide_clean_error"] = pair(
+            float(np.mean([r["retrain"]["test_error"][-1] for r in curves["maxout_adv_wide"]])),
+            "adv_training", "clean_error_after_1600_mean5")
+        out["3_adv_training"]["wide_fgsm_error"] = pair(at["maxout_adv_wide"]["error"], "adv_training",
+                                                         "fgsm_error_after")
+    return out
+
+
+def facts(p: Profile, seed: int, device: str) -> dict[str, Any]:
+    """The run's facts and every choice the paper leaves open (results.json's "facts")."""
+    return {
+        "profile": p.name, "profile_description": p.description, "seed": seed,
+        "training_data": f"maxout nets: rows 0–{p.n_train - 1} for early stopping, validation rows 50,000–"
+                         f"{50_000 + p.n_valid - 1}, then retraining on both ({p.n_train + p.n_valid:,} images); "
+                         "softmax and RBF: " + ("all 60,000" if p.store_subset is None else
+                                                f"a seeded subset of {p.store_subset:,}"),
+        "attacked_images": "the whole test set (10,000)" if p.n_attack is None else f"the first {p.n_attack} test images",
+        "versions": {"blindspots": __version__, "torch": torch.__version__, "numpy": np.__version__,
+                     "python": platform.python_version()},
+        "device": device,
+        "choices": {
+            "protocol": f"every maxout net is trained on the first {p.n_train:,} training rows until its validation error "
+                        f"has not improved for {p.patience} epochs (at most {p.max_epochs}), then retrained from "
+                        "scratch (same seed) on training + validation rows for the best epoch's count; the "
+                        "adversarially trained nets of 240 units stop on clean validation error (the original "
+                        "maxout protocol), the wide one on the validation images' FGSM error (the paper's choice)",
+            "schedule": f"lr 0.05·{LR_DECAY}^(epoch−1), floor {LR_FLOOR:g}, Nesterov momentum 0.9, batch 100, max-norm "
+                        "3.5 on incoming weight vectors, dropout 0.2 / 0.5: a schedule that does not depend on the "
+                        "epoch count, so the retrain replays the early-stopping run's schedule (pylearn2's maxout "
+                        "decayed its lr exponentially with a floor too, over hundreds of epochs)",
+            "learning_curves": f"after every retraining epoch: clean test error (10,000 images), FGSM error at ε = "
+                               f"{EPSILON} on the first {p.n_curve_fgsm} test images and the mean minimal untargeted "
+                               f"L-BFGS RMS distortion of the first {p.n_curve_lbfgs} (short c search: {LBFGS_CURVE}; "
+                               "correctly classified images the search broke); noise controls: clean error only",
+            "verdict": "per seed, final clean test error adversarial minus plain; mean and a 95% Student-t interval "
+                       "over seeds (n/a for one seed); 'below from epoch' is where the mean curves over seeds "
+                       "cross for good, on the epochs both nets ran",
+            "attack": "FGSM, x' = clip(x + ε·sign(∇ₓJ), 0, 1) with J the softmax cross-entropy of the true "
+                      f"label, at ε in {list(EPSILONS)}; model in eval mode (dropout off); float32",
+            "error_rate": "share of attacked test images whose FGSM image is misclassified (clean errors included, as "
+                          "in the paper); every number at ε = 0.25 is recomputed from the saved set by a fresh "
+                          "forward pass, after checking each saved success flag",
+            "confidence": "mean, over misclassified images, of the softmax probability of the predicted class; for "
+                          "the RBF net the predicted unit's own output exp(logit)",
+            "digit_decision": f"rubbish inputs count as 'classified as a digit' when the confidence is >= "
+                              f"{DIGIT_THRESHOLD} (softmax max probability, or RBF unit output)",
+            "shallow_softmax": "FC10(1e-4): softmax regression with (λ/2)·‖W‖², λ = 1e-4, L-BFGS to the optimum",
+            "adversarial_training": FGSM_TRAINING.describe() + "; ∇ₓJ is recomputed at every minibatch from the "
+                                    "current weights",
+            "noise_controls": "the same objective with δ = ±ε sign noise or U(−ε, ε) noise instead of FGSM",
+            "rbf": "one Gaussian unit per class, p_k(x) = exp(−Σ β_k (x − μ_k)²), trained with the one-vs-rest "
+                   "likelihood of its independent outputs; attacked through softmax cross-entropy on its log-outputs",
+            "logreg": f"one logit, {LOGREG_CLASSES[0]} = negative, {LOGREG_CLASSES[1]} = positive class; mean logistic "
+                      f"loss + (λ/2)·‖w‖², λ = {LOGREG_DECAY:g}, full-batch L-BFGS; every 3 and 7 of the training "
+                      "set, attacked on every 3 and 7 of the test set in all profiles",
+            "rubbish": "i.i.d. Gaussian pixels (three settings, the first is the headline); the paper does not state "
+                       "the mean, variance or clipping of its noise",
+            "not_reproduced": "the CIFAR-10 and ImageNet results, the ensemble and the L1-decay experiment"
+                              + ("" if p.wide_units else "; the 1600-unit net (paper profile only)"),
+        },
+    }

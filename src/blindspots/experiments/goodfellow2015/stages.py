@@ -1,0 +1,310 @@
+"""The stages of `reproduce goodfellow2015`, each cached by a key of its inputs (see experiments.stages):
+train the models (maxout nets by the early-stopping protocol, one stage per phase and seed), FGSM on each at
+a list of ε, re-verification from disk, transfer, rubbish inputs; then results.json and the report."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ... import __version__
+from ...attacks import Misclassification, fgsm, load_adversarial, save_adversarial, verify
+from ...attacks.base import AttackResult
+from ...data import load_mnist
+from ...io import file_digest, write_atomic, write_json_atomic
+from ...models import build_model, error_rate, load_model, train
+from ...models.train import recipe_dict
+from ...models.zoo import BinaryLogistic, TwoClassLogits
+from ..stages import Experiment
+from . import figures
+from .config import (EPSILON, EPSILONS, LOGREG, LOGREG_CLASSES, LOGREG_DECAY, LOGREG_LABEL, PAPER, Net, Profile,
+                     binary_error, fit_logreg, logreg_data, mean_or_none, nets, noise_settings, predict_confidence,
+                     protocol_recipe, rubbish_images)
+from .findings import facts, findings
+from .protocol import Phase, curve_summary, split_rows, test_probe, validation_probe
+from .report import build_report
+from ...report.document import write_report
+
+
+class Goodfellow2015(Experiment):
+    """The experiment: holds the profile, the stage runner, and what each stage returned."""
+
+    profile: Profile
+
+    # ---- models -------------------------------------------------------------------------------
+    def _seeds(self, net: Net) -> list[int]:
+        return list(range(self.seed, self.seed + self.profile.seeds)) if net.compare else [self.seed]
+
+    def _protocol_stages(self, net: Net, seed: int) -> dict[str, Any]:
+        """Early stopping on the validation rows, then retraining on training + validation rows."""
+        p = self.profile
+        recipe = protocol_recipe(net.spec, p.max_epochs)
+        base = {"spec": net.spec, "objective": None if net.objective is None else net.objective.as_dict(),
+                "seed": seed, "recipe": recipe_dict(recipe), "n_train": p.n_train, "n_valid": p.n_valid,
+                "version": __version__}
+        es_inputs = base | {"phase": "early stopping", "patience": p.patience, "stop_on": net.stop_on}
+        train_rows, valid_rows, both = split_rows(p)
+        stop_metric = "valid_fgsm_error" if net.stop_on == "fgsm" else "valid_error"
+
+        def early_stop(folder: Path) -> dict[str, Any]:
+            phase = Phase(net.spec, train_rows, recipe, net.objective, seed, p.max_epochs,
+                          validation_probe(net, valid_rows), self._work(f"early-stop {net.key} s{seed}", es_inputs),
+                          p.checkpoint_every, stop_metric, p.patience)
+            phase.run(self.device, self.progress)
+            return {"curve": phase.curve, "best_epoch": phase.best_epoch(), "stop_metric": stop_metric,
+                    "best_value": phase.curve[stop_metric][phase.best_epoch() - 1]}
+
+        es, _ = self.runner.run(f"early-stop {net.key} s{seed}", es_inputs, early_stop)
+        epochs = int(es["best_epoch"])
+        rt_inputs = base | {"phase": "retrain", "epochs": epochs, "curves": net.curves,
+                            "n_curve_fgsm": p.n_curve_fgsm, "n_curve_lbfgs": p.n_curve_lbfgs, "lbfgs_every": p.lbfgs_every}
+
+        def retrain(folder: Path) -> dict[str, Any]:
+            t0 = time.perf_counter()
+            phase = Phase(net.spec, both, recipe, net.objective, seed, epochs, test_probe(net, p, epochs),
+                          self._work(f"train {net.key} s{seed}", rt_inputs), p.checkpoint_every)
+            model = phase.run(self.device, self.progress)
+            wall = time.perf_counter() - t0
+            weights = folder / "weights.safetensors"
+            write_atomic(weights, lambda f: save_file({k: v.detach().cpu().contiguous()
+                                                       for k, v in model.state_dict().items()}, str(f)))
+            objective = None if net.objective is None else {**net.objective.as_dict(),
+                                                            "description": net.objective.describe()}
+            return {"spec": net.spec, "seed": seed, "label": net.label, "weights_sha256": file_digest(weights, "sha256"),
+                    "train_error": error_rate(model, both), "test_error": phase.curve["test_error"][-1],
+                    "epochs": epochs, "n_train": len(both), "recipe": recipe_dict(recipe), "objective": objective,
+                    "wall_time_s": round(wall, 2), "curve": phase.curve, "final": curve_summary(phase.curve)}
+
+        result, folder = self.runner.run(f"train {net.key} s{seed}", rt_inputs, retrain)
+        return result | {"early_stop": es, "checkpoint": str(folder / "weights.safetensors"), "stopped_on": net.stop_on}
+
+    def _work(self, name: str, inputs: dict[str, Any]) -> Path:
+        return self.out / "work" / self.runner.folder(name, inputs).name
+
+    def _store_stage(self, net: Net) -> dict[str, Any]:
+        """The shallow softmax and the RBF net: their own recipes, through the model store."""
+        n = self.profile.store_subset
+        inputs = {"spec": net.spec, "objective": None, "seed": self.seed, "train_subset": n, "version": __version__}
+
+        def compute(folder: Path) -> dict[str, Any]:
+            tm = train(net.spec, seed=self.seed, train_subset=n, device=self.device, progress=self.progress)
+            keep = ("spec", "seed", "train_error", "test_error", "weights_sha256", "wall_time_s", "recipe", "epochs",
+                    "n_train", "objective")
+            return {k: tm.meta.get(k) for k in keep} | {"checkpoint": str(tm.path), "label": net.label}
+
+        result, _ = self.runner.run(f"train {net.key}", inputs, compute)
+        return result
+
+    def _load(self, net: Net) -> nn.Module:
+        m = self.models[net.key]
+        if net.is_maxout:
+            path = Path(m["checkpoint"])
+            if file_digest(path, "sha256") != m["weights_sha256"]:
+                raise RuntimeError(f"{path} does not match the hash its stage recorded; delete the stage folder.")
+            model = build_model(net.spec)
+            model.load_state_dict(load_file(str(path)))
+            return model.to(self.device).eval()
+        tm = load_model(net.spec, seed=self.seed, train_subset=self.profile.store_subset, device=self.device)
+        if tm.meta["weights_sha256"] != m["weights_sha256"]:
+            raise RuntimeError(f"the stored checkpoint of {net.label} changed since its train stage ran; delete "
+                               f"{self.out / 'stages'} to start over.")
+        return tm.model
+
+    def _logreg_stage(self) -> tuple[dict[str, Any], Path]:
+        inputs = {"model": LOGREG, "classes": LOGREG_CLASSES, "weight_decay": LOGREG_DECAY, "version": __version__}
+
+        def compute(folder: Path) -> dict[str, Any]:
+            t0 = time.perf_counter()
+            x, y, _ = logreg_data("train")
+            model = fit_logreg(x, y)
+            wall = time.perf_counter() - t0
+            xt, yt, _ = logreg_data("test")
+            weights = folder / "logreg37.safetensors"
+            write_atomic(weights, lambda p: save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                                                      str(p)))
+            return {"label": LOGREG_LABEL, "weights_sha256": file_digest(weights, "sha256"),
+                    "train_error": binary_error(model, x, y), "test_error": binary_error(model, xt, yt),
+                    "n_train": int(y.numel()), "n_test": int(yt.numel()), "wall_time_s": round(wall, 2),
+                    "recipe": {"optimizer": "lbfgs (full batch, to the optimum)", "weight_decay": LOGREG_DECAY,
+                               "loss": "mean logistic loss + (λ/2)·‖w‖²",
+                               "classes": f"{LOGREG_CLASSES[0]} -> 0 (negative), {LOGREG_CLASSES[1]} -> 1 (positive)"}}
+
+        return self.runner.run(f"train {LOGREG}", inputs, compute)
+
+    def _load_logreg(self, folder: Path) -> BinaryLogistic:
+        weights = folder / "logreg37.safetensors"
+        if file_digest(weights, "sha256") != self.models[LOGREG]["weights_sha256"]:
+            raise RuntimeError(f"{weights} does not match the hash its stage recorded; delete the stage folder.")
+        model = BinaryLogistic()
+        model.load_state_dict(load_file(str(weights)))
+        return model.to(self.device).eval()
+
+    # ---- FGSM ---------------------------------------------------------------------------------
+    def _fgsm_stage(self, key: str, label: str, load: Callable[[], nn.Module],
+                    data: Callable[[], tuple[Tensor, Tensor, np.ndarray]], independent: bool,
+                    n: int | None) -> tuple[dict[str, Any], Path]:
+        inputs = {"model": key, "weights": self.models[key]["weights_sha256"], "epsilons": EPSILONS,
+                  "n_attack": n, "attack": "fgsm-untargeted", "version": __version__}
+
+        def compute(folder: Path) -> dict[str, Any]:
+            model = load()
+            x, y, rows = data()
+            result = fgsm(model, x.to(self.device), Misclassification(y.to(self.device)), EPSILONS)
+            k = EPSILONS.index(EPSILON)
+            path = folder / "fgsm_eps0.25.safetensors"
+            save_adversarial(path, _at_budget(result, k))
+            curve_err, curve_conf = [], []
+            for j in range(len(EPSILONS)):
+                pred, conf, _ = predict_confidence(model, result.x_adv[j].cpu(), independent)
+                if not torch.equal(pred, result.pred[j].cpu()):
+                    raise RuntimeError(f"{label}: predictions at ε={EPSILONS[j]} differ between the attack's own "
+                                       "re-check and a second forward pass.")
+                wrong = pred != y
+                curve_err.append(float(wrong.float().mean()))
+                curve_conf.append(mean_or_none(conf[wrong]))
+            del result
+            at = self._reverify(model, path, independent)
+            if abs(at["error"] - curve_err[k]) > 0:
+                raise RuntimeError(f"{label}: the error re-computed from disk ({at['error']}) differs from the "
+                                   f"attack's ({curve_err[k]}).")
+            if key != LOGREG:  # the logistic regression has its own figure (the paper's Figure 2)
+                figures.examples(load_adversarial(path), model, independent, folder / "examples.png", label)
+            return {"model": key, "label": label, "n_attacked": int(y.numel()), "test_rows": rows.tolist(),
+                    "epsilons": list(EPSILONS), "error": curve_err, "wrong_confidence": curve_conf,
+                    "at_0.25": at, "confidence_measure": "unit output exp(logit)" if independent
+                    else "softmax probability"}
+
+        return self.runner.run(f"fgsm {key}", inputs, compute)
+
+    def _reverify(self, model: nn.Module, path: Path, independent: bool) -> dict[str, Any]:
+        """Every number at ε = 0.25, recomputed from the saved set by fresh forward passes."""
+        t = load_adversarial(path)
+        x, x_adv, labels = t["x"], t["x_adv"][0], t["label"]
+        success = verify(model, x_adv.to(self.device), Misclassification(labels.to(self.device))).cpu()
+        if not torch.equal(success, t["success"][0].bool()):
+            raise RuntimeError(f"{path}: {int((success != t['success'][0].bool()).sum())} images no longer "
+                               "match their saved success flag.")
+        pred_c, conf_c, _ = predict_confidence(model, x, independent)
+        pred, conf, _ = predict_confidence(model, x_adv, independent)
+        wrong, wrong_c = pred != labels, pred_c != labels
+        return {"error": float(wrong.float().mean()), "clean_error": float(wrong_c.float().mean()),
+                "wrong_confidence": mean_or_none(conf[wrong]),
+                "mean_confidence": float(conf.mean()), "clean_confidence": float(conf_c.mean()),
+                "flipped": float((wrong & ~wrong_c).float().sum() / max(int((~wrong_c).sum()), 1)),
+                "zero_gradient_images": int((t["linf"][0] == 0).sum()),
+                "max_linf": float(t["linf"][0].max()), "reverified": True, "file": path.name,
+                "file_sha256": file_digest(path, "sha256")}
+
+    # ---- transfer and rubbish -----------------------------------------------------------------
+    def _transfer_stage(self, keys: list[str], loaders: dict[str, Callable[[], nn.Module]]) -> dict[str, Any]:
+        inputs = {"sets": {k: self.attacks[k][0]["at_0.25"]["file_sha256"] for k in keys},
+                  "columns": {k: self.models[k]["weights_sha256"] for k in keys}, "version": __version__}
+
+        def compute(folder: Path) -> dict[str, Any]:
+            models = {k: loaders[k]() for k in keys}
+            rows: dict[str, dict[str, float]] = {}
+            for r in keys:
+                t = load_adversarial(self.attacks[r][1] / "fgsm_eps0.25.safetensors")
+                rows[r] = {c: float((predict_confidence(models[c], t["x_adv"][0], c == "rbf")[0] != t["label"])
+                                    .float().mean()) for c in keys}
+            return {"rows": rows, "columns": keys}
+
+        return self.runner.run("transfer", inputs, compute)[0]
+
+    def _rubbish_stage(self, loaders: dict[str, Callable[[], nn.Module]]) -> dict[str, Any]:
+        settings = noise_settings(load_mnist("train").images)
+        inputs = {"settings": settings, "n": self.profile.n_noise, "seed": self.seed,
+                  "models": {k: self.models[k]["weights_sha256"] for k in loaders}, "version": __version__}
+
+        def compute(folder: Path) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            models = {key: load() for key, load in loaders.items()}
+            for name, s in settings.items():
+                x = rubbish_images(self.profile.n_noise, s, self.seed)
+                out[name] = {}
+                for key, model in models.items():
+                    pred, conf, digit = predict_confidence(model, x, key == "rbf")
+                    out[name][key] = {"fooled": float(digit.float().mean()), "confidence": mean_or_none(conf[digit]),
+                                      "mean_confidence": float(conf.mean()),
+                                      "classes": torch.bincount(pred[digit], minlength=10).tolist()}
+            return {"settings": settings, "headline": next(iter(settings)), "results": out,
+                    "n": self.profile.n_noise, "threshold": 0.5}
+
+        return self.runner.run("rubbish", inputs, compute)[0]
+
+    # ---- the whole run ------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        t_start = time.perf_counter()
+        all_nets = nets(self.profile)
+        runs: dict[str, list[dict[str, Any]]] = {}
+        jobs = [(net, s) for net in all_nets for s in (self._seeds(net) if net.is_maxout else [self.seed])]
+        for net, seed in tqdm(jobs, desc="train models (net, seed)", unit="model", disable=not self.progress):
+            t = time.perf_counter()
+            result = self._protocol_stages(net, seed) if net.is_maxout else self._store_stage(net)
+            runs.setdefault(net.key, []).append(result)
+            self.timings[f"train {net.key} s{seed}"] = time.perf_counter() - t
+        self.models = {k: v[0] for k, v in runs.items()}
+        self.models[LOGREG], logreg_folder = self._logreg_stage()
+
+        t = time.perf_counter()
+        loaders: dict[str, Callable[[], nn.Module]] = {net.key: (lambda net=net: self._load(net)) for net in all_nets}
+
+        def test_data() -> tuple[Tensor, Tensor, np.ndarray]:
+            d = load_mnist("test", subset=self.profile.n_attack)
+            return d.images, d.labels, d.indices
+
+        for net in tqdm(all_nets, desc="FGSM", disable=not self.progress, leave=False):
+            self.attacks[net.key] = self._fgsm_stage(net.key, net.label, loaders[net.key], test_data,
+                                                     net.independent_outputs, self.profile.n_attack)
+        self.attacks[LOGREG] = self._fgsm_stage(LOGREG, LOGREG_LABEL,
+                                                lambda: TwoClassLogits(self._load_logreg(logreg_folder)),
+                                                lambda: logreg_data("test"), False, None)
+        self.timings["fgsm"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        keys = [n.key for n in all_nets]
+        transfer = self._transfer_stage(keys, loaders)
+        rubbish = self._rubbish_stage(loaders)
+        self.timings["transfer and rubbish"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        fig_paths = figures.draw_all(self.out, self.attacks, self._load_logreg(logreg_folder), runs)
+        self.timings["figures"] = time.perf_counter() - t
+        attacks = {k: v[0] for k, v in self.attacks.items()}
+        curves = {k: [{"seed": r["seed"], "early_stop": r["early_stop"], "retrain": r["curve"]} for r in v]
+                  for k, v in runs.items() if "early_stop" in v[0]}
+        results = {
+            "experiment": PAPER, "profile": asdict(self.profile), "seed": self.seed,
+            "models": self.models, "seeds": {k: [_strip(r) for r in v] for k, v in runs.items()}, "curves": curves,
+            "fgsm": attacks, "transfer": transfer, "rubbish": rubbish,
+            "findings": findings(self.models, attacks, transfer, rubbish, curves),
+            "figures": fig_paths, "stages": [asdict(r) for r in self.runner.log],
+            "facts": facts(self.profile, self.seed, self.device),
+            "wall_time_s": {k: round(v, 2) for k, v in self.timings.items()},
+        }
+        results["wall_time_s"]["total"] = round(time.perf_counter() - t_start, 2)
+        write_json_atomic(self.out / "results.json", results, sort_keys=False)  # the report reads it in run order
+        write_report(build_report(results), self.out)
+        return results
+
+
+def _at_budget(result: AttackResult, k: int) -> AttackResult:
+    """The fixed-budget result restricted to its k-th ε (x_adv [1, N, ...])."""
+    sl = slice(k, k + 1)
+    return replace(result, x_adv=result.x_adv[sl], success=result.success[sl], pred=result.pred[sl],
+                   confidence=result.confidence[sl], distortion=result.distortion[sl], l2=result.l2[sl],
+                   linf=result.linf[sl], budgets=(result.budgets or EPSILONS)[k:k + 1])
+
+
+def _strip(run: dict[str, Any]) -> dict[str, Any]:
+    """A seed's model summary without its curves (those live under results["curves"])."""
+    return {k: v for k, v in run.items() if k not in ("curve", "early_stop")}
