@@ -180,11 +180,11 @@ class AdversarialPool:
                 criterion = Misclassification(y)
             result = lbfgs_attack(pool.tail, h, criterion, search_steps=cfg.search_steps,
                                   bracket_steps=cfg.bracket_steps, max_iter=cfg.max_iter)
-            keep = result.success & (result.distortion > 0)
+            keep = result.success & (result.rms > 0)
             pool.push(result.x_adv[keep].detach(), y[keep], cfg.capacity)
             pool.attacked += int(y.numel())
             pool.added += int(keep.sum())
-            pool.distortion_sum += float(result.distortion[keep].sum())
+            pool.distortion_sum += float(result.rms[keep].sum())
             pool.attack_seconds += time.perf_counter() - t0
 
     def summary(self) -> dict[str, Any]:

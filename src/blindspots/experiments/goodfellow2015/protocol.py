@@ -60,7 +60,7 @@ def lbfgs_distortion(model: nn.Module, x: Tensor, y: Tensor) -> float | None:
     device = next(model.parameters()).device
     res = lbfgs_attack(model, x.to(device), Misclassification(y.to(device)), **LBFGS_CURVE)
     keep = res.success.cpu() & ~res.extras["clean_adversarial"].cpu()
-    return float(res.distortion.cpu()[keep].mean()) if bool(keep.any()) else None
+    return float(res.rms.cpu()[keep].mean()) if bool(keep.any()) else None
 
 
 @dataclass

@@ -20,8 +20,9 @@ from ... import __version__
 from ...attacks import Misclassification, fgsm, load_adversarial, save_adversarial, verify
 from ...attacks.base import AttackResult
 from ...data import load_mnist
+from ...errors import CheckpointError
 from ...io import file_digest, write_atomic, write_json_atomic
-from ...models import build_model, error_rate, load_model, train
+from ...models import build_model, error_rate, train
 from ...models.train import recipe_dict
 from ...models.zoo import BinaryLogistic, TwoClassLogits
 from ..stages import Experiment
@@ -109,15 +110,11 @@ class Goodfellow2015(Experiment):
         if net.is_maxout:
             path = Path(m["checkpoint"])
             if file_digest(path, "sha256") != m["weights_sha256"]:
-                raise RuntimeError(f"{path} does not match the hash its stage recorded; delete the stage folder.")
+                raise CheckpointError(f"{path} does not match the hash its stage recorded; delete the stage folder.")
             model = build_model(net.spec)
             model.load_state_dict(load_file(str(path)))
             return model.to(self.device).eval()
-        tm = load_model(net.spec, seed=self.seed, train_subset=self.profile.store_subset, device=self.device)
-        if tm.meta["weights_sha256"] != m["weights_sha256"]:
-            raise RuntimeError(f"the stored checkpoint of {net.label} changed since its train stage ran; delete "
-                               f"{self.out / 'stages'} to start over.")
-        return tm.model
+        return self.load_checkpoint_checked(m["checkpoint"], net.spec, m["weights_sha256"])
 
     def _logreg_stage(self) -> tuple[dict[str, Any], Path]:
         inputs = {"model": LOGREG, "classes": LOGREG_CLASSES, "weight_decay": LOGREG_DECAY, "version": __version__}
@@ -301,7 +298,7 @@ def _at_budget(result: AttackResult, k: int) -> AttackResult:
     """The fixed-budget result restricted to its k-th ε (x_adv [1, N, ...])."""
     sl = slice(k, k + 1)
     return replace(result, x_adv=result.x_adv[sl], success=result.success[sl], pred=result.pred[sl],
-                   confidence=result.confidence[sl], distortion=result.distortion[sl], l2=result.l2[sl],
+                   confidence=result.confidence[sl], rms=result.rms[sl], l2=result.l2[sl],
                    linf=result.linf[sl], budgets=(result.budgets or EPSILONS)[k:k + 1])
 
 

@@ -33,8 +33,7 @@ from ...attacks import (
 )
 from ...data import load_mnist
 from ...data.datasets import subset_order
-from ...errors import CheckpointError
-from ...models import load_model, predict, train
+from ...models import predict, train
 from ...report.figures import examples_grid
 from ...report.plots import distortion_histogram
 from ...report.reference import paper_value
@@ -126,16 +125,8 @@ class TableStages:
 
     def _load(self, ref: ModelRef) -> torch.nn.Module:
         """The stored model of a train stage (loaded and hash-checked once per run)."""
-        if ref.label in self._loaded:
-            return self._loaded[ref.label]
-        p = self.profile
-        tm = load_model(ref.spec, split=ref.split, seed=self.seed, epochs=p.epochs, train_subset=p.train_subset,
-                        device=self.device)
-        if tm.meta["weights_sha256"] != self.models[ref.label]["weights_sha256"]:
-            raise CheckpointError(f"checkpoint {tm.path} changed since the train stage of {ref.label} ran; "
-                                  "delete the run folder's stages/ to start over.")
-        self._loaded[ref.label] = tm.model
-        return tm.model
+        m = self.models[ref.label]
+        return self.load_checkpoint_checked(m["checkpoint"], ref.spec, m["weights_sha256"])
 
     def _attack_stage(self, ref: ModelRef) -> tuple[dict[str, Any], Path]:
         p = self.profile
@@ -158,7 +149,7 @@ class TableStages:
                                   progress=self.progress, **p.lbfgs)
             save_adversarial(folder / "adversarial.safetensors", result)
             ok = result.success.cpu()
-            dist = result.distortion.cpu()[ok].numpy()
+            dist = result.rms.cpu()[ok].numpy()
             examples_grid(result.x.cpu()[ok][:10], result.x_adv.cpu()[ok][:10], result.labels.cpu()[ok][:10],
                           result.pred.cpu()[ok][:10], folder / "examples.png")
             distortion_histogram(dist, folder / "distortion.png", f"{ref.label}: minimal RMS distortion",
