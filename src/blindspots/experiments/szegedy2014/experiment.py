@@ -77,7 +77,6 @@ class Szegedy2014(TableStages, Experiment):
     def __init__(self, out: Path, profile: Profile, seed: int = 0, device: str = "cpu",
                  progress: bool = True, announce: Any = print) -> None:
         super().__init__(out, profile, seed=seed, device=device, progress=progress, announce=announce)
-        self._loaded: dict[str, torch.nn.Module] = {}
 
     # ---- the whole run ------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:

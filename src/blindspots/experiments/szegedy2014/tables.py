@@ -106,7 +106,6 @@ class TableStages:
     progress: bool
     models: dict[str, dict[str, Any]]
     attacks: dict[str, tuple[dict[str, Any], Path]]
-    _loaded: dict[str, torch.nn.Module]
 
     def _train_stage(self, ref: ModelRef) -> dict[str, Any]:
         p = self.profile
