@@ -39,7 +39,8 @@ from .criteria import Criterion
 from .projection import project_halfspace_box
 
 VERIFY_ULPS = 64
-MAX_OVERSHOOT = 1.0  # κ never exceeds this length (the adaptive growth stops there)
+MAX_OVERSHOOT = 1.0
+HIGHEST, SMOOTH = -1, -2  # rival codes: the highest other class at each step; log-sum-exp over the others  # κ never exceeds this length (the adaptive growth stops there)
 
 
 class Lanes:
@@ -75,7 +76,12 @@ def lane_margin_grad(model: nn.Module, z: Tensor, shape: torch.Size, lanes: Lane
         mine = logits.gather(1, lanes.own.unsqueeze(1)).squeeze(1)
         top_other = logits.detach().scatter(1, lanes.own.unsqueeze(1), float("-inf")).argmax(dim=1)
         rival = torch.where(lanes.rival >= 0, lanes.rival, top_other)
-        m = lanes.sign * (mine - logits.gather(1, rival.unsqueeze(1)).squeeze(1))
+        theirs = logits.gather(1, rival.unsqueeze(1)).squeeze(1)
+        smooth = lanes.rival == SMOOTH
+        if bool(smooth.any()):  # a smooth upper bound on the highest other logit
+            lse = logits.scatter(1, lanes.own.unsqueeze(1), float("-inf")).logsumexp(dim=1)
+            theirs = torch.where(smooth, lse, theirs)
+        m = lanes.sign * (mine - theirs)
         (grad,) = torch.autograd.grad(m.sum(), zr)
     logits = logits.detach()
     adv = criterion_margin(logits, lanes.own, lanes.sign) < -tolerance(logits)
@@ -211,7 +217,7 @@ def _attack_chunk(model: nn.Module, x: Tensor, shape: torch.Size, own: Tensor, t
     image = torch.arange(b, device=x.device)
     sign = torch.full((b,), -1.0 if targeted else 1.0, dtype=x.dtype, device=x.device)
     if targeted:
-        rivals = torch.full((b, 1), -1, dtype=torch.long, device=x.device)
+        rivals = torch.tensor([[HIGHEST, SMOOTH]], device=x.device).expand(b, 2)
     else:
         rivals = rank_rivals(model, x, shape, own, lanes)
     parts = [Lanes(x, own, rivals[:, k], sign, image) for k in range(rivals.shape[1])]
