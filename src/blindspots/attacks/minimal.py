@@ -39,6 +39,7 @@ from .criteria import Criterion
 from .projection import project_halfspace_box
 
 VERIFY_ULPS = 64
+PRUNE_AT, PRUNE_RATIO = 10, 1.1
 MAX_OVERSHOOT = 1.0
 HIGHEST, SMOOTH = -1, -2  # rival codes: the highest other class at each step; log-sum-exp over the others  # κ never exceeds this length (the adaptive growth stops there)
 
@@ -113,23 +114,36 @@ def rank_rivals(model: nn.Module, x: Tensor, shape: torch.Size, labels: Tensor, 
 
 
 def run_lanes(model: nn.Module, lanes: Lanes, start: Tensor, shape: torch.Size, *, steps: int, overshoot: float,
-              adapt: float) -> tuple[Tensor, Tensor]:
-    """Iterate every lane `steps` times; (best adversarial iterate [R, D], its L2 [R], inf where none)."""
+              adapt: float, damping: float, n_images: int) -> tuple[Tensor, Tensor]:
+    """Iterate every lane `steps` times; (best adversarial iterate [R, D], its L2 [R], inf where none).
+
+    The step toward the projection is damped from 1 down to `damping` (geometrically over the steps):
+    full steps find the boundary fast; short ones stop the zig-zag between the linear pieces of a ReLU
+    net. After PRUNE_AT steps a lane whose best is over PRUNE_RATIO times its image's best stops."""
     z = start.clone()
     best = start.clone()
     best_d = torch.full((z.shape[0],), math.inf, dtype=torch.float64, device=z.device)
     kappa = torch.full((z.shape[0],), overshoot, dtype=z.dtype, device=z.device)
+    active = torch.arange(z.shape[0], device=z.device)
     for step in range(steps + 1):
+        if step == PRUNE_AT and lanes.x.shape[0] > n_images:
+            image_best = torch.full((n_images,), math.inf, dtype=torch.float64, device=z.device)
+            image_best.scatter_reduce_(0, lanes.image, best_d[active], reduce="amin")
+            keep = ~(best_d[active] > PRUNE_RATIO * image_best[lanes.image])
+            active, z, kappa = active[keep], z[keep], kappa[keep]
+            lanes = Lanes(*(getattr(lanes, f)[keep] for f in ("x", "own", "rival", "sign", "image")))
         m, g, adv = lane_margin_grad(model, z, shape, lanes)
         d = (z - lanes.x).double().norm(dim=1)
-        better = adv & (d < best_d)
-        best[better] = z[better]
-        best_d[better] = d[better]
+        better = adv & (d < best_d[active])
+        best[active[better]] = z[better]
+        best_d[active[better]] = d[better]
         if step == steps:
             break
         kappa = torch.where(adv, kappa / adapt, kappa * adapt).clamp_(max=MAX_OVERSHOOT)
         c = torch.linalg.vecdot(g, z) - m - kappa * torch.linalg.vector_norm(g, dim=1)
-        z, _ = project_halfspace_box(lanes.x, g, c)
+        p, _ = project_halfspace_box(lanes.x, g, c)
+        alpha = damping ** (step / max(steps - 1, 1))
+        z = p if alpha == 1 else torch.lerp(z, p, alpha)
     return best, best_d
 
 
@@ -149,8 +163,8 @@ def bisect_to_boundary(model: nn.Module, x: Tensor, x_adv: Tensor, shape: torch.
     return (x + hi.unsqueeze(1) * r).clamp_(0, 1)
 
 
-def minimal_l2_attack(model: nn.Module, images: Tensor, criterion: Criterion, *, steps: int = 20, lanes: int = 3,
-                      overshoot: float = 0.01, adapt: float = 2.0, bisect_steps: int = 14, init: Tensor | None = None,
+def minimal_l2_attack(model: nn.Module, images: Tensor, criterion: Criterion, *, steps: int = 60, lanes: int = 3,
+                      overshoot: float = 0.01, adapt: float = 2.0, damping: float = 0.1, bisect_steps: int = 14, init: Tensor | None = None,
                       batch_size: int | None = None, progress: bool = False) -> AttackResult:
     """Minimal L2 adversarial examples inside the box [0, 1] by boundary projection (see the module doc).
 
@@ -166,12 +180,15 @@ def minimal_l2_attack(model: nn.Module, images: Tensor, criterion: Criterion, *,
     check_int("steps", steps, 0)
     check_int("lanes", lanes, 1)
     check_positive("overshoot", overshoot)
+    if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not 0 < damping <= 1:
+        raise InputError(f"damping must be in (0, 1] (the last step's fraction of the way to the projection), "
+                         f"got {damping!r}.")
     check_int("bisect_steps", bisect_steps, 0)
     if isinstance(adapt, bool) or not isinstance(adapt, (int, float)) or not (math.isfinite(adapt) and adapt >= 1):
         raise InputError(f"adapt must be a finite number >= 1 (1 keeps the overshoot fixed), got {adapt!r}.")
     if batch_size is not None:
         check_int("batch_size", batch_size, 1)
-    params = {"steps": steps, "lanes": lanes, "overshoot": overshoot, "adapt": float(adapt),
+    params = {"steps": steps, "lanes": lanes, "overshoot": overshoot, "adapt": float(adapt), "damping": damping,
               "bisect_steps": bisect_steps, "init": init is not None}
     t0 = time.perf_counter()
     with attack_mode(model):
@@ -199,7 +216,8 @@ def minimal_l2_attack(model: nn.Module, images: Tensor, criterion: Criterion, *,
         for i in range(0, todo.numel(), batch_size):
             rows = todo[i:i + batch_size]
             adv, lane = _attack_chunk(model, flat[rows], shape, own_all[rows], targeted, lanes=lanes, steps=steps,
-                                      overshoot=overshoot, adapt=float(adapt), bisect_steps=bisect_steps,
+                                      overshoot=overshoot, adapt=float(adapt), damping=damping,
+                                      bisect_steps=bisect_steps,
                                       init=None if start is None else start[rows])
             x_adv[rows] = adv
             lane_of[rows] = lane
@@ -210,7 +228,7 @@ def minimal_l2_attack(model: nn.Module, images: Tensor, criterion: Criterion, *,
 
 
 def _attack_chunk(model: nn.Module, x: Tensor, shape: torch.Size, own: Tensor, targeted: bool, *, lanes: int,
-                  steps: int, overshoot: float, adapt: float, bisect_steps: int,
+                  steps: int, overshoot: float, adapt: float, damping: float, bisect_steps: int,
                   init: Tensor | None) -> tuple[Tensor, Tensor]:
     """Every lane of a chunk of images at once; (x_adv [B, D], winning lane [B], −1 where none)."""
     b = x.shape[0]
@@ -226,7 +244,8 @@ def _attack_chunk(model: nn.Module, x: Tensor, shape: torch.Size, own: Tensor, t
         parts.append(Lanes(x, own, torch.full_like(own, -1), sign, image))
         starts.append(init)
     rows = Lanes.cat(parts)
-    best, best_d = run_lanes(model, rows, torch.cat(starts), shape, steps=steps, overshoot=overshoot, adapt=adapt)
+    best, best_d = run_lanes(model, rows, torch.cat(starts), shape, steps=steps, overshoot=overshoot, adapt=adapt,
+                             damping=damping, n_images=b)
     if init is not None:  # a verified adversarial init counts even if its lane never improved on it
         with torch.no_grad():
             logits = model(init.view(b, *shape))
