@@ -117,8 +117,8 @@ def bench_model(spec: str, n: int, methods: list[str], table: dict[str, Attack])
         success = predict_logits(model, adv).argmax(1) != y
         dist = (adv - x).flatten(1).norm(dim=1)
         l2s[name] = torch.where(success & torch.tensor(in_box), dist, torch.full_like(dist, math.inf))
-        print(f"  ran {name:12s} {times[name]:8.1f} s{'' if in_box else '   (x_adv leaves [0, 1]: counted as failures)'}",
-              flush=True)
+        note = "" if in_box else "   (x_adv leaves [0, 1]: counted as failures)"
+        print(f"  ran {name:12s} {times[name]:8.1f} s{note}", flush=True)
     common = torch.stack([torch.isfinite(v) for v in l2s.values()]).all(0)
     print(f"  {'method':12s}{'success':>9s}{'median L2':>11s}{'(common)':>10s}{'mean L2':>9s}{'time s':>9s}")
     for name in methods:

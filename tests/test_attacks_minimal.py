@@ -138,6 +138,8 @@ def test_bad_input_is_refused(mlp: torch.nn.Module, images: tuple[torch.Tensor, 
         minimal_l2_attack(mlp, x, crit, init=x[:3])
     with pytest.raises(InputError, match="adapt"):
         minimal_l2_attack(mlp, x, crit, adapt=0.5)
+    with pytest.raises(InputError, match="damping"):
+        minimal_l2_attack(mlp, x, crit, damping=0)
     with pytest.raises(InputError, match="lanes"):
         minimal_l2_attack(mlp, x, crit, lanes=0)
     with pytest.raises(InputError, match=r"\[0, 1\]"):

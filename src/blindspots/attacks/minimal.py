@@ -5,18 +5,23 @@ For an image x with label y (untargeted) the smallest adversarial perturbation s
 
     minimise ‖z − x‖₂  subject to  z_y(z) − z_j(z) ≤ 0 for some j ≠ y,  z ∈ [0, 1]^D.
 
-Each lane fixes one rival class j and iterates z ← Π(x), where Π projects x (not z) onto the half-space
+Each lane fixes one rival class j and iterates z ← z + α(Π(x) − z), where Π projects x (not z) onto
 {p : m(z) + ∇m(z)·(p − z) ≤ −κ‖∇m(z)‖} ∩ box, with m = z_y − z_j (`projection.project_halfspace_box`,
-exact). This is a sequential-quadratic step on the problem above, with the identity for the Hessian of
-its Lagrangian: its fixed points are the problem's KKT points, and on a linear model the first step is the
+exact), and α falls geometrically from 1 to `damping` over the steps (full steps on ReLU nets zig-zag
+between linear pieces: measured on the CNN, 100 images, median L2 1.525 undamped vs 1.338 damped).
+Undamped, this is a sequential-quadratic step on the problem above, with the identity for the Hessian
+of its Lagrangian: its fixed points are the problem's KKT points, and on a linear model the first step is the
 exact answer. The overshoot κ (a length, in the input's L2 units) is per row and adaptive: halved (by
 `adapt`) after a step that lands on the adversarial side, grown after one that does not, so iterates close
 in on the boundary from both sides while curved boundaries are still crossed. Lanes go to the `lanes`
 rival classes whose linearised distance at x is smallest (the boundary of the closest class at x is not
 always the closest one); each image keeps its smallest verified adversarial iterate over all lanes, and
-a final bisection along the segment from x to it lands on the boundary.
+a final bisection along the segment from x to it lands on the boundary. After PRUNE_AT steps, lanes far
+behind their image's best stop (half the cost on the FC nets, same results).
 
-A targeted criterion runs one lane whose rival is, at every step, the highest class other than the target.
+A targeted criterion runs two lanes: the rival is, at every step, the highest class other than the target,
+or the log-sum-exp of the others (a smooth upper bound). Targeted, box L-BFGS is stronger (measured on
+FC100-100-10: 9% of images not reached in 60 steps); pass its x_adv as `init` to refine it.
 `init` (e.g. box L-BFGS's x_adv) adds a lane that starts there with the rival of the moment; the result is
 never larger than a verified adversarial init.
 
@@ -39,9 +44,9 @@ from .criteria import Criterion
 from .projection import project_halfspace_box
 
 VERIFY_ULPS = 64
-PRUNE_AT, PRUNE_RATIO = 10, 1.1
-MAX_OVERSHOOT = 1.0
-HIGHEST, SMOOTH = -1, -2  # rival codes: the highest other class at each step; log-sum-exp over the others  # κ never exceeds this length (the adaptive growth stops there)
+PRUNE_AT, PRUNE_RATIO = 10, 1.1  # after 10 steps, lanes over 1.1x their image's best so far stop
+MAX_OVERSHOOT = 1.0  # κ never exceeds this length (the adaptive growth stops there)
+HIGHEST, SMOOTH = -1, -2  # rival codes: the highest other class at each step; log-sum-exp over the others
 
 
 class Lanes:
@@ -164,17 +169,19 @@ def bisect_to_boundary(model: nn.Module, x: Tensor, x_adv: Tensor, shape: torch.
 
 
 def minimal_l2_attack(model: nn.Module, images: Tensor, criterion: Criterion, *, steps: int = 60, lanes: int = 3,
-                      overshoot: float = 0.01, adapt: float = 2.0, damping: float = 0.1, bisect_steps: int = 14, init: Tensor | None = None,
-                      batch_size: int | None = None, progress: bool = False) -> AttackResult:
+                      overshoot: float = 0.01, adapt: float = 2.0, damping: float = 0.1, bisect_steps: int = 14,
+                      init: Tensor | None = None, batch_size: int | None = None,
+                      progress: bool = False) -> AttackResult:
     """Minimal L2 adversarial examples inside the box [0, 1] by boundary projection (see the module doc).
 
     steps: projections per lane; lanes: rival classes tried per image (untargeted; a targeted criterion
-    uses one lane); overshoot: initial κ (input L2 units); adapt: κ's factor per step; bisect_steps: final
+    uses two); overshoot: initial κ (input L2 units); adapt: κ's factor per step; damping: the last step's
+    fraction of the way to the projection (1: undamped, fastest on smooth nets); bisect_steps: final
     bisection steps towards x; init: optional adversarial starting points [N, ...] (e.g. an L-BFGS result)
     that the result never exceeds where they are verified adversarial; batch_size: images per chunk
     (default 128 on CPU, 4096 on GPU). Deterministic (no randomness).
 
-    Returns a minimal AttackResult (x_adv [N, ...]); extras "lane" (0.. for the rival lanes, `lanes` for
+    Returns a minimal AttackResult (x_adv [N, ...]); extras "lane" (0.. for the rival lanes, the last one for
     the init lane, −1 where nothing adversarial was found) and "clean_adversarial".
     """
     check_int("steps", steps, 0)
