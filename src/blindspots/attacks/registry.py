@@ -20,6 +20,7 @@ from .criteria import Criterion
 from .cw import cw_l2
 from .deepfool import deepfool
 from .fgsm import fgsm, fgsm_min_epsilon
+from .minimal import minimal_l2_attack
 from .lbfgs import lbfgs_all_targets, lbfgs_attack
 from .noise import noise_attack
 from .pgd import pgd
@@ -88,6 +89,7 @@ ATTACKS: dict[str, AttackSpec] = {spec.name: spec for spec in (
     AttackSpec("pgd", pgd, "Madry et al.'s projected gradient descent (L∞ or L2) at each ε", "epsilons"),
     AttackSpec("deepfool", deepfool, "Moosavi-Dezfooli et al.'s DeepFool, minimal L2"),
     AttackSpec("cw", cw_l2, "Carlini & Wagner's L2 attack, minimal (c search)"),
+    AttackSpec("minimal-l2", minimal_l2_attack, "smallest L2 by exact box-constrained boundary projection"),
     AttackSpec("noise", noise_attack, "Gaussian noise of per-pixel σ (a baseline)", "sigmas"),
 )}
 
