@@ -20,8 +20,8 @@ from .criteria import Criterion
 from .cw import cw_l2
 from .deepfool import deepfool
 from .fgsm import fgsm, fgsm_min_epsilon
-from .minimal import minimal_l2_attack
 from .lbfgs import lbfgs_all_targets, lbfgs_attack
+from .minimal import minimal_l2_attack
 from .noise import noise_attack
 from .pgd import pgd
 from .result import AttackResult
