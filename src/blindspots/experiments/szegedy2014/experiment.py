@@ -55,6 +55,7 @@ from ...report.figures import examples_grid
 from ...report.plots import distortion_histogram
 from ...report.reference import paper_value
 from ..stages import Experiment, pick_profile
+from .adv_training import pool_sizes
 from .sections import (
     SPECTRAL_MODELS,
     adversarial_training_section,
@@ -295,7 +296,8 @@ class Szegedy2014(Experiment):
         out = []
         for name, run in (("units", lambda: units_section(self.runner, sizes, **kw)),
                           ("spectral", lambda: spectral_section(self.runner, sizes, pairs=pairs, **kw)),
-                          ("adversarial training", lambda: adversarial_training_section(self.runner, sizes, **kw))):
+                          ("adversarial training",
+                           lambda: adversarial_training_section(self.runner, pool_sizes(p.name), **kw))):
             t0 = time.perf_counter()
             out.append(run())
             self.timings[name] = time.perf_counter() - t0
