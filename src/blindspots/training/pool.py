@@ -54,7 +54,7 @@ class PoolConfig:
     refresh_every: int = 20  # SGD steps between refreshes
     attack_size: int = 64  # images of the current minibatch attacked per refresh (at most the batch size)
     capacity: int = 1000  # newest examples kept per layer
-    mix: float = 0.25  # pool examples per clean example in a minibatch, per layer
+    mix: float = 0.1  # pool examples per clean example in a minibatch, per layer (0.25 raised the error)
     search_steps: int = 1  # L-BFGS: bisections of c after the bracket
     bracket_steps: int = 3  # L-BFGS: ×10 / ÷10 steps of c to find the bracket
     max_iter: int = 20  # L-BFGS: iterations per solve

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 from scipy import stats
 from torch import nn
 
@@ -126,8 +127,10 @@ def plot_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: Path, e
         ax.set_title(CURVE_TITLES[key].format(eps=eps), fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel("%" if key != "lbfgs_distortion" else "RMS")
-        if key == "test_error":
+        if key == "test_error":  # log scale: the last epochs' tenths of a point stay visible
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     write_atomic(path, lambda p: fig.savefig(p, format="png"))

@@ -59,7 +59,8 @@ def pool_report(results: Mapping[str, Any]) -> Section:
         p_values = per_seed(arm, lambda run, r, a=arm: run["evaluation"]["mcnemar"][a]["p"])
         summary[arm] = (d_mean, d_half, p_values)
         ref = paper.get(arm)
-        rows.append([ARM_TITLES[arm], pct(float(np.mean(err)), 2), span([100 * e for e in err], ".2f") + "%" if len(err) > 1 else "—",
+        seeds_text = span([100 * e for e in err], ".2f") + "%" if len(err) > 1 else "—"
+        rows.append([ARM_TITLES[arm], pct(float(np.mean(err)), 2), seeds_text,
                      "—" if ref is None else ("< " if arm == POOLED else "") + pct(ref, 1),
                      "—" if arm == PLAIN else (_points(d_mean) + ("" if not math.isfinite(d_half)
                                                                   else f" ± {100 * d_half:.2f}")),
