@@ -72,6 +72,22 @@ def test_an_empty_pool_is_plain_training_step_for_step(data) -> None:
     assert _same_weights(pooled.model, plain)
 
 
+def test_a_late_start_is_plain_training_until_the_first_refresh(data) -> None:
+    """start = 0.5: no refresh during the first half of the steps (192 here), then one every refresh_every."""
+    late = PoolConfig(layers=("act2",), refresh_every=24, attack_size=16, start=0.5)
+    at_epoch_6: list[dict] = []
+
+    def keep(epoch: int, model: nn.Module) -> None:
+        if epoch == 6:
+            at_epoch_6.append({k: v.clone() for k, v in model.state_dict().items()})
+
+    run = train_with_pool("FC100-100-10", data, config=late, seed=0, epochs=12, on_epoch=keep)
+    assert run.stats["refreshes"] == len(range(96, 192, 24)) and "from 50% of the training steps" in late.describe()
+    plain, _ = fit("FC100-100-10", data, seed=0, epochs=12, progress=False, on_epoch=keep)
+    assert all(torch.equal(at_epoch_6[0][k], at_epoch_6[1][k]) for k in at_epoch_6[0])  # the same first half
+    assert not _same_weights(plain, run.model)
+
+
 def test_refresh_adds_verified_adversarial_examples_with_true_labels(data, trained) -> None:
     x, y = data.images[:32], data.labels[:32]
     pool = AdversarialPool(PoolConfig(layers=("input", "act1"), attack_size=32, capacity=1000), seed=0)
@@ -127,6 +143,6 @@ def test_refusals() -> None:
         cnn.fc1.bias.fill_(3.0)  # ReLU outputs above 1: outside the box the attack works in
     with pytest.raises(InputError, match="leaves \\[0, 1\\].*sigmoid"):
         pool.refresh(cnn, torch.rand(4, 1, 28, 28), torch.arange(4))
-    for bad in ({"layers": ()}, {"refresh_every": 0}, {"mix": 0.0}, {"layers": ("input", "input")}):
+    for bad in ({"layers": ()}, {"refresh_every": 0}, {"mix": 0.0}, {"layers": ("input", "input")}, {"start": 1.0}):
         with pytest.raises(SpecError):
             PoolConfig(**bad)

@@ -1,6 +1,6 @@
-"""The §3, §4.3 and §4.2 report sections end to end on real MNIST at a tiny size: tables with computed verdicts,
-figures inside the report folder, the product bound against the saved pairs, the §4.2 numbers recomputed from the
-saved checkpoints, pairs handed in by path or as tensors, and a resume that recomputes nothing."""
+"""The §3 and §4.3 report sections end to end on real MNIST at a tiny size: tables with computed verdicts, figures
+inside the report folder, the product bound against the saved pairs, pairs handed in by path or as tensors, and a
+resume that recomputes nothing (§4.2: test_szegedy_adv_training.py)."""
 
 from __future__ import annotations
 
@@ -15,21 +15,15 @@ import torch
 
 from blindspots.analysis import empirical_ratio, lipschitz_bound
 from blindspots.attacks import load_adversarial
-from blindspots.data import load_mnist
 from blindspots.experiments.stages import StageRunner
-from blindspots.experiments.szegedy2014.sections import (SIZES, adversarial_training_section, pool_report, sizes_for,
-                                                     spectral_report, spectral_section, units_report, units_section)
-from blindspots.models import error_rate, train
-from blindspots.training.pool import PoolConfig
-from blindspots.models.checkpoint import load_checkpoint
+from blindspots.experiments.szegedy2014.sections import (SIZES, sizes_for, spectral_report, spectral_section,
+                                                     units_report, units_section)
+from blindspots.models import train
 from blindspots.report.document import Report, to_markdown
 
 # smaller than the "quick" preset, to keep the suite short; the FC nets get past their initial plateau
 TINY = replace(SIZES["quick"], name="tiny", train_subset=1000, epochs=12, cnn_train_subset=1000, cnn_epochs=1,
-               unit_images=1000, n_directions=10, n_pairs=12, pool_train_subset=1000, pool_epochs=12,
-               pool=PoolConfig(layers=("input", "act2"), refresh_every=24, attack_size=32, capacity=500,
-                               search_steps=1, max_iter=20),
-               n_robust=20, lbfgs={"search_steps": 2, "max_iter": 30})
+               unit_images=1000, n_directions=10, n_pairs=12, lbfgs={"search_steps": 2, "max_iter": 30})
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +34,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Iterator
     runner = StageRunner(out, announce=lambda s: None)
     units = units_section(runner, TINY, store=model_store)
     spectral = spectral_section(runner, TINY, store=model_store)
-    pool = adversarial_training_section(runner, TINY)
-    yield {"out": out, "runner": runner, "units": units, "spectral": spectral, "pool": pool, "store": model_store}
+    yield {"out": out, "runner": runner, "units": units, "spectral": spectral, "store": model_store}
     torch.set_num_threads(before)
 
 
@@ -104,56 +97,20 @@ def test_pairs_handed_in_by_path_or_tensors_reuse_the_same_stage(run: dict) -> N
         spectral_section(runner, TINY, pairs={"FC10(1)": path}, store=run["store"])
 
 
-def test_adversarial_training_section(run: dict) -> None:
-    results, section = run["pool"]
-    assert list(results["seeds"]) == ["0"]
-    seed0 = results["seeds"]["0"]
-    wd, adv, ev = seed0["weight decay"], seed0["weight decay + adversarial pool"], seed0["evaluation"]
-    test = load_mnist("test")
-    for r in (wd, adv):  # every reported error is recomputed from the saved checkpoint
-        model, meta = load_checkpoint(r["checkpoint"], "FC100-100-10")
-        assert error_rate(model, test) == pytest.approx(r["test_error"]) == meta["test_error"]
-    assert wd["recipe"] == adv["recipe"] == results["recipe"] and results["epochs"] == 12
-    only_wrong = ev["test_errors_only_wrong"]
-    assert only_wrong["weight decay"] - only_wrong["weight decay + adversarial pool"] == round(
-        (wd["test_error"] - adv["test_error"]) * len(test))
-    assert 0 <= ev["mcnemar_p"] <= 1 and ev["n_robust"] == 20 and len(set(ev["test_indices"])) == 20
-    pool = adv["pool"]
-    assert pool["refreshes"] == (12 * 16 - 1) // 24 and set(pool["layers"]) == {"input", "act2"}
-    assert adv["wall_time_s"] > adv["attack_seconds"] > 0 and adv["wall_time_s"] > wd["wall_time_s"]
-    main, transfer = section.tables
-    assert "McNemar" in main.verdict and "Training cost" in main.verdict and "1 seed(s)" in main.verdict
-    assert main.rows[0][-1] == "1.00×" and float(main.rows[1][-1].rstrip("×")) > 1
-    for src, row in ev["transfer"].items():  # a net always falls for its own successful examples
-        assert row[src.removeprefix("made for ")] == 1.0
-    assert len(transfer.rows) == 2 and "hidden" in " ".join(section.paragraphs).lower()
-    json.dumps(results)
-    text = to_markdown(Report("t", [], [run["units"][1], run["spectral"][1], section]))
-    assert text.count("|---") >= 8
-
-
 def test_a_second_run_recomputes_nothing(run: dict) -> None:
     runner = StageRunner(run["out"], announce=lambda s: None)
-    again = (units_section(runner, TINY, store=run["store"]), spectral_section(runner, TINY, store=run["store"]),
-             adversarial_training_section(runner, TINY))
+    again = (units_section(runner, TINY, store=run["store"]), spectral_section(runner, TINY, store=run["store"]))
     assert runner.log and all(r.status == "cached" for r in runner.log)
-    assert [a[0] for a in again] == [run["units"][0], run["spectral"][0], run["pool"][0]]
+    assert [a[0] for a in again] == [run["units"][0], run["spectral"][0]]
 
 
 def test_sections_rebuild_from_results_json(run: dict) -> None:
     """The lead's report can be rebuilt from results.json alone (e.g. after a resume)."""
-    for key, rebuild in (("units", units_report), ("spectral", spectral_report), ("pool", pool_report)):
+    for key, rebuild in (("units", units_report), ("spectral", spectral_report)):
         results, section = run[key]
         again = rebuild(json.loads(json.dumps(results)))
         assert to_markdown(Report("t", [], [again])) == to_markdown(Report("t", [], [section]))
         rebuild(json.loads(json.dumps(results).replace("NaN", "null")))  # strict JSON (NaN -> null) renders too
-    broken = json.loads(json.dumps(run["pool"][0]))  # no successful attack anywhere: n/a, not a crash
-    seed0 = broken["seeds"]["0"]
-    seed0["evaluation"]["paired"].update(mean_ratio=None, share_larger=None)
-    seed0["evaluation"]["per_model"]["weight decay"].update(mean_distortion=None, median_distortion=None)
-    seed0["weight decay + adversarial pool"]["pool"]["layers"]["input"].update(mean_rms_distortion=None)
-    text = to_markdown(Report("t", [], [pool_report(broken)]))
-    assert "needs n/a× the plain net's" in text and "mean RMS distortion n/a" in text
 
 
 def test_sizes_for_a_profile() -> None:

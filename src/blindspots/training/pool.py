@@ -3,7 +3,8 @@
 The paper trained a 100-100-10 net "with weight decay and a continually refreshed pool of adversarial examples
 (generated for each layer's outputs)" and leaves the rest open. The choices made here:
 
-- the pool starts empty; every `refresh_every` SGD steps the first `attack_size` images of the current clean
+- the pool starts empty; from the first step (or, with `start`, from that share of all training steps on) every
+  `refresh_every` SGD steps the first `attack_size` images of the current clean
   minibatch (a uniform random draw from the training set, since minibatches walk a random permutation) are
   attacked on the *current* weights with the project's box-constrained L-BFGS (`attacks.lbfgs_attack`) and a
   short search over c, by default untargeted (the smallest perturbation to any wrong class: about half the
@@ -28,7 +29,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -38,7 +39,7 @@ from ..attacks import Criterion, Misclassification, TargetedMisclassification, l
 from ..data import ImageSet
 from ..errors import InputError, SpecError
 from ..models.spec import ModelSpec, parse_spec
-from ..models.train import EpochHook, Recipe, fit
+from ..models.train import EpochHook, Recipe, default_recipe, fit
 
 INPUT = "input"
 TARGETS = ("random", "any")
@@ -53,11 +54,12 @@ class PoolConfig:
     refresh_every: int = 20  # SGD steps between refreshes
     attack_size: int = 64  # images of the current minibatch attacked per refresh (at most the batch size)
     capacity: int = 1000  # newest examples kept per layer
-    mix: float = 0.25  # pool examples per clean example in a minibatch, per layer
+    mix: float = 0.1  # pool examples per clean example in a minibatch, per layer (0.25 raised the error)
     search_steps: int = 1  # L-BFGS: bisections of c after the bracket
     bracket_steps: int = 3  # L-BFGS: ×10 / ÷10 steps of c to find the bracket
     max_iter: int = 20  # L-BFGS: iterations per solve
     targets: str = "any"  # "any": untargeted, the nearest wrong class; "random": a seeded target != label
+    start: float = 0.0  # share of the training steps before the first refresh (0: from the first steps on)
 
     def __post_init__(self) -> None:
         if not self.layers or len(set(self.layers)) != len(self.layers):
@@ -69,13 +71,16 @@ class PoolConfig:
             raise SpecError(f"targets must be one of {', '.join(TARGETS)}, got {self.targets!r}.")
         if not (math.isfinite(self.mix) and self.mix > 0):
             raise SpecError(f"mix must be a positive number of pool examples per clean one, got {self.mix!r}.")
+        if not (isinstance(self.start, (int, float)) and 0 <= self.start < 1):
+            raise SpecError(f"start must be a share of the training steps in [0, 1), got {self.start!r}.")
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "layers": list(self.layers)}
 
     def describe(self) -> str:
         aim = "untargeted: any wrong class" if self.targets == "any" else "towards a seeded random target != label"
-        return (f"every {self.refresh_every} SGD steps, {self.attack_size} images of the current minibatch are "
+        begin = f"from {100 * self.start:.0f}% of the training steps on, " if self.start else ""
+        return (f"{begin}every {self.refresh_every} SGD steps, {self.attack_size} images of the current minibatch are "
                 f"attacked at layer(s) {', '.join(self.layers)} by box-constrained L-BFGS ({aim}; c search: "
                 f"{self.bracket_steps} bracket + {self.search_steps} bisection steps, {self.max_iter} iterations per "
                 f"solve) on the current weights; successful x_adv join a first-in-first-out pool of {self.capacity} "
@@ -130,9 +135,10 @@ class AdversarialPool:
     Holds mutable state (the pools, a step counter, its own sampling generator), so use a fresh one per run.
     """
 
-    def __init__(self, config: PoolConfig, seed: int = 0) -> None:
+    def __init__(self, config: PoolConfig, seed: int = 0, total_steps: int = 0) -> None:
         self.config = config
         self.seed = seed
+        self.start_step = math.ceil(config.start * total_steps)  # the first refresh (with `start`: of total_steps)
         self.gen = torch.Generator().manual_seed(seed + 7919)  # the pool's own; the shuffling RNG is untouched
         self.step = 0
         self.refreshes = 0
@@ -143,7 +149,8 @@ class AdversarialPool:
         the caller). Refreshes the pools first when the step count says so."""
         if not self.pools:
             self.pools = {layer: _LayerPool(*_split_at(model, layer)) for layer in self.config.layers}
-        if self.step > 0 and self.step % self.config.refresh_every == 0:
+        since = self.step - self.start_step
+        if self.step >= max(1, self.start_step) and since % self.config.refresh_every == 0:
             self.refresh(model, x, y)
         self.step += 1
         terms, count = [loss_fn(model(x), y) * y.numel()], y.numel()
@@ -215,7 +222,8 @@ def train_with_pool(spec: str | ModelSpec, data: ImageSet, *, config: PoolConfig
     Same arguments give the same weights (on CPU). The recipe must be an SGD one (the FC nets' default is)."""
     config = config or PoolConfig()
     s = parse_spec(spec)
-    pool = AdversarialPool(config, seed=seed)
+    planned = replace(recipe or default_recipe(s), **({} if epochs is None else {"epochs": epochs}))
+    pool = AdversarialPool(config, seed=seed, total_steps=planned.epochs * math.ceil(len(data) / planned.batch_size))
     t0 = time.perf_counter()
     model, used = fit(s, data, seed=seed, epochs=epochs, device=device, progress=progress, recipe=recipe,
                       objective=pool, on_epoch=on_epoch)

@@ -1,202 +1,234 @@
-"""§4.2 of Szegedy et al. 2014 as resumable stages: training on a refreshed pool of adversarial examples against
-weight decay alone."""
+"""§4.2 of Szegedy et al. 2014 as resumable stages: FC100-100-10 trained with weight decay alone and with refreshed
+pools of adversarial examples at the input and / or the hidden layers (an ablation over the same seeds and clean
+minibatches), with learning curves per epoch and a robustness evaluation per seed.
+
+Run sizes are this module's own (`PoolSizes`, presets in `POOL_SIZES` by profile name: "quick", "standard",
+"paper"; "full" runs as "standard"); every training is a stage, so a killed run resumes where it stopped."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from scipy import stats
-from torch import Tensor, nn
+from torch import nn
 
 from ... import __version__
-from ...attacks import (
-    TargetedMisclassification,
-    lbfgs_attack,
-    random_targets,
-    save_adversarial,
-)
-from ...data import load_mnist
+from ...attacks import TargetedMisclassification, lbfgs_attack, random_targets, save_adversarial
+from ...data import ImageSet, load_mnist
 from ...data.datasets import subset_order
+from ...errors import SpecError
 from ...models import error_rate, predict
 from ...models.checkpoint import load_checkpoint, save_checkpoint
-from ...models.train import fit
-from ...report.document import Section, Table
-from ...report.reference import paper_value
-from ...training.pool import train_with_pool
+from ...models.train import default_recipe, fit
+from ...report.document import Section
+from ...training.pool import PoolConfig, train_with_pool
 from ..stages import StageRunner
-from .common import POOL_SPEC, SectionSizes, _digest, _finite, _num, _pct, _span
+from .adv_curves import CurveProbe, curve_verdict, plot_curves
+from .adv_report import ARM_TITLES, ARMS, PLAIN, POOLED, pool_report
+from .common import POOL_SPEC, _digest, _rel
 
-# ---------------------------------------------------------------------------------------------- §4.2 pool
+# The pool recipe of every arm (its layers are the arm's), chosen on a validation split (FC100-100-10 trained on the
+# first 10,000 training images for 20 epochs, measured on the last 10,000; never on the test set). Validation error,
+# weight decay alone 4.40% (seed 0) / 4.24% (seed 1): input pool with 0.1 pool examples per clean one 4.07% / 3.92%;
+# 0.05: 3.89% (seed 0 only; measured after the profile runs had started); 0.25 (the former default) raised it
+# (20,000 images: 3.50% vs 3.12%); hidden-layer pools raised it at every setting tried (act1+act2 0.25: 6.13%, 0.1:
+# 5.31%, from mid-training on: 5.52%; all layers 0.1: 5.11%, from mid-training on: 6.18%). README: §4.2 notes.
+DEFAULT_POOL = PoolConfig()
 
-def adversarial_training_section(runner: StageRunner, sizes: SectionSizes, *, seed: int = 0, device: str = "cpu",
+
+@dataclass(frozen=True)
+class PoolSizes:
+    """How big §4.2 runs: training images and epochs of every net (None: all 60,000 / the FC recipe's 40), seeds
+    (seed, seed + 1, ...), the ablation arms (keys of ARMS), the pool recipe, the final robustness evaluation
+    (`n_robust` test images, L-BFGS options `lbfgs`) and the learning curves (every `curve_every` epochs:
+    clean and FGSM error on the test set, minimal untargeted L-BFGS distortion on `curve_images` test images)."""
+
+    name: str
+    train_subset: int | None
+    epochs: int | None
+    seeds: int = 1
+    arms: tuple[str, ...] = tuple(ARMS)
+    pool: PoolConfig = DEFAULT_POOL
+    n_robust: int = 300
+    lbfgs: Mapping[str, Any] = field(default_factory=lambda: {"search_steps": 6})
+    curve_every: int = 1
+    curve_images: int = 100
+    curve_lbfgs: Mapping[str, Any] = field(default_factory=lambda: {"search_steps": 2, "bracket_steps": 3,
+                                                                     "max_iter": 30})
+    fgsm_eps: float = 0.25
+
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.arms if a not in ARMS]
+        if unknown or PLAIN not in self.arms or len(self.arms) < 2:
+            raise SpecError(f"arms must include {PLAIN!r} and at least one pool arm out of {', '.join(ARMS)}; "
+                            f"got {self.arms!r}.")
+        if self.seeds < 1 or self.curve_every < 1:
+            raise SpecError(f"seeds and curve_every must be positive, got {self.seeds} and {self.curve_every}.")
+
+
+POOL_SIZES: dict[str, PoolSizes] = {
+    # CI: one seed, weight decay alone vs all layers' pools on 5,000 images, curves every 5 epochs
+    "quick": PoolSizes("quick", train_subset=5000, epochs=10, seeds=1, arms=(PLAIN, POOLED), n_robust=50,
+                       lbfgs={"search_steps": 4, "max_iter": 50}, curve_every=5, curve_images=30),
+    # the whole ablation on 20,000 images for 20 epochs, two seeds, curves every 2 epochs
+    "standard": PoolSizes("standard", train_subset=20_000, epochs=20, seeds=2, n_robust=200, curve_every=2,
+                          curve_images=50),
+    # the paper's set-up: all 60,000 images, the FC recipe's 40 epochs, the whole ablation, three seeds
+    "paper": PoolSizes("paper", train_subset=None, epochs=None, seeds=3, n_robust=500, curve_every=2),
+}
+
+
+def pool_sizes(profile: str) -> PoolSizes:
+    """The §4.2 preset of a `reproduce` profile ("full" runs as "standard")."""
+    key = "standard" if profile == "full" else profile
+    if key not in POOL_SIZES:
+        raise SpecError(f"no §4.2 preset for profile {profile!r}; choose one of {', '.join(POOL_SIZES)} or 'full'.")
+    return POOL_SIZES[key]
+
+
+def adversarial_training_section(runner: StageRunner, sizes: PoolSizes, *, seed: int = 0, device: str = "cpu",
                                  progress: bool = False) -> tuple[dict[str, Any], Section]:
-    """§4.2: FC100-100-10 trained with weight decay alone and with weight decay + a refreshed pool of adversarial
-    examples (same recipe, seed, epochs and clean minibatches), for `sizes.pool_seeds` seeds from `seed` on;
-    compared on test error (McNemar), training cost, and robustness (minimal L-BFGS distortion on the same test
-    images and targets; each net's error on the other's adversarial examples)."""
-    data = load_mnist("train", subset=sizes.pool_train_subset)
+    """§4.2: FC100-100-10 trained in every arm of `sizes.arms` (weight decay alone; + pools at the input, the hidden
+    layers, or all layers) for `sizes.seeds` seeds from `seed` on, each arm on the very same clean minibatches;
+    learning curves per epoch; per seed, McNemar of every arm against weight decay alone and the minimal L-BFGS
+    distortion of all arms on the same images and targets. Returns (results, the report section)."""
+    data = load_mnist("train", subset=sizes.train_subset)
     test = load_mnist("test")
-    runs = {str(s): _pool_pair(runner, sizes, data, test, s, device, progress)
-            for s in range(seed, seed + sizes.pool_seeds)}
-    first = runs[str(seed)]
-    results = {"seeds": runs, "pool_config": sizes.pool.as_dict(), "pool_description": sizes.pool.describe(),
-               "train_subset": sizes.pool_train_subset, "epochs": first[PLAIN]["recipe"]["epochs"],
-               "recipe": first[PLAIN]["recipe"]}
+    seeds = list(range(seed, seed + sizes.seeds))
+    eta = _Eta(runner, len(seeds) * len(sizes.arms))
+    runs: dict[str, dict[str, Any]] = {}
+    for s in seeds:
+        arms = {arm: _train_arm(runner, sizes, data, test, arm, s, device, progress, eta) for arm in sizes.arms}
+        models = {arm: load_checkpoint(rec["checkpoint"], POOL_SPEC, device)[0] for arm, rec in arms.items()}
+        inputs = {"weights": _digest(*[p.detach() for m in models.values() for p in m.state_dict().values()]),
+                  "n_robust": sizes.n_robust, "lbfgs": dict(sizes.lbfgs), "seed": s, "version": __version__}
+        ev, _ = runner.run(f"s4.2 evaluate seed {s}", inputs,
+                           lambda folder, m=models, s=s: _evaluate(folder, m, test, sizes, s))
+        runs[str(s)] = {"arms": arms, "evaluation": ev}
+    curves = {arm: [runs[str(s)]["arms"][arm]["curve"] for s in seeds] for arm in sizes.arms}
+    fig_inputs = {"curves": curves, "version": __version__}
+    _, fig_folder = runner.run("s4.2 learning-curve figure", fig_inputs, lambda folder: {
+        "file": plot_curves({ARM_TITLES[a]: c for a, c in curves.items()}, folder / "curves.png",
+                            sizes.fgsm_eps).name})
+    first = runs[str(seed)]["arms"][PLAIN]
+    results = {"seeds": runs, "arms": list(sizes.arms), "profile": sizes.name,
+               "pool_config": sizes.pool.as_dict(), "pool_description": sizes.pool.describe(),
+               "train_subset": sizes.train_subset, "epochs": first["recipe"]["epochs"], "recipe": first["recipe"],
+               "curve_figure": str(_rel(runner, fig_folder / "curves.png")),
+               "curve_verdicts": {arm: curve_verdict(curves[PLAIN], curves[arm]) for arm in sizes.arms
+                                  if arm != PLAIN}}
     return results, pool_report(results)
 
 
-PLAIN, POOLED = "weight decay", "weight decay + adversarial pool"
+class _Eta:
+    """Progress of the §4.2 trainings with an estimated time left (from the trainings computed in this run)."""
+
+    def __init__(self, runner: StageRunner, total: int) -> None:
+        self.runner, self.total, self.done, self.spent, self.computed = runner, total, 0, 0.0, 0
+        self.t0 = time.perf_counter()
+
+    def step(self, name: str, computed: bool, seconds: float) -> None:
+        self.done += 1
+        if computed:
+            self.computed += 1
+            self.spent += seconds
+        left = self.total - self.done
+        eta = f"{self.spent / self.computed * left / 60:.1f} min" if self.computed else "n/a"
+        self.runner.announce(f"  §4.2: {self.done}/{self.total} trainings ({name}), "
+                             f"{(time.perf_counter() - self.t0) / 60:.1f} min so far, about {eta} left")
 
 
-def _pool_pair(runner: StageRunner, sizes: SectionSizes, data: Any, test: Any, seed: int, device: str,
-               progress: bool) -> dict[str, Any]:
-    """Both nets of one seed (a stage each, timed there, checkpoints saved in the stage folder) and their
-    evaluation (a third stage)."""
-    base = {"spec": POOL_SPEC, "train_subset": sizes.pool_train_subset, "epochs": sizes.pool_epochs, "seed": seed,
-            "version": __version__}
+def _train_arm(runner: StageRunner, sizes: PoolSizes, data: ImageSet, test: ImageSet, arm: str, seed: int,
+               device: str, progress: bool, eta: _Eta) -> dict[str, Any]:
+    """One net of the ablation (a stage): trained with its curve probe, checkpoint saved in the stage folder.
+    Wall time and attack time exclude the probe's own seconds."""
+    config = replace(sizes.pool, layers=ARMS[arm]) if ARMS[arm] else None
+    inputs = {"spec": POOL_SPEC, "train_subset": sizes.train_subset, "epochs": sizes.epochs, "seed": seed,
+              "pool": None if config is None else config.as_dict(), "curve": {
+                  "every": sizes.curve_every, "images": sizes.curve_images, "lbfgs": dict(sizes.curve_lbfgs),
+                  "eps": sizes.fgsm_eps}, "version": __version__}
 
-    def finish(folder: Path, model: nn.Module, extra: dict[str, Any]) -> dict[str, Any]:
-        record = {"train_error": error_rate(model, data), "test_error": error_rate(model, test), **extra}
-        save_checkpoint(folder / "model", model, {"spec": POOL_SPEC, **base, **record})
+    def compute(folder: Path) -> dict[str, Any]:
+        epochs = sizes.epochs or default_recipe(POOL_SPEC).epochs
+        probe = CurveProbe(test, epochs=epochs, eps=sizes.fgsm_eps, n_lbfgs=sizes.curve_images, lbfgs=sizes.curve_lbfgs,
+                           every=sizes.curve_every)
+        t0 = time.perf_counter()
+        if config is None:
+            model, recipe = fit(POOL_SPEC, data, seed=seed, epochs=epochs, device=device, progress=progress,
+                                on_epoch=probe)
+            extra: dict[str, Any] = {"attack_seconds": 0.0, "pool": None}
+        else:
+            run = train_with_pool(POOL_SPEC, data, config=config, seed=seed, epochs=epochs, device=device,
+                                  progress=progress, on_epoch=probe)
+            model, recipe = run.model, run.recipe
+            extra = {"attack_seconds": run.attack_seconds, "pool": run.stats}
+        wall = time.perf_counter() - t0 - probe.seconds
+        record = {"arm": arm, "train_error": error_rate(model, data), "test_error": error_rate(model, test),
+                  "wall_time_s": wall, **extra, "recipe": asdict(recipe), "curve": probe.record()}
+        save_checkpoint(folder / "model", model, {"spec": POOL_SPEC, **inputs, **record})
         return record
 
-    def plain(folder: Path) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        model, recipe = fit(POOL_SPEC, data, seed=seed, epochs=sizes.pool_epochs, device=device, progress=progress)
-        return finish(folder, model, {"wall_time_s": time.perf_counter() - t0, "recipe": asdict(recipe)})
-
-    def pooled(folder: Path) -> dict[str, Any]:
-        run = train_with_pool(POOL_SPEC, data, config=sizes.pool, seed=seed, epochs=sizes.pool_epochs,
-                              device=device, progress=progress)
-        return finish(folder, run.model, {"wall_time_s": run.wall_time, "attack_seconds": run.attack_seconds,
-                                          "recipe": asdict(run.recipe), "pool": run.stats})
-
-    wd, wd_folder = runner.run(f"s4.2 train weight decay only seed {seed}", base, plain)
-    adv, adv_folder = runner.run(f"s4.2 train weight decay + adversarial pool seed {seed}",
-                                 {**base, "pool": sizes.pool.as_dict()}, pooled)
-    wd["checkpoint"], adv["checkpoint"] = str(wd_folder / "model"), str(adv_folder / "model")  # the final folders
-    models = {PLAIN: load_checkpoint(wd_folder / "model", POOL_SPEC, device)[0],
-              POOLED: load_checkpoint(adv_folder / "model", POOL_SPEC, device)[0]}
-    inputs = {"weights": [wd["_stage"]["inputs"], adv["_stage"]["inputs"], _digest(*_weights(models))],
-              "n_robust": sizes.n_robust, "lbfgs": sizes.lbfgs, "seed": seed, "version": __version__}
-    ev, _ = runner.run(f"s4.2 evaluate seed {seed}", inputs,
-                       lambda folder: _evaluate_pair(folder, models, test, sizes, seed))
-    return {PLAIN: wd, POOLED: adv, "evaluation": ev}
+    t0 = time.perf_counter()
+    name = f"s4.2 train {arm} seed {seed}"
+    record, folder = runner.run(name, inputs, compute)
+    eta.step(name, runner.log[-1].status == "computed", time.perf_counter() - t0)
+    return {**record, "checkpoint": str(folder / "model")}
 
 
-def _weights(models: Mapping[str, nn.Module]) -> list[Tensor]:
-    return [p.detach() for m in models.values() for p in m.state_dict().values()]
-
-
-def _evaluate_pair(folder: Path, models: Mapping[str, nn.Module], test: Any, sizes: SectionSizes,
-                   seed: int) -> dict[str, Any]:
-    """McNemar on the test predictions; minimal L-BFGS distortion of both nets on the same images and targets
-    (the first n_robust test images of a seeded order that both classify correctly); cross-model errors."""
-    (name_a, a), (name_b, b) = models.items()
-    pred_a, pred_b = predict(a, test.images), predict(b, test.images)
-    wrong_a, wrong_b = pred_a != test.labels, pred_b != test.labels
-    only_a, only_b = int((wrong_a & ~wrong_b).sum()), int((wrong_b & ~wrong_a).sum())
-    mcnemar = stats.binomtest(only_b, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+def _evaluate(folder: Path, models: Mapping[str, nn.Module], test: ImageSet, sizes: PoolSizes,
+              seed: int) -> dict[str, Any]:
+    """Per arm: McNemar against weight decay alone on the whole test set; minimal targeted L-BFGS distortion on the
+    first `n_robust` test images of a seeded order that every arm classifies correctly (same random targets for
+    all), paired against weight decay alone; the error of each arm on every other arm's adversarial examples."""
+    preds = {arm: predict(m, test.images) for arm, m in models.items()}
+    wrong = {arm: p != test.labels for arm, p in preds.items()}
+    mcnemar = {}
+    for arm, w in wrong.items():
+        only_plain, only_arm = int((wrong[PLAIN] & ~w).sum()), int((w & ~wrong[PLAIN]).sum())
+        p = stats.binomtest(only_arm, only_plain + only_arm, 0.5).pvalue if only_plain + only_arm else 1.0
+        mcnemar[arm] = {"only_plain_wrong": only_plain, "only_arm_wrong": only_arm, "p": float(p)}
     order = torch.from_numpy(subset_order(len(test), seed))
-    both = (~wrong_a[order] & ~wrong_b[order]).nonzero().flatten()[:sizes.n_robust]
-    chosen = order[both]
+    all_right = torch.stack([~w[order] for w in wrong.values()]).all(dim=0)
+    chosen = order[all_right.nonzero().flatten()[:sizes.n_robust]]
     x, y = test.images[chosen], test.labels[chosen]
     criterion = TargetedMisclassification(random_targets(y, seed=seed), y)
     attacks = {}
-    for tag, (name, model) in zip(("a", "b"), models.items()):
+    for arm, model in models.items():
         res = lbfgs_attack(model, x, criterion, **sizes.lbfgs)
-        save_adversarial(folder / f"adversarial_{tag}.safetensors", res)
-        attacks[name] = res
-    ra, rb = attacks[name_a], attacks[name_b]
-    ok = ra.success & rb.success
-    da, db = ra.distortion[ok].double().numpy(), rb.distortion[ok].double().numpy()
-    wilcoxon = stats.wilcoxon(db, da).pvalue if ok.sum() > 1 and np.any(da != db) else float("nan")
-
-    def transfer(res: Any, model: nn.Module) -> float:
-        keep = res.success
-        return float((predict(model, res.x_adv[keep]) != y[keep]).float().mean()) if bool(keep.any()) else float("nan")
-
-    per_model = {}
-    for name, res in attacks.items():
-        d = res.distortion[res.success].double().numpy()
-        per_model[name] = {"success_rate": float(res.success.float().mean()), "mean_distortion": float(d.mean()),
-                           "median_distortion": float(np.median(d)), "attack_wall_s": res.wall_time}
-    return {"test_errors_only_wrong": {name_a: only_a, name_b: only_b}, "mcnemar_p": float(mcnemar),
-            "n_robust": int(len(chosen)), "test_indices": chosen.tolist(), "per_model": per_model,
-            "paired": {"n": int(ok.sum()), "mean_ratio": float(np.mean(db / da)),
-                       "share_larger": float(np.mean(db > da)),
-                       "wilcoxon_p": float(wilcoxon)},
-            "transfer": {f"made for {src}": {dst: transfer(res, model) for dst, model in models.items()}
-                         for src, res in attacks.items()}}
+        save_adversarial(folder / f"adversarial_{arm}.safetensors", res)
+        attacks[arm] = res
+    found = {arm: (res.success.cpu(), res.distortion.cpu().double()) for arm, res in attacks.items()}  # any device
+    base_ok, base_d = found[PLAIN]
+    per_arm = {}
+    for arm, res in attacks.items():
+        success, distortion = found[arm]
+        d = distortion[success].numpy()
+        ok = success & base_ok
+        da, db = base_d[ok].numpy(), distortion[ok].numpy()
+        differs = ok.sum() > 1 and np.any(da != db)
+        per_arm[arm] = {"mean_distortion": float(d.mean()) if d.size else float("nan"),
+                        "median_distortion": float(np.median(d)) if d.size else float("nan"),
+                        "success_rate": float(success.float().mean()),
+                        "attack_wall_s": res.wall_time, "paired_n": int(ok.sum()),
+                        "mean_ratio_to_plain": float(np.mean(db / da)) if ok.any() else float("nan"),
+                        "wilcoxon_p": float(stats.wilcoxon(db, da).pvalue) if differs else float("nan"),
+                        "transfer": {dst: _transfer(res, m, y) for dst, m in models.items()}}
+    return {"mcnemar": mcnemar, "n_robust": int(len(chosen)), "test_indices": chosen.tolist(), "per_arm": per_arm}
 
 
-def pool_report(results: dict[str, Any]) -> Section:
-    """The §4.2 Section from `adversarial_training_section`'s results."""
-    runs = results["seeds"]
-    paper = {PLAIN: paper_value("szegedy2014", "section4_2", "weight_decay_only_test_error"),
-             POOLED: paper_value("szegedy2014", "section4_2", "adversarial_training_test_error_below")}
-    rows = []
-    for seed, run in runs.items():
-        ev, wall = run["evaluation"], run[PLAIN]["wall_time_s"]
-        for name in (PLAIN, POOLED):
-            r, p = run[name], ev["per_model"][name]
-            rows.append([name, seed, _pct(r["train_error"]), _pct(r["test_error"]),
-                         "—" if paper[name] is None else ("< " if name == POOLED else "") + _pct(paper[name]),
-                         _num(p["mean_distortion"], ".4f"), _num(p["median_distortion"], ".4f"),
-                         f"{100 * p['success_rate']:.1f}%", f"{r['wall_time_s']:.1f}",
-                         f"{r['wall_time_s'] / wall:.2f}×"])
-    diffs = [run[POOLED]["test_error"] - run[PLAIN]["test_error"] for run in runs.values()]
-    lower = sum(d < 0 for d in diffs)
-    per_seed = "; ".join(
-        f"seed {seed}: {_pct(run[PLAIN]['test_error'])} → {_pct(run[POOLED]['test_error'])} (McNemar p = "
-        f"{run['evaluation']['mcnemar_p']:.3g} on the {sum(run['evaluation']['test_errors_only_wrong'].values())} "
-        f"test images only one of the two nets gets wrong)" for seed, run in runs.items())
-    significant = sum(run["evaluation"]["mcnemar_p"] < 0.05 for run in runs.values())
-    ratios = [_finite(run["evaluation"]["paired"]["mean_ratio"]) for run in runs.values()]
-    shares = [_finite(run["evaluation"]["paired"]["share_larger"]) for run in runs.values()]
-    costs = [run[POOLED]["wall_time_s"] / run[PLAIN]["wall_time_s"] for run in runs.values()]
-    attack_share = [run[POOLED]["attack_seconds"] / run[POOLED]["wall_time_s"] for run in runs.values()]
-    verdict = (f"Test error with the pool is lower in {lower} of {len(runs)} seed(s); mean change "
-               f"{100 * float(np.mean(diffs)):+.2f} points (pool − plain; the paper: 1.6% → below 1.2%, at least "
-               f"−0.4 points). {per_seed}; the difference is significant at 0.05 for {significant} of {len(runs)} "
-               f"seed(s). The adversarially trained net needs {_span(ratios, '.2f')}× the plain net's minimal L-BFGS "
-               f"distortion on the same images and targets (larger on {_span([100 * v for v in shares], '.0f')}% of "
-               f"them). Training cost {_span(costs, '.1f')}× the plain net's, "
-               f"{100 * float(np.mean(attack_share)):.0f}% of it in the attacks.")
-    first = next(iter(runs.values()))
-    ev = first["evaluation"]
-    table = Table(["FC100-100-10 trained with", "seed", "train err.", "test err.", "paper", "av. min. distortion",
-                   "median", "attack success", "training (s)", "cost"], rows,
-                  f"§4.2 — training on adversarial examples ("
-                  f"{'all 60,000' if results['train_subset'] is None else results['train_subset']} training images, "
-                  f"{results['epochs']} epochs; distortion: targeted L-BFGS with random targets on "
-                  f"{ev['n_robust']} test images both nets of a seed classify correctly)", verdict, fmt="str")
-    names = (PLAIN, POOLED)
-    transfer = Table(["successful adversarial examples ↓ / fed to →", *names],
-                     [[src, *(f"{100 * row[dst]:.1f}%" for dst in names)] for src, row in ev["transfer"].items()],
-                     "§4.2 — error of each net on the other's minimal adversarial examples "
-                     f"(seed {next(iter(runs))}; "
-                     "diagonal: 100% by construction)", fmt="str")
-    pool = first[POOLED]["pool"]
-    layer_text = "; ".join(f"layer {k}: {v['added']} of {v['attacked']} attacks added (success "
-                           f"{_num(_finite(v['success_rate']) * 100, '.0f')}%, mean RMS distortion "
-                           f"{_num(v['mean_rms_distortion'], '.3f')})"
-                           for k, v in pool["layers"].items())
-    only_input = list(pool["layers"]) == ["input"]
-    paragraphs = [
-        f"Both nets share the recipe ({results['recipe']['note']}; weight decay "
-        f"λ = {results['recipe']['weight_decay']:g} in (λ/2)·Σ‖W‖²), the seed, the epochs and the very same "
-        "sequence of clean minibatches; the second also "
-        f"trains on a pool of adversarial examples: {results['pool_description']}.",
-        f"Pool over the first seed's run ({pool['refreshes']} refreshes, {pool['steps']} steps): {layer_text}. "
-        + ("Only input-level examples were used here; the library also makes them for hidden sigmoid layers "
-           "(PoolConfig(layers=('input', 'act1', 'act2'))), as the paper did." if only_input
-           else "Hidden-layer examples train the layers above that layer only, as the paper describes."),
-    ]
-    return Section("§4.2 — training on adversarial examples", paragraphs, [table, transfer])
+def _transfer(res: Any, model: nn.Module, y: torch.Tensor) -> float:
+    """Error of `model` on the successful adversarial examples of `res` (NaN when there are none)."""
+    keep = res.success.cpu()
+    if not bool(keep.any()):
+        return float("nan")
+    return float((predict(model, res.x_adv.cpu()[keep]) != y[keep]).float().mean())
+
+
+__all__ = ["PoolSizes", "POOL_SIZES", "pool_sizes", "adversarial_training_section", "pool_report", "ARMS", "PLAIN",
+           "POOLED", "DEFAULT_POOL"]

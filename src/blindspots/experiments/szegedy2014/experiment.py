@@ -33,6 +33,7 @@ from ... import __version__
 from ...io import write_json_atomic
 from ...report.document import Section, write_report
 from ..stages import Experiment, pick_profile
+from .adv_training import pool_sizes
 from .report import build_report
 from .sections import (
     SPECTRAL_MODELS,
@@ -122,7 +123,8 @@ class Szegedy2014(TableStages, Experiment):
         out = []
         for name, run in (("units", lambda: units_section(self.runner, sizes, **kw)),
                           ("spectral", lambda: spectral_section(self.runner, sizes, pairs=pairs, **kw)),
-                          ("adversarial training", lambda: adversarial_training_section(self.runner, sizes, **kw))):
+                          ("adversarial training",
+                           lambda: adversarial_training_section(self.runner, pool_sizes(p.name), **kw))):
             t0 = time.perf_counter()
             out.append(run())
             self.timings[name] = time.perf_counter() - t0
