@@ -56,7 +56,7 @@ def hand_loop(x: torch.Tensor, y: torch.Tensor, seed: int, config: PoolConfig | 
                 model.train()
                 res = lbfgs_attack(tail, h, Misclassification(ya), search_steps=config.search_steps,
                                    bracket_steps=config.bracket_steps, max_iter=config.max_iter)
-                keep = res.success & (res.distortion > 0)
+                keep = res.success & (res.rms > 0)
                 new = (res.x_adv[keep].detach(), ya[keep])
                 old = pools[layer]
                 pools[layer] = new if old is None else (torch.cat([old[0], new[0]])[-config.capacity:],

@@ -228,9 +228,7 @@ def test_at_projects_and_rechecks(mlp: torch.nn.Module, data: tuple[torch.Tensor
             assert not bool((res.success & within & ~ok[k]).any())  # and still a success
         assert float(x_clip.min()) >= 0 and float(x_clip.max()) <= 1
         assert torch.equal(x_clip[0], x) and torch.equal(ok[0], res.clean_error)  # budget 0: the clean images
-    with pytest.warns(DeprecationWarning):
-        old = res.clip_to([0.02, 1.0])
-    assert torch.equal(old, res.success & res.within([0.02, 1.0]))
+    assert not hasattr(res, "clip_to")  # superseded by at(): one name, one meaning
     with pytest.raises(InputError, match="norm"):
         res.at([0.1], norm="l1")
 

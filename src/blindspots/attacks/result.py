@@ -13,9 +13,8 @@ distortion statistics. `rms` is Szegedy et al.'s per-pixel RMS change sqrt(Σ(x'
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
-from dataclasses import InitVar, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -50,11 +49,8 @@ class AttackResult:
     bounds: tuple[float, float] = (0.0, 1.0)
     model: nn.Module | None = field(default=None, repr=False, compare=False)  # for `at`: a fresh re-check
     criterion: Criterion | None = field(default=None, repr=False, compare=False)
-    distortion: InitVar[Tensor | None] = None  # deprecated constructor name of `rms`
 
-    def __post_init__(self, distortion: Tensor | None) -> None:
-        if distortion is not None:
-            self.rms = distortion
+    def __post_init__(self) -> None:
         if self.clean_error is None:
             self.clean_error = torch.zeros(self.x.shape[0], dtype=torch.bool, device=self.x.device)
 
@@ -122,14 +118,6 @@ class AttackResult:
         x_clipped = torch.where(within, self.x_adv.unsqueeze(0), moved.clamp(*self.bounds))
         return x_clipped, recheck(self.model, x_clipped, self.criterion, per_budget=True)[0]
 
-    def clip_to(self, budgets: Sequence[float], norm: str = "rms") -> Tensor:
-        """Deprecated: success & within(budgets); use `at(budgets, norm)[1]` (projects, then re-checks)."""
-        warnings.warn("AttackResult.clip_to is deprecated; use result.at(budgets, norm)", DeprecationWarning, 2)
-        if self.is_fixed_budget:
-            raise InputError(f"{self.attack} is a fixed-budget result (budgets {self.budgets}); clip_to needs a "
-                             f"minimal attack such as lbfgs_attack or fgsm_min_epsilon.")
-        return self.success.unsqueeze(0) & self.within(budgets, norm)
-
     def summary(self) -> dict[str, Any]:
         """JSON-ready numbers: success rate, error rate (pred ≠ label, clean errors included), clean errors,
         mean wrong-label confidence, mean and median RMS distortion over the successful samples that were
@@ -170,15 +158,6 @@ class AttackResult:
             out["budgets"] = torch.tensor(self.budgets, dtype=torch.float64)
         out.update({f"extra.{k}": v for k, v in self.extras.items()})
         return {k: v.detach().cpu().contiguous() for k, v in out.items() if v is not None}
-
-
-def _distortion(self: AttackResult) -> Tensor:
-    """Deprecated name of `rms` (the per-pixel RMS change)."""
-    warnings.warn("AttackResult.distortion is deprecated; use result.rms", DeprecationWarning, 2)
-    return self.rms
-
-
-AttackResult.distortion = property(_distortion)  # type: ignore[assignment]  # after @dataclass: keeps the InitVar
 
 
 def check_budgets(budgets: Sequence[float] | float, name: str = "budgets") -> tuple[float, ...]:

@@ -53,7 +53,7 @@ class CurveProbe:
         adv = fgsm(model, x, Misclassification(y), [self.eps])
         sub = x[:self.n_lbfgs][~wrong[:self.n_lbfgs]]
         res = lbfgs_attack(model, sub, Misclassification(y[:self.n_lbfgs][~wrong[:self.n_lbfgs]]), **self.lbfgs)
-        d = res.distortion[res.success]
+        d = res.rms[res.success]
         for key, value in (("epoch", epoch), ("test_error", float(wrong.float().mean())),
                            ("fgsm_error", float(adv.error_rate()[0])),
                            ("lbfgs_distortion", float(d.mean()) if d.numel() else float("nan"))):

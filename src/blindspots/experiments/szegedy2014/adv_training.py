@@ -203,7 +203,7 @@ def _evaluate(folder: Path, models: Mapping[str, nn.Module], test: ImageSet, siz
         res = lbfgs_attack(model, x, criterion, **sizes.lbfgs)
         save_adversarial(folder / f"adversarial_{arm}.safetensors", res)
         attacks[arm] = res
-    found = {arm: (res.success.cpu(), res.distortion.cpu().double()) for arm, res in attacks.items()}  # any device
+    found = {arm: (res.success.cpu(), res.rms.cpu().double()) for arm, res in attacks.items()}  # any device
     base_ok, base_d = found[PLAIN]
     per_arm = {}
     for arm, res in attacks.items():

@@ -14,7 +14,6 @@ from torch import Tensor
 
 from ...models import TrainedModel, train
 from ...report.format import finite, num, pct, span
-from ...training.pool import PoolConfig
 from ..stages import StageRunner
 
 UNIT_MODELS = ("CNN", "FC100-100-10")
@@ -32,10 +31,9 @@ class SectionSizes:
     """How big the three sections run. `train_subset` / `epochs` are those of the FC models shared with Table 1
     (pass the profile's to reuse its checkpoints); None means all 60,000 images / the recipe's epochs.
 
-    Presets in SIZES: "quick" (CI: small subsets, 20 directions, 30 pairs, one §4.2 seed on 5,000 images; about
-    30 s on two cores with one torch thread) and "standard" (full-data CNN and FC nets, 100 directions over all
-    10,000 test images, 100 CNN pairs, §4.2 on 20,000 images for 20 epochs with two seeds) and "paper" (as standard,
-    with 1,000 CNN pairs and L-BFGS's full c search)."""
+    Presets in SIZES: "quick" (CI: small subsets, 20 directions, 30 pairs), "standard" (full-data CNN and FC
+    nets, 100 directions over all 10,000 test images, 100 CNN pairs) and "paper" (as standard, with 1,000 CNN
+    pairs and L-BFGS's full c search). §4.2 has its own presets (adv_training.POOL_SIZES)."""
 
     name: str
     train_subset: int | None
@@ -45,25 +43,20 @@ class SectionSizes:
     unit_images: int | None  # §3: test images searched for the top-k (None: all 10,000)
     n_directions: int  # §3: units and random directions per layer
     n_pairs: int  # §4.3: test images attacked per model that gets no pairs handed in
-    pool_train_subset: int | None  # §4.2: training images of both nets
-    pool_epochs: int | None  # §4.2: epochs of both nets (None: the FC recipe's)
-    pool: PoolConfig = field(default_factory=PoolConfig)
-    n_robust: int = 300  # §4.2: test images attacked on both nets
-    pool_seeds: int = 1  # §4.2: pairs of nets trained, with seeds seed, seed + 1, ...
-    lbfgs: dict[str, Any] = field(default_factory=dict)  # minimal attack for §4.3 pairs and §4.2 robustness
+    lbfgs: dict[str, Any] = field(default_factory=dict)  # minimal attack for §4.3 pairs
 
 
 SIZES: dict[str, SectionSizes] = {
     "quick": SectionSizes("quick", train_subset=5000, epochs=10, cnn_train_subset=3000, cnn_epochs=2,
-                          unit_images=2000, n_directions=20, n_pairs=30, pool_train_subset=5000, pool_epochs=10,
-                          n_robust=50, lbfgs={"search_steps": 4, "max_iter": 50}),
+                          unit_images=2000, n_directions=20, n_pairs=30,
+                          lbfgs={"search_steps": 4, "max_iter": 50}),
     "standard": SectionSizes("standard", train_subset=None, epochs=None, cnn_train_subset=None, cnn_epochs=None,
-                             unit_images=None, n_directions=100, n_pairs=100, pool_train_subset=20_000,
-                             pool_epochs=20, n_robust=300, pool_seeds=2, lbfgs={"search_steps": 6}),
+                             unit_images=None, n_directions=100, n_pairs=100,
+                             lbfgs={"search_steps": 6}),
 }
 # the paper's scale for §3 and §4.3: every unit of each analysed layer (100 wide) over all 10,000 test images, 1,000
 # CNN pairs attacked with the full L-BFGS search (the Table 1 models' pairs are every correctly classified test
-# image); its §4.2 fields are the standard preset's until §4.2 sets its own
+# image)
 SIZES["paper"] = replace(SIZES["standard"], name="paper", n_directions=100, n_pairs=1000, lbfgs={})
 
 
