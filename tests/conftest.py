@@ -8,8 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from blindspots.data import fetch
+from blindspots.models import train
 
 
 def home_sharing_data(folder: Path, data: Path) -> Path:
@@ -47,3 +49,27 @@ def cli_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mnist_available: P
     """A fresh BLINDSPOTS_HOME for one test (an empty model store), sharing the verified MNIST files."""
     monkeypatch.setenv("BLINDSPOTS_HOME", str(home_sharing_data(tmp_path / "home", mnist_available / "data")))
     return tmp_path
+
+
+# The linear model of the attack tests: softmax regression on 1,000 training images (exact answers exist for it).
+LINEAR = dict(spec="FC10(1e-4)", train_subset=1000)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Small tensors: torch's thread pool costs more than it gains on a shared 2-core machine. A module opts in
+    with `pytestmark = pytest.mark.usefixtures("one_thread")` (module fixtures that train run under it too)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def linear(one_thread: None) -> torch.nn.Module:
+    return train(LINEAR["spec"], train_subset=LINEAR["train_subset"], progress=False).model
+
+
+@pytest.fixture(scope="module")
+def mlp(one_thread: None) -> torch.nn.Module:
+    return train("FC100-100-10", train_subset=2000, epochs=3, progress=False).model

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -13,19 +12,12 @@ from blindspots.data import load_mnist
 from blindspots.errors import InputError, SpecError
 from blindspots.models import build_model, fit
 from blindspots.training.pool import AdversarialPool, PoolConfig, _LayerPool, _split_at, train_with_pool
-from test_spectral import one_thread  # noqa: F401  (autouse: one torch thread, as in test_spectral)
 
 SMALL = PoolConfig(layers=("input", "act2"), refresh_every=24, attack_size=16, capacity=40, mix=0.5,
                    search_steps=1, bracket_steps=3, max_iter=20, targets="any")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread_for_the_module() -> Iterator[None]:
-    """Module fixtures train too: one torch thread for them as well (see test_spectral.one_thread)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

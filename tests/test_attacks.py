@@ -20,26 +20,11 @@ from blindspots.data import load_mnist
 from blindspots.errors import BlindspotsError, InputError
 from blindspots.models import train
 
-LINEAR = dict(spec="FC10(1e-4)", train_subset=1000)
+from conftest import LINEAR
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> object:
-    """Small tensors: torch's thread pool costs more than it gains on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def linear() -> torch.nn.Module:
-    return train(LINEAR["spec"], train_subset=LINEAR["train_subset"], progress=False).model
-
-
-@pytest.fixture(scope="module")
-def mlp() -> torch.nn.Module:
-    return train("FC100-100-10", train_subset=2000, epochs=3, progress=False).model
 
 
 @pytest.fixture(scope="module")

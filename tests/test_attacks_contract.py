@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_attacks import LINEAR, linear, one_thread  # noqa: F401  (shared fixtures)
+from conftest import LINEAR
 from torch import nn
 
 from blindspots.attacks import (Misclassification, Normalized, TargetedMisclassification, deepfool, fgsm, lbfgs_attack,
@@ -22,6 +22,9 @@ from blindspots.attacks.boxlbfgs import _direction, store_pairs
 from blindspots.cli import main
 from blindspots.data import load_mnist
 from blindspots.errors import InputError
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

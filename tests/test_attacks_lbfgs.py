@@ -12,7 +12,9 @@ from blindspots.attacks import (Misclassification, TargetedMisclassification, lb
                                 random_targets)
 from blindspots.attacks.boxlbfgs import minimize_box_lbfgs
 from blindspots.data import load_mnist
-from test_attacks import linear, mlp, one_thread  # noqa: F401  (shared fixtures)
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

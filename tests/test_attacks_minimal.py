@@ -15,17 +15,7 @@ from blindspots.errors import InputError
 from blindspots.models import predict_logits, train
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> object:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def linear() -> torch.nn.Module:
-    return train("FC10(1e-4)", train_subset=1000, progress=False).model
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

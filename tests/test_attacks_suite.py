@@ -8,8 +8,9 @@ import math
 
 import pytest
 import torch
-from test_attacks import linear, mlp, one_thread  # noqa: F401  (shared fixtures)
 from test_attacks_lbfgs import _closed_form_cases
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 from torch import nn
 
 from blindspots.attacks import (ATTACKS, Misclassification, TargetedMisclassification, cw_l2, deepfool, get_attack,

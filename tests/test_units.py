@@ -16,10 +16,10 @@ from blindspots.analysis import (ambiguous_top_k, default_layers, label_purity, 
 from blindspots.cli import main as cli_main
 from blindspots.data import load_mnist
 from blindspots.errors import InputError
-from blindspots.io import home
 from blindspots.models import build_model, train
 from blindspots.report.unit_figures import plot_unit_grid
-from test_spectral import one_thread  # noqa: F401  (autouse: one torch thread, as in test_spectral)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_top_k_agrees_with_a_brute_force_sort() -> None:
@@ -102,16 +102,6 @@ def test_unit_analysis_input_errors() -> None:
         unit_analysis(model, "act1", x, torch.zeros(19, dtype=torch.long))
     with pytest.raises(InputError, match="k must be between"):
         top_k_images(torch.rand(5, 3), torch.rand(2, 3), k=6)
-
-
-@pytest.fixture
-def cli_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh BLINDSPOTS_HOME for the CLI's model store, sharing the verified MNIST files of the real one."""
-    data = home() / "data"
-    monkeypatch.setenv("BLINDSPOTS_HOME", str(tmp_path / "home"))
-    (tmp_path / "home").mkdir()
-    (tmp_path / "home" / "data").symlink_to(data, target_is_directory=True)
-    return tmp_path
 
 
 def test_units_and_spectral_commands(cli_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
