@@ -13,7 +13,6 @@ from typing import Any, Union
 from torch import Tensor
 
 from ...models import TrainedModel, train
-from ...report.format import finite, num, pct, span
 from ..stages import StageRunner
 
 UNIT_MODELS = ("CNN", "FC100-100-10")
@@ -78,14 +77,6 @@ def _trained(spec: str, sizes: SectionSizes, seed: int, device: str, progress: b
 
 def _rel(runner: StageRunner, path: Path) -> Path:
     return Path(os.path.relpath(path, runner.root))
-
-
-# Kept only for adv_training.py (§4.2), which still imports them: the report's formatters under their old names.
-def _pct(v: float | None) -> str:
-    return pct(v, 2)
-
-
-_finite, _num, _span = finite, num, span
 
 
 def _digest(*tensors: Tensor) -> str:
