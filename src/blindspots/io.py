@@ -43,7 +43,8 @@ def home() -> Path:
 
 def source_hash(*parts: str, exclude: tuple[str, ...] = (), length: int = 12) -> str:
     """Short sha256 of the package's own source under `parts` (subpackage folders or module files relative to the
-    package, e.g. "models", "io.py"; none: the whole package) less `exclude`: the sorted relative paths and bytes
+    package, e.g. "models", "io.py"; none: the whole package) less `exclude` (the same kind of paths, e.g.
+"report" or "models/external.py"): the sorted relative paths and bytes
     of its .py files and published.json. Cached keys built on it change whenever that code changes, so a fix never
     silently reuses old weights or results. Computed once per process for each (root, parts, exclude)."""
     return _source_hash(SOURCE_ROOT, tuple(sorted(parts)), tuple(sorted(exclude)))[:length]
@@ -62,7 +63,7 @@ def _source_hash(root: Path, parts: tuple[str, ...], exclude: tuple[str, ...]) -
             raise FileNotFoundError(f"source_hash: {base} is neither a module nor a subpackage of {root}")
     h = hashlib.sha256()
     for rel in sorted(f.relative_to(root).as_posix() for f in files):
-        if rel.split("/")[0] in exclude or "__pycache__" in rel:
+        if any(rel == e or rel.startswith(e.rstrip("/") + "/") for e in exclude) or "__pycache__" in rel:
             continue
         h.update(rel.encode() + b"\0")
         h.update((root / rel).read_bytes())

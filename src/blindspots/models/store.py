@@ -38,12 +38,15 @@ class TrainedModel:
 # The source a checkpoint's weights depend on: a change to any of it gives new checkpoint names (a retrain),
 # never old weights under a fixed code's name. A training objective (adversarial training) adds its own code.
 TRAINING_SOURCE = ("data", "models", "io.py", "errors.py")
+# loaders of a user's own models and data, which no zoo checkpoint depends on
+TRAINING_SOURCE_EXCLUDE = ("models/external.py", "data/user.py")
 OBJECTIVE_SOURCE = ("training", "attacks")
 
 
 def training_source_hash(objective: StoredObjective | None = None) -> str:
     """Hash of the package source that checkpoints trained with (or without) a training objective depend on."""
-    return source_hash(*TRAINING_SOURCE, *(OBJECTIVE_SOURCE if objective is not None else ()))
+    return source_hash(*TRAINING_SOURCE, *(OBJECTIVE_SOURCE if objective is not None else ()),
+                       exclude=TRAINING_SOURCE_EXCLUDE)
 
 
 def _stem(folder: Path, s: ModelSpec, split: str, seed: int, epochs: int | None, train_subset: int | None,
