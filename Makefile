@@ -24,6 +24,7 @@ reproduce: venv
 
 test: venv
 	$(BIN)/blindspots data fetch
+	$(BIN)/blindspots data fetch --dataset fashion-mnist
 	$(BIN)/python -m pytest -q
 
 clean:

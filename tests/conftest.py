@@ -39,6 +39,12 @@ def mnist_available(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
+def fashion_mnist(mnist_available: Path) -> dict[str, Path]:
+    """Genuine Fashion-MNIST, fetched once (Debian's package via `apt-get download`) into the shared data cache."""
+    return fetch("fashion-mnist")
+
+
+@pytest.fixture(scope="session")
 def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh checkpoint folder for this test session, so no test reuses a stale user checkpoint."""
     return tmp_path_factory.mktemp("models")

