@@ -69,7 +69,8 @@ def load_eval_data(spec: str, *, split: str = "test", n: int | None = None,
         data = load_mnist(split, dataset=spec, subset=n)
         x, y = data.images, data.labels
         _check_values(x, data.name, lo, hi)
-        name, source = data.name, {"dataset": spec, "split": split, **{f"{k}.md5": v for k, v in data.checksums.items()}}
+        name = data.name
+        source = {"dataset": spec, "split": split, **{f"{k}.md5": v for k, v in data.checksums.items()}}
         mnist_like = True
     else:
         path = user_path(spec, "--data")
@@ -105,7 +106,7 @@ def _check_n(n: int | None, total: int, where: str) -> None:
 
 
 def _find_idx(folder: Path, prefix: str, what: str) -> Path:
-    names = (f"{prefix}-{what}", f"{prefix}-{what.replace('-idx', '.idx')}")  # t10k-images-idx3-ubyte, t10k-images.idx3-ubyte
+    names = (f"{prefix}-{what}", f"{prefix}-{what.replace('-idx', '.idx')}")  # -images-idx3-ubyte, -images.idx3-ubyte
     for name in names:
         for candidate in (folder / name, folder / f"{name}.gz"):
             if candidate.is_file():
