@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import importlib.util
@@ -50,8 +51,8 @@ def load_user_model(target: str, weights: str | None = None, *, device: str | to
         spec = parse_spec(target)
     except SpecError as exc:
         if ":" not in target:
-            raise SpecError(f"--model {target!r} is neither a zoo spec ({exc}) nor an import target; give a spec "
-                            "such as FC100-100-10, or package.module:factory / path/to/file.py:factory.") from None
+            raise SpecError(f"--model {target!r} is not an import target (package.module:factory or "
+                            f"path/to/file.py:factory; it has no ':') and not a zoo spec: {exc}") from None
         module, label = _build_from_import(target), target.rpartition(":")[2].split(".")[-1]
     else:
         if weights is None:
@@ -77,8 +78,12 @@ def _build_from_import(target: str) -> nn.Module:
     for i, part in enumerate(attr.split(".")):
         if not hasattr(obj, part):
             owner = where if i == 0 else f"{where}:{'.'.join(attr.split('.')[:i])}"
-            raise InputError(f"--model {target!r}: {owner} has no attribute {part!r}; callables it has: "
-                             f"{', '.join(_callables(obj)) or 'none'}. Name the function that builds your model.")
+            names = _callables(obj)
+            close = difflib.get_close_matches(part, names, 1)
+            shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+            raise InputError(f"--model {target!r}: {owner} has no attribute {part!r}"
+                             f"{f' (did you mean {close[0]!r}?)' if close else ''}; callables it has: "
+                             f"{shown or 'none'}. Name the function that builds your model.")
         obj = getattr(obj, part)
     if not callable(obj):
         raise InputError(f"--model {target!r}: {attr} is a {type(obj).__name__}, not callable; name a function "
@@ -132,11 +137,10 @@ def _import_file(where: str) -> ModuleType:
 
 
 def _callables(obj: Any) -> list[str]:
-    """Up to 8 public callables of a module or object, those defined in it first."""
+    """The public callables of a module or object, those defined in it first."""
     home = getattr(obj, "__name__", None)
     names = [n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n, None))]
-    names.sort(key=lambda n: getattr(getattr(obj, n), "__module__", None) != home)
-    return names[:8]
+    return sorted(names, key=lambda n: getattr(getattr(obj, n), "__module__", None) != home)
 
 
 def load_weights(module: nn.Module, path: Path) -> None:
