@@ -132,3 +132,12 @@ def test_fashion_mnist_fetch_without_apt_names_the_manual_way(tmp_path: Path, mo
         return
     with pytest.raises(DataError, match="apt-get and dpkg-deb not on PATH.*--data-dir"):
         fetch("fashion-mnist")
+
+
+def test_cli_fetches_fashion_mnist(fashion_mnist: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    from blindspots.cli import main
+
+    assert main(["data", "fetch", "--dataset", "fashion-mnist"]) == 0
+    out = capsys.readouterr().out
+    assert "fashion-mnist: 60000 training and 10000 test images, md5 verified" in out
+    assert str(fashion_mnist["t10k-images-idx3-ubyte"]) in out
