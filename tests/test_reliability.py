@@ -25,7 +25,7 @@ from blindspots.io import home, source_hash
 from blindspots.models import load_model, predict, train
 from blindspots.models.checkpoint import models_dir
 from blindspots.models.spec import parse_spec
-from blindspots.models.store import _stem
+from blindspots.models.store import _stem, training_source_hash
 from blindspots.report.document import Report, run_facts_section, to_markdown
 from blindspots.training.adversarial import Objective
 
@@ -71,7 +71,7 @@ def test_a_fix_to_the_training_code_retrains_instead_of_reusing(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(blindspots.io, "SOURCE_ROOT", _package_copy(tmp_path, "before"))
     old = train("FC100-100-10", store=tmp_path / "store", **TINY)
-    assert old.meta["source_sha256"] == source_hash("data", "models", "io.py", "errors.py")
+    assert old.meta["source_sha256"] == training_source_hash()  # data, models, io.py, errors.py less the user loaders
     monkeypatch.setattr(blindspots.io, "SOURCE_ROOT", _package_copy(tmp_path, "after", "models/train.py"))
     with pytest.raises(CheckpointError, match="has not been trained yet"):
         load_model("FC100-100-10", store=tmp_path / "store", train_subset=500, epochs=1)
