@@ -16,11 +16,11 @@ from types import ModuleType
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load
 from torch import nn
 
 from ..errors import CheckpointError, InputError, SpecError
-from ..io import file_digest, user_path
+from ..io import user_path
 from .spec import parse_spec
 from .store import train
 from .zoo import build_model
@@ -60,11 +60,7 @@ def load_user_model(target: str, weights: str | None = None, *, device: str | to
             return LoadedModel(name or spec.name, trained.model.eval(), target, str(trained.path),
                                trained.meta.get("weights_sha256"))
         module, label = build_model(spec), spec.name
-    sha = None
-    if weights is not None:
-        path = user_path(weights, "--weights")
-        load_weights(module, path)
-        sha = file_digest(path, "sha256")
+    sha = None if weights is None else load_weights(module, user_path(weights, "--weights"))
     return LoadedModel(name or label, module.to(device).eval(), target, None if weights is None else str(weights), sha)
 
 
@@ -143,21 +139,22 @@ def _callables(obj: Any) -> list[str]:
     return sorted(names, key=lambda n: getattr(getattr(obj, n), "__module__", None) != home)
 
 
-def load_weights(module: nn.Module, path: Path) -> None:
-    """Load a .safetensors state dict into `module`, strictly; never unpickles. Each failure names its fix."""
+def load_weights(module: nn.Module, path: Path) -> str:
+    """Load a .safetensors state dict into `module`, strictly, and return the sha256 of the bytes loaded; never
+    unpickles. Each failure names its fix."""
     if not path.is_file():
         raise CheckpointError(f"--weights {path}: no such file; check the path.")
     pickled = (f"--weights {path}: a PyTorch pickle (torch.save), which can run arbitrary code when loaded, so "
                f"blindspots never loads one; {CONVERT}.")
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise CheckpointError(pickled)
-    if path.stat().st_size == 0:
+    data = path.read_bytes()
+    if not data:
         raise CheckpointError(f"--weights {path}: the file is empty; save the weights again ({CONVERT}).")
     try:
-        tensors = load_file(str(path))
+        tensors = load(data)
     except Exception as exc:  # safetensors raises SafetensorError / OSError / ValueError
-        with path.open("rb") as fh:
-            head = fh.read(4)
+        head = data[:4]
         if head == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
             raise CheckpointError(pickled) from None  # torch.save's zip, or a bare pickle, under another name
         raise CheckpointError(f"--weights {path}: not a readable safetensors file, corrupt or truncated ({exc}); "
@@ -175,6 +172,7 @@ def load_weights(module: nn.Module, path: Path) -> None:
         raise CheckpointError(f"--weights {path} does not fit the model: tensors " + "; ".join(problems) +
                               f". Give the weights saved from this same architecture{hint}.")
     module.load_state_dict(tensors)
+    return hashlib.sha256(data).hexdigest()
 
 
 def _prefix_hint(want: set[str], got: set[str]) -> str:
