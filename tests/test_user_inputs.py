@@ -328,6 +328,8 @@ def test_bad_npz_files_name_the_problem(tmp_path: Path) -> None:
             load_eval_data(str(tmp_path / name))
     with pytest.raises(InputError, match=r"--n 21: .* holds 20 images"):
         load_eval_data(str(tmp_path / "good.npz"), n=21)
+    with pytest.raises(SpecError, match=r"an .npz holds a single set"):
+        load_eval_data(str(tmp_path / "good.npz"), split="train")
     with pytest.raises(InputError, match=r"lo < hi"):
         load_eval_data(str(tmp_path / "good.npz"), bounds=(1.0, 0.0))
 

@@ -60,7 +60,8 @@ def parse_floats(text: str, what: str) -> tuple[float, ...]:
 def load_eval_data(spec: str, *, split: str = "test", n: int | None = None,
                    bounds: tuple[float, float] = (0.0, 1.0)) -> EvalData:
     """`spec`: "mnist", "fashion-mnist", a folder of IDX files or an .npz; `n`: keep the first n images of a
-    fixed seeded order (None: all), so results are stable and a small n still covers every class."""
+    fixed seeded order (None: all), so results are stable and a small n still covers every class. `split`:
+    train/test (and P1/P2 for the built-in sets); an .npz is a single set, taken as "test"."""
     lo, hi = _check_bounds(bounds)
     if spec in SOURCES:
         if split not in SPLITS:
@@ -78,6 +79,8 @@ def load_eval_data(spec: str, *, split: str = "test", n: int | None = None,
             x, y, source = _read_idx_folder(path, split)
             mnist_like = True
         elif path.is_file():
+            if split != "test":
+                raise SpecError(f"--split {split}: an .npz holds a single set ({path.name}); leave --split out.")
             x, y, source = _read_npz(path)
             mnist_like = False
         else:
