@@ -18,7 +18,7 @@ from blindspots.attacks import (ATTACKS, Misclassification, TargetedMisclassific
 from blindspots.data import load_mnist
 from blindspots.errors import InputError
 
-BUDGETS = {"fgsm": [0.1, 0.2], "pgd": [0.1, 0.2], "noise": [0.1, 0.3]}
+BUDGETS = {"fgsm": [0.1, 0.2], "pgd": [0.1, 0.2], "square": [0.1, 0.2], "noise": [0.1, 0.3]}
 QUICK = {"lbfgs": {"search_steps": 2}, "lbfgs-all-targets": {"search_steps": 2}, "cw": {"steps": 20, "search_steps": 1},
          "pgd": {"steps": 5}}
 
@@ -136,7 +136,7 @@ def test_registry_is_the_cli_and_api_dispatch(linear: nn.Module) -> None:
     from blindspots.cli import attack as cli_attack
 
     d = load_mnist("test", subset=8)
-    assert set(ATTACKS) >= {"lbfgs", "fgsm", "pgd", "deepfool", "cw", "noise"}
+    assert set(ATTACKS) >= {"lbfgs", "fgsm", "pgd", "deepfool", "cw", "noise", "square"}
     assert cli_attack.ATTACKS is ATTACKS
     assert "pgd" in get_attack("pgd").name and get_attack("pgd").params["steps"] == 40
     with pytest.raises(InputError, match="unknown attack"):

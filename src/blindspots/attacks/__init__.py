@@ -4,7 +4,7 @@ fresh forward pass.
 
 Every attack is in the registry (`ATTACKS`, `get_attack(name)`, `run_attack(name, ...)`), which the CLI
 uses too. Minimal attacks (lbfgs, deepfool, cw, fgsm-min) return one x_adv per image, which
-`AttackResult.at(budgets)` projects onto any list of budgets; fixed-budget attacks (fgsm, pgd, noise)
+`AttackResult.at(budgets)` projects onto any list of budgets; fixed-budget attacks (fgsm, pgd, square, noise)
 take K budgets and return x_adv [K, N, ...] with success [K, N] (the shape rule: attacks.result).
 """
 
@@ -18,10 +18,11 @@ from .noise import gaussian_noise, magnify, noise_attack
 from .pgd import pgd
 from .registry import ATTACKS, Attack, AttackSpec, get_attack, run_attack
 from .result import AttackResult
+from .square import square
 from .storage import load_adversarial, load_adversarial_metadata, save_adversarial
 
 __all__ = ["AttackResult", "Criterion", "Misclassification", "TargetedMisclassification", "random_targets",
            "attack_mode", "verify", "recheck", "distortions", "Normalized", "FunctionModel", "lbfgs_attack",
            "lbfgs_all_targets", "fgsm", "fgsm_min_epsilon", "pgd", "deepfool", "cw_l2", "gaussian_noise", "magnify",
-           "noise_attack", "Attack", "AttackSpec", "ATTACKS", "get_attack", "run_attack", "save_adversarial",
+           "noise_attack", "square", "Attack", "AttackSpec", "ATTACKS", "get_attack", "run_attack", "save_adversarial",
            "load_adversarial", "load_adversarial_metadata"]

@@ -11,10 +11,12 @@ from pathlib import Path
 
 from ..errors import SpecError
 from ..experiments.stages import timing_line
+from ..parallel import init_from_env, shutdown
 from .common import add_device
 
 EXPERIMENTS = {"szegedy2014": "blindspots.experiments.szegedy2014",
                "goodfellow2015": "blindspots.experiments.goodfellow2015"}
+DISTRIBUTED = ("szegedy2014",)  # experiments whose attacks torchrun can split across processes
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,10 +44,22 @@ def _run(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as exc:
         raise SpecError(f"experiment {args.experiment!r} is not available in this version.") from exc
     out = Path(args.out or f"runs/{args.experiment}")
-    print(f"blindspots reproduce {args.experiment} --profile {args.profile} -> {out}")
-    t0 = time.perf_counter()
-    results = module.reproduce(out, args.profile, seed=args.seed, n_attack=args.n_attack, device=args.device,
-                               progress=not args.no_progress)
+    world = init_from_env(args.device)
+    try:
+        if world.size > 1 and args.experiment not in DISTRIBUTED:
+            raise SpecError(f"{args.experiment} runs in one process; start it without torchrun (torchrun works for "
+                            f"{', '.join(DISTRIBUTED)}).")
+        if world.is_main:
+            print(f"blindspots reproduce {args.experiment} --profile {args.profile} -> {out}"
+                  + (f" ({world.size} processes, {world.backend})" if world.size > 1 else ""))
+        t0 = time.perf_counter()
+        kw = {"world": world} if world.size > 1 else {}
+        results = module.reproduce(out, args.profile, seed=args.seed, n_attack=args.n_attack, device=args.device,
+                                   progress=not args.no_progress, **kw)
+    finally:
+        shutdown(world)
+    if not world.is_main:
+        return 0
     print()
     print(module.terminal_summary(results))
     print(timing_line(results))

@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import shutil
+import tempfile
 import time
 import weakref
 from collections.abc import Callable, Mapping
@@ -24,6 +25,7 @@ from torch import nn
 
 from ..errors import CheckpointError, OutputError, SpecError
 from ..io import output_folder, source_hash, stable_hash, write_json_atomic
+from ..parallel import World, run_stage
 from ..report.document import stage_time_line
 
 RESULT = "result.json"
@@ -176,6 +178,10 @@ def _release(key: str) -> None:
         os.close(entry[0])
 
 
+def _silent(line: str) -> None:
+    """The announce of a non-zero rank: rank 0 speaks for the run."""
+
+
 def timing_line(results: Mapping[str, Any]) -> str:
     """One line for a run's summary: the stages' time in this run and their original compute time (a fully
     cached rerun takes seconds, but its results cost what the stages' first runs took)."""
@@ -200,16 +206,29 @@ def pick_profile(profiles: Mapping[str, P], name: str, n_attack: int | None = No
 
 class Experiment:
     """What every reproduction holds: output folder, run size, seed, device, the stage runner, and what
-    its stages returned (model metadata, attack results with their files, wall times)."""
+    its stages returned (model metadata, attack results with their files, wall times).
+
+    Under torchrun (`world` of several processes) only rank 0 holds the output folder's StageRunner and writes;
+    the other ranks hold a silent runner on a scratch folder and take part in collective stages (`stage`)."""
 
     def __init__(self, out: Path, profile: Any, seed: int = 0, device: str = "cpu", progress: bool = True,
-                 announce: Callable[[str], None] = print) -> None:
+                 announce: Callable[[str], None] = print, world: World | None = None) -> None:
+        self.world = world or World()
+        if not self.world.is_main:
+            self._scratch = tempfile.TemporaryDirectory(prefix=f"blindspots-rank{self.world.rank}-")
+            out, progress, announce = Path(self._scratch.name), False, _silent
         self.out, self.profile, self.seed, self.device, self.progress = out, profile, seed, device, progress
         self.runner = StageRunner(out, announce=announce)
         self.models: dict[str, dict[str, Any]] = {}
         self.attacks: dict[str, tuple[dict[str, Any], Path]] = {}
         self.timings: dict[str, float] = {}
         self._checked: dict[str, nn.Module] = {}
+
+    def stage(self, name: str, inputs: dict[str, Any], compute: Callable[[Path], dict[str, Any]], *,
+              collective: bool = False) -> tuple[dict[str, Any], Path]:
+        """runner.run in one process; under torchrun rank 0's cached or computed result on every rank, computed by
+        every rank together (collective: compute goes through parallel.sharded_map) or by rank 0 alone."""
+        return run_stage(self.runner, self.world, name, inputs, compute, collective=collective)
 
     def load_checkpoint_checked(self, stem: str | os.PathLike[str], spec: str, expected_sha256: str | None = None) -> nn.Module:
         """The model stored at `stem` (.json + .safetensors) on this run's device, loaded once per run: its spec,

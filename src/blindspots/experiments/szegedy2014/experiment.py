@@ -31,6 +31,7 @@ import torch
 
 from ... import __version__
 from ...io import write_json_atomic
+from ...parallel import World
 from ...report.document import Section, write_report
 from ..stages import Experiment, pick_profile
 from .adv_training import pool_sizes
@@ -76,8 +77,8 @@ class Szegedy2014(TableStages, Experiment):
     profile: Profile
 
     def __init__(self, out: Path, profile: Profile, seed: int = 0, device: str = "cpu",
-                 progress: bool = True, announce: Any = print) -> None:
-        super().__init__(out, profile, seed=seed, device=device, progress=progress, announce=announce)
+                 progress: bool = True, announce: Any = print, world: World | None = None) -> None:
+        super().__init__(out, profile, seed=seed, device=device, progress=progress, announce=announce, world=world)
 
     # ---- the whole run ------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -91,6 +92,8 @@ class Szegedy2014(TableStages, Experiment):
         for ref in eta_loop(refs, "attack models", self.runner.announce, self.progress):
             self.attacks[ref.label] = self._attack_stage(ref)
         self.timings["attack"] = time.perf_counter() - stage_t
+        if not self.world.is_main:  # under torchrun the ranks share the attacks; rank 0 runs the rest alone
+            return {}
         stage_t = time.perf_counter()
         t1_refs, t3_refs = refs[: len(TABLE1_MODELS)], refs[len(TABLE1_MODELS):]
         table2 = self._transfer_table(t1_refs, t1_refs, gaussian_base=t1_refs[3])
@@ -165,7 +168,10 @@ class Szegedy2014(TableStages, Experiment):
 
 def reproduce(out: str | Path = "runs/szegedy2014", profile: str = "standard", *, seed: int = 0,
               n_attack: int | None = None, device: str = "cpu", progress: bool = True,
-              announce: Any = print) -> dict[str, Any]:
-    """Run (or resume) the reproduction; returns results.json's content."""
+              announce: Any = print, world: World | None = None) -> dict[str, Any]:
+    """Run (or resume) the reproduction; returns results.json's content. Under torchrun (`world` of several
+    processes) the L-BFGS attack stages are split across the ranks, with the same numbers as one process; rank 0
+    runs every other stage and writes everything; the other ranks return {} after the attacks."""
     prof = pick_profile(PROFILES, profile, n_attack)
-    return Szegedy2014(Path(out), prof, seed=seed, device=device, progress=progress, announce=announce).run()
+    return Szegedy2014(Path(out), prof, seed=seed, device=device, progress=progress, announce=announce,
+                       world=world).run()

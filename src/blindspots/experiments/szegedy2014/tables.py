@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ... import __version__
 from ...attacks import (
+    AttackResult,
     TargetedMisclassification,
     gaussian_noise,
     lbfgs_attack,
@@ -34,6 +35,7 @@ from ...attacks import (
 from ...data import load_mnist
 from ...data.datasets import subset_order
 from ...models import predict, train
+from ...parallel import World, sharded_map
 from ...report.figures import examples_grid
 from ...report.plots import distortion_histogram
 from ...report.reference import paper_value
@@ -44,6 +46,9 @@ TABLE3_MODELS = (("FC100-100-10", "FC100-100-10", "P1"), ("FC123-456-10", "FC123
                  ("FC100-100-10'", "FC100-100-10", "P2"))
 GAUSSIAN_SIGMAS = (0.1, 0.3)
 MAGNIFY_SIGMA = 0.1
+# Images per L-BFGS call: fixed, whatever the number of processes, so torchrun's ranks (chunk i on rank i % size)
+# reproduce one process's numbers exactly.
+ATTACK_CHUNK = 64
 
 T = TypeVar("T")
 SetMaker = Callable[[], tuple[torch.Tensor, torch.Tensor]]
@@ -104,8 +109,10 @@ class TableStages:
     seed: int
     device: str
     progress: bool
+    world: World
     models: dict[str, dict[str, Any]]
     attacks: dict[str, tuple[dict[str, Any], Path]]
+    stage: Callable[..., tuple[dict[str, Any], Path]]
 
     def _train_stage(self, ref: ModelRef) -> dict[str, Any]:
         p = self.profile
@@ -119,7 +126,7 @@ class TableStages:
             return {k: m[k] for k in ("spec", "split", "seed", "train_error", "test_error", "weights_sha256",
                                       "wall_time_s", "recipe", "epochs", "n_train")} | {"checkpoint": str(tm.path)}
 
-        result, _ = self.runner.run(f"train {ref.label}", inputs, compute)
+        result, _ = self.stage(f"train {ref.label}", inputs, compute)  # rank 0 trains; the others wait for it
         return result
 
     def _load(self, ref: ModelRef) -> torch.nn.Module:
@@ -142,10 +149,10 @@ class TableStages:
             chosen = order[positions]
             n_clean_errors_skipped = int((~correct[: int(positions[-1]) + 1]).sum())
             x, y = test.images[chosen], test.labels[chosen]
-            targets = random_targets(y, seed=self.seed)
-            result = lbfgs_attack(model, x.to(self.device),
-                                  TargetedMisclassification(targets.to(self.device), y.to(self.device)),
-                                  progress=self.progress, **p.lbfgs)
+            targets = random_targets(y, seed=self.seed)  # drawn for all images before they are split into chunks
+            result = self._sharded_lbfgs(model, x, TargetedMisclassification(targets, y))
+            if not self.world.is_main:  # rank 0 writes the stage's files
+                return {}
             save_adversarial(folder / "adversarial.safetensors", result)
             ok = result.success.cpu()
             dist = result.rms.cpu()[ok].numpy()
@@ -160,7 +167,30 @@ class TableStages:
                     "median_distortion": float(np.median(dist)) if dist.size else float("nan"),
                     "attack_params": result.params, "attack_wall_s": result.wall_time}
 
-        return self.runner.run(f"attack {ref.label}", inputs, compute)
+        return self.stage(f"attack {ref.label}", inputs, compute, collective=True)
+
+    def _sharded_lbfgs(self, model: torch.nn.Module, x: torch.Tensor, crit: TargetedMisclassification) -> AttackResult:
+        """lbfgs_attack over fixed chunks of ATTACK_CHUNK images, split across torchrun's ranks (parallel.sharded_map);
+        every rank gets the whole result back, identical to one process's (params: those of rank 0's chunks, the
+        same for every chunk; rank 0 always computes chunk 0)."""
+        p, t0 = self.profile, time.perf_counter()
+        params: dict[str, Any] = {}
+
+        def chunk(i: int, rows: slice) -> dict[str, torch.Tensor]:
+            res = lbfgs_attack(model, x[rows].to(self.device), crit.subset(rows).to(self.device), **p.lbfgs)
+            params.update(res.params)
+            return res.to_tensors()
+
+        def report(done: int, total: int) -> None:
+            if self.progress and done < total:
+                self.runner.announce(f"  L-BFGS: {done}/{total} chunks of {ATTACK_CHUNK} images on this process")
+
+        t = sharded_map(chunk, x.shape[0], ATTACK_CHUNK, self.world, progress=report)
+        extras = {k.split(".", 1)[1]: v for k, v in t.items() if k.startswith("extra.")}
+        return AttackResult(x=t["x"], x_adv=t["x_adv"], success=t["success"], labels=t["label"],
+                            targets=t["target"], pred=t["pred"], confidence=t["confidence"], rms=t["distortion"],
+                            l2=t["l2"], linf=t["linf"], extras=extras, attack="lbfgs", params=params,
+                            wall_time=time.perf_counter() - t0, clean_error=t["clean_error"].bool())
 
     def _attack_summary(self, label: str) -> dict[str, Any]:
         """An attack stage's result for results.json, with its figures as paths relative to the run folder."""
