@@ -69,7 +69,7 @@ def _summary(fields: dict[str, torch.Tensor], grid: tuple[float, ...], names: li
         size, at = fields[f"{name}.size"], fields[f"{name}.at"]
         ran = ~torch.isnan(size)
         attacked = ran & correct
-        per[name] = {"images": int(attacked.sum()),
+        per[name] = {"images": int(attacked.sum()), "ran_on": int(ran.sum()),
                      "success_rate": float(torch.isfinite(size[attacked]).double().mean())
                      if bool(attacked.any()) else math.nan,
                      "stats": quantiles(size[ran & correct].numpy()), "sizes": as_list(size),
@@ -247,7 +247,9 @@ def curves_stage(ctx: Ctx, clean: dict[str, Any], minimal: dict[str, dict[str, A
             lines = {"PGD": robust_curve(pgd_broken)}
             envelope = pgd_broken.clone()
             for name, broken in _clipped(minimal[norm], len(grid)).items():
-                lines[f"{name} (clipped)"] = minimal[norm]["attacks"][name]["curve"]
+                ran = minimal[norm]["attacks"][name]["ran_on"]
+                label = f"{name} (clipped)" if ran == ctx.n else f"{name} (clipped, first {ran} images)"
+                lines[label] = minimal[norm]["attacks"][name]["curve"]
                 envelope |= broken
             lines["any attack"] = robust_curve(envelope)
             result[norm] = {"eps": list(grid), "lines": lines, "pgd_broken_ref": None}

@@ -96,7 +96,7 @@ def from_list(values: list[Any]) -> np.ndarray:
 def robust_curve(broken: torch.Tensor, valid: torch.Tensor | None = None) -> list[float]:
     """Robust accuracy per budget from broken [N, K] (True: misclassified at that budget), over valid rows."""
     b = broken if valid is None else broken[valid]
-    return [float(1 - c) for c in b.float().mean(dim=0).tolist()] if b.shape[0] else [math.nan] * broken.shape[1]
+    return [float(c) for c in (~b).double().mean(dim=0).tolist()] if b.shape[0] else [math.nan] * broken.shape[1]
 
 
 __all__ = ["Ctx", "attack", "supports_bounds", "quantiles", "as_list", "from_list", "robust_curve"]

@@ -65,15 +65,18 @@ class AuditRunner:
         """parallel.sharded_map over fixed chunks of CHUNK images, announcing chunks done and an ETA on rank 0."""
         total = -(-n // CHUNK)
         mine = len(range(self.world.rank, total, self.world.size))
-        state = {"done": 0, "t0": time.perf_counter()}
+        t0 = time.perf_counter()
+        state = {"done": 0, "said": t0}
+        every = 2.0 if self.progress else 15.0  # without --no-progress a line per chunk, else one now and then
 
         def timed(i: int, rows: slice) -> dict[str, torch.Tensor]:
             out = fn(i, rows)
             state["done"] += 1
-            elapsed = time.perf_counter() - state["t0"]
-            if self.progress and state["done"] < mine and elapsed > 2.0:
-                self.announce(f"    {desc}: {state['done']}/{mine} chunks in {elapsed:.0f} s, "
-                              f"ETA {elapsed / state['done'] * (mine - state['done']):.0f} s")
+            now = time.perf_counter()
+            if state["done"] < mine and now - state["said"] > every:
+                state["said"] = now
+                self.announce(f"    {desc}: {state['done']}/{mine} chunks in {now - t0:.0f} s, "
+                              f"ETA {(now - t0) / state['done'] * (mine - state['done']):.0f} s")
             return out
 
         return parallel.sharded_map(timed, n, CHUNK, self.world)
