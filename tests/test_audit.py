@@ -108,10 +108,13 @@ def test_sanity_lines_present_and_able_to_flag(audited: tuple[dict, Path]) -> No
     # restarts that break many more images, and a gradient-free attack beating PGD, are flagged
     worse = copy.deepcopy(results)
     runs = worse["per_model"]["mlp"]["sanity_runs"]["robust"]
-    runs["many"], runs["free"] = runs["one"] - 0.2, runs["one"] - 0.2
+    runs.update({"one": 0.5, "any attack": 0.5, "many": 0.3, "free": 0.3})
     status = {s["check"]: s["status"] for s in sanity_lines(worse) if s["model"] == "mlp"}
     assert status["restarts do not change the verdict"] == "FLAG"
     assert status["gradient-free does not beat gradient attacks"] == "FLAG"
+    runs["any attack"] = 0.3  # what restarts find, the audit's attacks combined found already: the verdict stands
+    restarts = next(s for s in sanity_lines(worse) if s["model"] == "mlp" and s["check"].startswith("restarts"))
+    assert restarts["status"] == "PASS" and "not converged" in restarts["numbers"]
     # transfer stronger than white-box is flagged
     t = copy.deepcopy(results["transfer"])
     t["matrix"]["mlp"]["softmax"] = t["matrix"]["softmax"]["softmax"] + 0.1

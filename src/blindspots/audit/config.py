@@ -29,7 +29,7 @@ class Effort:
     minimal_l2: dict[str, Any] = field(default_factory=lambda: {"steps": 20, "lanes": 2})
     lbfgs_images: int = 100  # L-BFGS on the first images only, and only for models below `heavy_macs`
     heavy_macs: float = 1e6  # multiply-adds per image (Linear + Conv2d) above which a model counts as large:
-    heavy_images: int = 300  # minimal-l2 then runs on the first `heavy_images` only, and L-BFGS not at all
+    heavy_images: int = 1000  # minimal-l2 then runs on the first `heavy_images` only, and L-BFGS not at all
     bisect_images: int = 200  # PGD-L∞ bisection for the minimal L∞ on the first images only
     bisect_rounds: int = 6
     bisect_steps: int = 10

@@ -28,7 +28,7 @@ PARTS = ("clean", "minimal L2", "minimal L∞", "robust curves", "lipschitz", "u
 
 def _lean(stage: dict[str, Any]) -> dict[str, Any]:
     """A stage result for results.json: without its cache record and the per-image flags only later stages read."""
-    out = {k: v for k, v in stage.items() if k not in ("_stage", "correct", "margin")}
+    out = {k: v for k, v in stage.items() if k not in ("_stage", "correct", "margin", "broken_ref")}
     if "attacks" in out:
         out["attacks"] = {a: {k: v for k, v in rec.items() if k != "at"} for a, rec in out["attacks"].items()}
     return out
@@ -71,7 +71,7 @@ def run_audit(config: AuditConfig, announce: Callable[[str], None] = print) -> d
         rec["curves"] = curves[m.name][0]
         rec["lipschitz"] = timed("lipschitz", lambda: lipschitz_stage(ctx, rec["clean"], rec["minimal_l2"]))
         rec["units"] = timed("units", lambda: units_stage(ctx))
-        rec["sanity_runs"] = timed("sanity runs", lambda: sanity_stage(ctx, rec["clean"]))
+        rec["sanity_runs"] = timed("sanity runs", lambda: sanity_stage(ctx, rec["clean"], rec["curves"]))
         per_model[m.name] = {k: _lean(v) for k, v in rec.items()}
     transfer = timed("transfer", lambda: transfer_stage(runner, ctxs, curves, tuple(config.zoo)))
 
