@@ -137,6 +137,24 @@ def test_model_that_does_not_fit_the_data(tmp_path: Path) -> None:
         run_audit(_config([wrong], tmp_path / "out"), announce=lambda _: None)
 
 
+def test_normalised_model_and_clear_refusals(tmp_path: Path, linear: nn.Module,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from blindspots.attacks import Normalized
+    from blindspots.audit.models import load_models
+
+    x = load_eval_data("mnist", n=8).images
+    cfg = AuditConfig([LoadedModel("lin", linear, "test")], mean=(0.1307,), std=(0.3081,), out=tmp_path / "a")
+    (m,) = load_models(cfg, x)
+    assert isinstance(m.module, Normalized) and m.inner is linear  # attacks work on raw images in [0, 1]
+    assert torch.allclose(m.module(x), linear((x - 0.1307) / 0.3081))
+    with pytest.raises(InputError, match="--mean and --std go together"):
+        AuditConfig([LoadedModel("lin", linear, "test")], mean=(0.1,))
+    assert main(["audit", "--model", "NO-SUCH-NET", "--n", "5", "--out", str(tmp_path / "b")]) == 2
+    assert "NO-SUCH-NET" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["audit", "--weights", "w.safetensors", "--model", "CNN"])  # --weights before any --model
+
+
 def test_cli_audit(tmp_path: Path, mlp: nn.Module) -> None:
     if not hasattr(external, "check_outputs"):
         pytest.skip("file.py:factory targets need the user-model loader (models.external) of issue 12")

@@ -18,7 +18,7 @@ from ..io import write_json_atomic
 from .analysis import lipschitz_stage, sanity_stage, transfer_stage, units_stage
 from .attacks import clean_stage, curves_stage, minimal_l2_stage, minimal_linf_stage
 from .common import Ctx
-from .config import AuditConfig
+from .config import CHUNK, AuditConfig
 from .models import load_models
 from .runner import AuditRunner
 from .sanity import sanity_lines
@@ -112,7 +112,7 @@ def _facts(config: AuditConfig, models: list[Any], data_id: dict[str, Any], worl
             "normalisation": "none" if config.mean is None else
                              f"attacks.Normalized(model, mean={list(config.mean)}, std={list(config.std or ())}); "
                              "attacks work in the data's own space",
-            "seed": f"{config.seed}; randomness per chunk of {100} images seeded from (seed, chunk index) only, so "
+            "seed": f"{config.seed}; randomness per chunk of {CHUNK} images seeded from (seed, chunk index) only, so "
                     "any number of processes gives the same numbers",
             "budgets": f"L∞ {list(config.linf_grid)}, L2 {list(config.l2_grid)}; reference ε (transfer, sanity "
                        f"runs) {config.eps_ref:g}",
@@ -127,6 +127,7 @@ def _facts(config: AuditConfig, models: list[Any], data_id: dict[str, Any], worl
                                      f"{e.bisect_images} images",
             "distributions": "over the correctly classified images an attack ran on; a failed attack counts as ∞",
             "sanity_runs": f"first {e.sanity_images} images; {e.restarts} restarts",
+            "processes": f"{world_size} on device {config.device} (torchrun splits the images; same numbers)",
         },
     }
 

@@ -15,7 +15,7 @@ from .common import add_device
 EPILOG = """examples:
   blindspots audit --model CNN --model FC100-100-10 --out runs/audit
   blindspots audit --model mynets:small_cnn --weights small_cnn.safetensors --mean 0.1307 --std 0.3081
-  torchrun --nproc-per-node 2 -m blindspots audit --model CNN --out runs/audit"""
+  torchrun --nproc-per-node 2 -m blindspots audit --model CNN --images 1000 --out runs/audit"""
 
 
 class _ModelAction(argparse.Action):
@@ -56,7 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default="mnist", help="mnist (default), fashion-mnist, a folder of IDX files or an .npz "
                                                    "with x (N, C, H, W) and y")
     p.add_argument("--split", default="test", help="split of a built-in dataset (default test)")
-    p.add_argument("--n", type=int, default=1000, help="images to audit (a fixed seeded subset; default 1000)")
+    p.add_argument("--n", "--images", dest="n", type=int, default=1000,
+                   help="images to audit (a fixed seeded subset; default 1000); under torchrun write --images, "
+                        "which torchrun's own options do not swallow")
     p.add_argument("--bounds", default="0,1", metavar="LO,HI", help="value range of the images (default 0,1)")
     p.add_argument("--mean", default=None, help="normalisation the model expects, one value or one per channel "
                                                 "(with --std): the model is wrapped so attacks work on raw images")
