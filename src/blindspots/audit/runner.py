@@ -53,7 +53,12 @@ class AuditRunner:
         alone computes. compute(folder) may write files into folder, which is None on ranks other than 0."""
         cached = parallel.broadcast_object(self._cached(name, inputs) if self.stages else None, self.world)
         if self.stages is not None:
-            result, folder = self.stages.run(name, inputs, compute)
+            def guarded(folder: Path) -> dict[str, Any]:
+                if cached and collective and self.world.size > 1:  # the other ranks are not computing with us
+                    raise RuntimeError(f"stage {name!r} was cached a moment ago and no longer is; rerun the audit")
+                return compute(folder)
+
+            result, folder = self.stages.run(name, inputs, guarded)
         else:
             if not cached and collective:
                 compute(None)

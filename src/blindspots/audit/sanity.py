@@ -14,6 +14,7 @@ PASS, FLAG, SKIP = "PASS", "FLAG", "SKIP"
 
 
 def line(status: str, model: str, check: str, numbers: str) -> dict[str, str]:
+    """One check's outcome, and its printed line."""
     return {"status": status, "model": model, "check": check, "numbers": numbers,
             "line": f"{status}: {model}: {check}: {numbers}"}
 
