@@ -63,7 +63,7 @@ def test_results_and_report(audited: tuple[dict, Path], models: list[LoadedModel
         for norm in ("linf", "l2"):
             curve = rec["curves"][norm]["lines"]
             assert all(a >= b for a, b in zip(curve["PGD"], curve["PGD"][1:]))  # carried over: non-increasing
-            whole = [line for label, line in curve.items() if "first" not in label]  # lines over all N images
+            whole = [line for label, line in curve.items() if " on " not in label]  # lines over all N images
             assert len(whole) >= 3
             assert all(env <= min(line[k] for line in whole)
                        for k, env in enumerate(curve["any attack"]))  # the envelope is below every line

@@ -171,7 +171,8 @@ def _bisect(ctx: Ctx, x: torch.Tensor, crit: Any, start: torch.Tensor, found: to
 
 
 def minimal_linf_stage(ctx: Ctx, clean: dict[str, Any]) -> dict[str, Any]:
-    """Per-image minimal L∞: FGSM's smallest ε (all images) and a PGD-L∞ bisection started from it (first images)."""
+    """Per-image minimal L∞: FGSM's smallest ε (all images) and a PGD-L∞ bisection started from it (the first
+    images, and every image FGSM failed on)."""
     e, cfg = ctx.config.effort, ctx.config
     correct = torch.tensor(clean["correct"], dtype=torch.bool)
     names = list(LINF_ATTACKS)
@@ -181,7 +182,8 @@ def minimal_linf_stage(ctx: Ctx, clean: dict[str, Any]) -> dict[str, Any]:
             x, crit, err = ctx.x[rows], ctx.crit(rows), ~correct[rows]
             r = attack("fgsm-min", ctx, x, crit, eps_max=cfg.span)
             out = {f"fgsm-min.{k}": v for k, v in _minimal_fields(r, cfg.linf_grid, "linf", err).items()}
-            take = torch.arange(rows.start, rows.stop) < e.bisect_images
+            # the first images, and every image FGSM failed on (so that the per-image best covers all images)
+            take = (torch.arange(rows.start, rows.stop) < e.bisect_images) | ~r.success.cpu()
             fields = {"size": torch.empty(0), "at": torch.empty(0, len(cfg.linf_grid))}
             if bool(take.any()):
                 sub = take.to(x.device)
@@ -248,7 +250,7 @@ def curves_stage(ctx: Ctx, clean: dict[str, Any], minimal: dict[str, dict[str, A
             envelope = pgd_broken.clone()
             for name, broken in _clipped(minimal[norm], len(grid)).items():
                 ran = minimal[norm]["attacks"][name]["ran_on"]
-                label = f"{name} (clipped)" if ran == ctx.n else f"{name} (clipped, first {ran} images)"
+                label = f"{name} (clipped)" if ran == ctx.n else f"{name} (clipped, on {ran} images)"
                 lines[label] = minimal[norm]["attacks"][name]["curve"]
                 envelope |= broken
             lines["any attack"] = robust_curve(envelope)

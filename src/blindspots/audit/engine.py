@@ -124,7 +124,7 @@ def _facts(config: AuditConfig, models: list[Any], data_id: dict[str, Any], worl
                                      f"image run minimal-l2 on the first {e.heavy_images} images, DeepFool on the "
                                      f"4 top classes, and no L-BFGS. L∞: FGSM's smallest ε (bisection) and a PGD "
                                      f"bisection ({e.bisect_rounds} rounds of {e.bisect_steps}-step PGD) on the first "
-                                     f"{e.bisect_images} images",
+                                     f"{e.bisect_images} images and every image FGSM failed on",
             "distributions": "over the correctly classified images an attack ran on; a failed attack counts as ∞",
             "sanity_runs": f"first {e.sanity_images} images; {e.restarts} restarts",
             "processes": f"{world_size} on device {config.device} (torchrun splits the images; same numbers)",

@@ -82,8 +82,9 @@ def _curves(results: dict[str, Any]) -> Section:
     steps = next(iter(results["per_model"].values()))["curves"]["pgd_steps"]
     return Section("Robust accuracy against ε", [
         f"Share of images still classified correctly under attack. PGD: {steps} steps per ε, ascending ε, each "
-        "image attacked until broken. '(clipped)': the minimal attack's example projected onto the ε-ball (lines "
-        "of attacks run on the first images only are over those images). 'any attack': broken by at least one."],
+        "image attacked until broken. '(clipped)': the minimal attack's example projected onto the ε-ball (a line "
+        "of an attack run on some of the images, 'on k images', is over those images). 'any attack': broken by "
+        "at least one."],
         tables, figures)
 
 

@@ -48,7 +48,7 @@ def model_lines(name: str, m: dict[str, Any]) -> list[dict[str, str]]:
     curves = {"independent PGD-L∞ (first {} images)".format(s["images"]): (s["eps"], s["independent_pgd"])}
     for norm, label in (("minimal_linf", "L∞"), ("minimal_l2", "L2")):
         for attack, rec in m[norm]["attacks"].items():
-            first = "" if rec.get("ran_on", m["clean"]["n"]) == m["clean"]["n"] else f", first {rec['ran_on']}"
+            first = "" if rec.get("ran_on", m["clean"]["n"]) == m["clean"]["n"] else f", on {rec['ran_on']} images"
             curves[f"{attack} clipped ({label}{first})"] = (m[norm]["eps"], rec["curve"])
     out = [check_monotone(name, curves)]
 
