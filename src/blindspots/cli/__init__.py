@@ -11,7 +11,7 @@ from ..errors import BlindspotsError
 from .common import check_args
 
 # Modules of this package that each add their subcommands.
-COMMAND_MODULES = ("data", "models", "attack", "analysis", "reproduce")
+COMMAND_MODULES = ("data", "models", "attack", "analysis", "reproduce", "audit")
 
 
 def build_parser() -> argparse.ArgumentParser:

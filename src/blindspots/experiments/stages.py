@@ -32,8 +32,8 @@ RESULT = "result.json"
 LOCK = ".blindspots.lock"
 BROKEN = ".broken"  # stage folders with a missing or damaged result.json are moved here
 # Stage results depend on all the package's code except the report and the command line, which are re-rendered
-# from the stage results on every run.
-STAGE_SOURCE_EXCLUDE = ("report", "cli")
+# from the stage results on every run (the audit's report and figures too).
+STAGE_SOURCE_EXCLUDE = ("report", "cli", "audit/report.py", "audit/figures.py")
 
 
 def stage_source_hash() -> str:

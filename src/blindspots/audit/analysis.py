@@ -1,0 +1,181 @@
+"""The analysis stages of an audit: Lipschitz bounds and certified radii, single units vs random directions, the
+transfer matrix, and the sanity runs (independent PGD per ε, restarts, a gradient-free attack, an unbounded ε)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..analysis.spectral import layer_bounds
+from ..analysis.units import default_layers, layer_names, unit_analysis
+from ..attacks import ATTACKS, Normalized
+from ..attacks.base import attack_mode, recheck
+from ..attacks.pgd import pgd
+from ..errors import BlindspotsError
+from ..models.store import train
+from .common import Ctx, as_list, attack, from_list, quantiles
+from .models import AuditModel, state_hash
+from .runner import AuditRunner, chunk_seed, load_tensors
+
+
+def lipschitz_stage(ctx: Ctx, clean: dict[str, Any], minimal_l2: dict[str, Any]) -> dict[str, Any]:
+    """Per-layer ℓ2 Lipschitz bounds (analysis.spectral), their product L, and per correctly classified image the
+    certified radius margin / (√2·L): no L2 perturbation smaller than it can change the label, so it must not
+    exceed the smallest adversarial L2 found."""
+
+    def compute(folder: Path | None) -> dict[str, Any]:
+        m = ctx.model
+        inner, shape = m.inner, tuple(ctx.x.shape[1:])
+        rows: list[dict[str, Any]] = []
+        if isinstance(m.module, Normalized):
+            std = m.module.std.detach().cpu().flatten()
+            rows.append({"name": "normalize", "kind": "Normalized", "bound": float(1 / std.min()),
+                         "method": "(x − mean) / std: 1 / min std", "exact": True})
+        try:
+            rows += [b.to_dict() for b in layer_bounds(inner, shape)]
+        except BlindspotsError as exc:
+            return {"supported": False, "reason": str(exc), "layers": rows}
+        product = math.prod(r["bound"] for r in rows)
+        margin = torch.from_numpy(from_list(clean["margin"]))
+        correct = torch.tensor(clean["correct"], dtype=torch.bool)
+        radius = torch.where(correct, margin.clamp(min=0) / (math.sqrt(2) * product), torch.zeros_like(margin))
+        best = torch.from_numpy(from_list(minimal_l2["best"]["sizes"]))
+        known = correct & torch.isfinite(best)
+        over = known & (radius > best * (1 + 1e-6) + 1e-9)
+        ratio = (best[known] / radius[known].clamp(min=1e-300)).numpy()
+        return {"supported": True, "layers": [{k: r.get(k) for k in ("name", "kind", "bound", "method", "exact")}
+                                              for r in rows],
+                "product": product, "radius": {"stats": quantiles(radius[correct].numpy()),
+                                               "sizes": as_list(radius)},
+                "checked": int(known.sum()), "violations": int(over.sum()),
+                "first_violation": int(over.nonzero()[0]) if bool(over.any()) else None,
+                "found_over_certified": quantiles(ratio)}
+
+    return ctx.runner.run(f"lipschitz-{ctx.model.name}", ctx.inputs(), compute, collective=False)[0]
+
+
+def _units_layer(m: AuditModel, layer: str | None) -> tuple[str | None, str]:
+    """(layer name in the attacked module, why) — the given one, else the last fully connected hidden layer."""
+    prefix = "model." if isinstance(m.module, Normalized) else ""
+    if layer:
+        return prefix + layer, "chosen with --layer"
+    found = default_layers(m.inner)
+    if found:
+        return prefix + found[-1], "the last fully connected hidden layer"
+    return None, ("no fully connected hidden layer found (looked for an activation right after a Linear layer of "
+                  f"an nn.Sequential); pass --layer NAME, one of: {', '.join(layer_names(m.inner)) or '(none)'}")
+
+
+def units_stage(ctx: Ctx) -> dict[str, Any]:
+    """§3 of Szegedy et al.: do single units of a layer pick more coherent top-k images than random directions?"""
+    e = ctx.config.effort
+    layer, why = _units_layer(ctx.model, ctx.config.layer)
+
+    def compute(folder: Path | None) -> dict[str, Any]:
+        if layer is None:
+            return {"skipped": why}
+        n = min(ctx.n, e.units_images)
+        try:
+            a = unit_analysis(ctx.model.module, layer, ctx.x[:n], ctx.y[:n].cpu(), k=e.unit_k,
+                              n_directions=e.unit_directions, seed=ctx.config.seed, model_name=ctx.model.name)
+        except BlindspotsError as exc:
+            return {"skipped": f"layer {layer}: {exc}"}
+        keep = ("layer", "width", "k", "n_images", "summary", "tests", "told_apart", "verdict", "chance",
+                "ambiguous_units", "ambiguous_random", "alpha")
+        return {**{k: v for k, v in a.to_dict().items() if k in keep}, "why": why}
+
+    return ctx.runner.run(f"units-{ctx.model.name}", ctx.inputs(layer=layer), compute, collective=False)[0]
+
+
+def sanity_stage(ctx: Ctx, clean: dict[str, Any], curves: dict[str, Any]) -> dict[str, Any]:
+    """On the first images: PGD-L∞ at each ε run independently (not carried over from smaller ε), PGD with
+    restarts at the reference ε, a gradient-free attack there ("square" if registered, else Gaussian noise of
+    σ = ε clipped to the L∞ ball), and PGD at an unbounded ε = hi − lo."""
+    e, cfg = ctx.config.effort, ctx.config
+    n = min(ctx.n, e.sanity_images)
+    correct = torch.tensor(clean["correct"], dtype=torch.bool)
+    free = "square" if "square" in ATTACKS else "noise"
+
+    def compute(folder: Path | None) -> dict[str, Any]:
+        def fn(i: int, rows: slice) -> dict[str, torch.Tensor]:
+            x, crit, err = ctx.x[rows], ctx.crit(rows), (~correct[rows]).to(ctx.x.device)
+            m = ctx.model.module
+            kw = {"steps": e.pgd_steps, "bounds": cfg.bounds}
+            grid = pgd(m, x, crit, list(cfg.linf_grid), seed=chunk_seed(cfg.seed, i, 100), **kw).success | err
+            one = grid[cfg.linf_grid.index(cfg.eps_ref)]
+            many = pgd(m, x, crit, [cfg.eps_ref], restarts=e.restarts, seed=chunk_seed(cfg.seed, i, 101),
+                       **kw).success[0] | err
+            unbounded = pgd(m, x, crit, [cfg.span], seed=chunk_seed(cfg.seed, i, 102), **kw).success[0] | err
+            if free == "square":
+                params = {"seed": chunk_seed(cfg.seed, i, 103)}
+                if "n_queries" in ATTACKS["square"].params:
+                    params["n_queries"] = e.square_queries
+                gf = attack("square", ctx, x, crit, [cfg.eps_ref], **params).success[0]
+            else:
+                r = attack("noise", ctx, x, crit, [cfg.eps_ref], seed=chunk_seed(cfg.seed, i, 103))
+                xa = (x + (r.x_adv[0] - x).clamp(-cfg.eps_ref, cfg.eps_ref)).clamp(*cfg.bounds)
+                gf = recheck(m, xa, crit)[0]
+            return {"grid": grid.T.cpu(), "one": one.cpu(), "many": many.cpu(), "unbounded": unbounded.cpu(),
+                    "free": (gf | err).cpu()}
+
+        f = ctx.runner.map(fn, n, f"sanity runs {ctx.model.name}")
+        ra = {k: float((~f[k]).double().mean()) for k in ("one", "many", "unbounded", "free")}
+        ra["any attack"] = float(1 - torch.tensor(curves["broken_ref"][:n], dtype=torch.float64).mean())
+        return {"images": n, "eps": list(cfg.linf_grid), "eps_ref": cfg.eps_ref, "span": cfg.span,
+                "independent_pgd": [float(v) for v in (~f["grid"]).double().mean(0).tolist()],
+                "robust": ra, "restarts": e.restarts, "gradient_free": free,
+                "gradient_free_only": int((f["free"] & ~f["one"]).sum()),
+                "gradient_free_params": {"n_queries": e.square_queries} if free == "square" else
+                                        {"sigma": cfg.eps_ref, "clipped_to_linf_ball": True}}
+
+    return ctx.runner.run(f"sanity-{ctx.model.name}", ctx.inputs(gradient_free=free), compute)[0]
+
+
+def _zoo_model(spec: str, device: str) -> tuple[nn.Module, str]:
+    tm = train(spec, device=device, progress=False)
+    return tm.model.eval(), str(tm.meta.get("weights_sha256") or state_hash(tm.model))
+
+
+def transfer_stage(runner: AuditRunner, ctxs: list[Ctx], curves: dict[str, tuple[dict[str, Any], Path]],
+                   zoo: tuple[str, ...]) -> dict[str, Any]:
+    """Error of each target model (columns: the audited ones, then the --zoo ones) on each audited model's PGD-L∞
+    examples at the reference ε (rows); the diagonal is white-box."""
+    first = ctxs[0]
+    cfg = first.config
+    shape = tuple(first.x.shape[1:])
+    zoo_ok = shape == (1, 28, 28) and cfg.bounds == (0.0, 1.0) and cfg.mean is None
+    zoo_models = {spec: _zoo_model(spec, cfg.device) for spec in zoo} if zoo and zoo_ok else {}
+    inputs = {"sources": {c.model.name: c.model.key for c in ctxs}, "data": first.data_id,
+              "eps_ref": cfg.eps_ref, "zoo": {k: v[1] for k, v in zoo_models.items()},
+              "curves": {k: v[1].name for k, v in curves.items()}}
+
+    def compute(folder: Path | None) -> dict[str, Any]:
+        targets: dict[str, nn.Module] = {c.model.name: c.model.module for c in ctxs}
+        targets.update({f"{spec} (zoo)": m for spec, m in zoo_models.items()})
+        y = first.y
+        clean = {}
+        for name, m in targets.items():
+            with torch.no_grad(), attack_mode(m):
+                clean[name] = float((m(first.x).argmax(1) != y).double().mean())
+        matrix: dict[str, dict[str, float]] = {}
+        for c in ctxs:
+            x_adv = load_tensors(curves[c.model.name][1], "transfer_set.safetensors")["x_adv"].to(first.x.device)
+            row = {}
+            for name, m in targets.items():
+                with torch.no_grad(), attack_mode(m):
+                    pred = torch.cat([m(x_adv[i:i + 500]).argmax(1) for i in range(0, len(y), 500)])
+                row[name] = float((pred != y).double().mean())
+            matrix[c.model.name] = row
+        return {"eps_ref": cfg.eps_ref, "sources": [c.model.name for c in ctxs], "targets": list(targets),
+                "matrix": matrix, "clean_error": clean,
+                "zoo_skipped": None if zoo_ok or not zoo else
+                f"--zoo needs MNIST-shaped data (1, 28, 28) in [0, 1] without --mean/--std; the data is {shape}"}
+
+    return runner.run("transfer", inputs, compute, collective=False)[0]
+
+
+__all__ = ["lipschitz_stage", "units_stage", "sanity_stage", "transfer_stage"]

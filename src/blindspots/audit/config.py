@@ -1,0 +1,117 @@
+"""What an audit runs on and how hard it looks: models, data, budgets (ε grids) and the attack effort per stage.
+
+The effort fields are sized so that an audit of FC100-100-10 and the CNN on 1,000 MNIST test images fits in
+10 minutes on 2 CPU cores (benchmarks/bench_audit.py); every one of them is recorded in results.json."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ..models.external import LoadedModel
+
+# MNIST-sized defaults for data in [0, 1]; L∞ budgets scale with the data's range hi − lo, and so do L2 ones.
+DEFAULT_EPS_LINF = (0.05, 0.1, 0.15, 0.2, 0.3)
+DEFAULT_EPS_L2 = (0.5, 1.0, 1.5, 2.0, 3.0)
+CHUNK = 100  # images per work unit: fixed, whatever the number of processes (the determinism rule)
+
+ModelArg = tuple[str, str | None] | LoadedModel
+
+
+@dataclass(frozen=True)
+class Effort:
+    """How much each stage spends per image (the speed/strength trade-off, recorded in results.json)."""
+
+    pgd_steps: int = 20  # PGD steps per ε on the robust-accuracy curves, the transfer set and the sanity runs
+    minimal_l2: dict[str, Any] = field(default_factory=lambda: {"steps": 20, "lanes": 2})
+    lbfgs_images: int = 100  # L-BFGS on the first images only, and only for models below `heavy_macs`
+    heavy_macs: float = 1e6  # multiply-adds per image (Linear + Conv2d) above which a model counts as large:
+    heavy_images: int = 1000  # minimal-l2 then runs on the first `heavy_images` only, and L-BFGS not at all
+    bisect_images: int = 200  # PGD-L∞ bisection for the minimal L∞ on the first images only
+    bisect_rounds: int = 6
+    bisect_steps: int = 10
+    sanity_images: int = 100  # images of the sanity runs (restarts, gradient-free, unbounded budget)
+    restarts: int = 5
+    square_queries: int = 1000  # the gradient-free check's query budget per image (when "square" is registered)
+    units_images: int = 1000
+    unit_directions: int = 100
+    unit_k: int = 8
+
+
+@dataclass
+class AuditConfig:
+    """One audit: `models` are (target, weights) pairs (a zoo spec such as "CNN", or "pkg.module:factory" with a
+    .safetensors file or None) or already loaded models; `mean`/`std` wrap each model in attacks.Normalized so
+    that attacks work in the data's own space within `bounds`."""
+
+    models: list[ModelArg]
+    data: str = "mnist"
+    split: str = "test"
+    n: int = 1000
+    bounds: tuple[float, float] = (0.0, 1.0)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    eps_linf: tuple[float, ...] | None = None  # None: DEFAULT_EPS_LINF × (hi − lo)
+    eps_l2: tuple[float, ...] | None = None  # None: DEFAULT_EPS_L2 × (hi − lo)
+    layer: str | None = None  # the §3 units layer; None: the model's last fully connected hidden layer
+    zoo: tuple[str, ...] = ()  # extra zoo models, transfer targets only (MNIST-shaped data)
+    seed: int = 0
+    device: str = "cpu"
+    out: Path = Path("runs/audit")
+    progress: bool = True
+    effort: Effort = field(default_factory=Effort)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if not self.models:
+            raise InputError("an audit needs at least one model: pass --model SPEC_OR_TARGET (e.g. --model CNN).")
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+            raise InputError(f"--n must be a whole number >= 1 (images to audit), got {self.n!r}.")
+        lo, hi = (float(b) for b in self.bounds)
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise InputError(f"--bounds must be two finite numbers lo < hi, e.g. 0,1; got {self.bounds!r}.")
+        self.bounds = (lo, hi)
+        if (self.mean is None) != (self.std is None):
+            raise InputError("--mean and --std go together (the normalisation the model expects); pass both or "
+                             "neither.")
+        for name in ("eps_linf", "eps_l2"):
+            value = getattr(self, name)
+            if value is not None:
+                value = tuple(float(e) for e in value)
+                if not value or any(not math.isfinite(e) or e <= 0 for e in value):
+                    raise InputError(f"--{name.replace('_', '-')} must be numbers > 0, e.g. 0.1,0.2; got {value!r}.")
+                setattr(self, name, tuple(sorted(set(value))))
+        if self.seed < 0:
+            raise InputError(f"--seed must be >= 0, got {self.seed}.")
+
+    @property
+    def span(self) -> float:
+        return self.bounds[1] - self.bounds[0]
+
+    @property
+    def linf_grid(self) -> tuple[float, ...]:
+        return self.eps_linf or tuple(round(e * self.span, 6) for e in DEFAULT_EPS_LINF)
+
+    @property
+    def l2_grid(self) -> tuple[float, ...]:
+        return self.eps_l2 or tuple(round(e * self.span, 6) for e in DEFAULT_EPS_L2)
+
+    @property
+    def eps_ref(self) -> float:
+        """The reference L∞ budget of the transfer matrix and the sanity runs: the middle of the L∞ grid."""
+        grid = self.linf_grid
+        return grid[(len(grid) - 1) // 2]
+
+    def describe(self) -> dict[str, Any]:
+        """The run's settings as JSON (models by their targets; the loaded ones are described by the engine)."""
+        return {"data": self.data, "split": self.split, "n": self.n, "bounds": list(self.bounds),
+                "mean": None if self.mean is None else list(self.mean),
+                "std": None if self.std is None else list(self.std), "eps_linf": list(self.linf_grid),
+                "eps_l2": list(self.l2_grid), "eps_ref": self.eps_ref, "layer": self.layer, "zoo": list(self.zoo),
+                "seed": self.seed, "device": self.device, "chunk": CHUNK, "effort": asdict(self.effort)}
+
+
+__all__ = ["AuditConfig", "Effort", "DEFAULT_EPS_LINF", "DEFAULT_EPS_L2", "CHUNK"]

@@ -1,0 +1,135 @@
+"""`run_audit(config)`: every stage of the audit for every model (resumable, split across torchrun processes),
+then results.json and the report built from it alone (rank 0 writes; the others compute with it)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__, parallel
+from ..data.user import load_eval_data
+from ..io import write_json_atomic
+from .analysis import lipschitz_stage, sanity_stage, transfer_stage, units_stage
+from .attacks import clean_stage, curves_stage, minimal_l2_stage, minimal_linf_stage
+from .common import Ctx
+from .config import CHUNK, AuditConfig
+from .models import load_models
+from .runner import AuditRunner
+from .sanity import sanity_lines
+
+PARTS = ("clean", "minimal L2", "minimal L∞", "robust curves", "lipschitz", "units", "sanity runs", "transfer")
+
+
+def _lean(stage: dict[str, Any]) -> dict[str, Any]:
+    """A stage result for results.json: without its cache record and the per-image flags only later stages read."""
+    out = {k: v for k, v in stage.items() if k not in ("_stage", "correct", "margin", "broken_ref")}
+    if "attacks" in out:
+        out["attacks"] = {a: {k: v for k, v in rec.items() if k != "at"} for a, rec in out["attacks"].items()}
+    return out
+
+
+def run_audit(config: AuditConfig, announce: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) the audit under config.out; returns results.json's content (on every rank)."""
+    world = parallel.init_from_env(config.device)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    runner = AuditRunner(config.out, world, announce, config.progress)
+    t0 = time.perf_counter()
+    data = load_eval_data(config.data, split=config.split, n=config.n, bounds=config.bounds)
+    x, y = data.images.to(config.device), data.labels.to(config.device)
+    models = load_models(config, x)
+    data_id = {"name": data.name, "source": dict(data.source), "split": config.split, "n": len(data),
+               "shape": list(x.shape[1:]), "bounds": list(config.bounds), "n_classes": data.n_classes}
+    timings["load models and data"] = time.perf_counter() - t0
+    runner.announce(f"audit of {', '.join(m.name for m in models)} on {len(data)} images of {data.name} "
+                    f"(ε L∞ {list(config.linf_grid)}, L2 {list(config.l2_grid)}) → {config.out}")
+
+    def timed(part: str, fn: Callable[[], Any]) -> Any:
+        t = time.perf_counter()
+        out = fn()
+        timings[part] = timings.get(part, 0.0) + time.perf_counter() - t
+        return out
+
+    per_model: dict[str, dict[str, Any]] = {}
+    curves: dict[str, tuple[dict[str, Any], Any]] = {}
+    ctxs = []
+    for m in models:
+        ctx = Ctx(config, runner, x, y, m, data_id)
+        ctxs.append(ctx)
+        rec: dict[str, Any] = {}
+        rec["clean"] = timed("clean", lambda: clean_stage(ctx))
+        rec["minimal_l2"] = timed("minimal L2", lambda: minimal_l2_stage(ctx, rec["clean"]))
+        rec["minimal_linf"] = timed("minimal L∞", lambda: minimal_linf_stage(ctx, rec["clean"]))
+        curves[m.name] = timed("robust curves", lambda: curves_stage(
+            ctx, rec["clean"], {"l2": rec["minimal_l2"], "linf": rec["minimal_linf"]}))
+        rec["curves"] = curves[m.name][0]
+        rec["lipschitz"] = timed("lipschitz", lambda: lipschitz_stage(ctx, rec["clean"], rec["minimal_l2"]))
+        rec["units"] = timed("units", lambda: units_stage(ctx))
+        rec["sanity_runs"] = timed("sanity runs", lambda: sanity_stage(ctx, rec["clean"], rec["curves"]))
+        per_model[m.name] = {k: _lean(v) for k, v in rec.items()}
+    transfer = timed("transfer", lambda: transfer_stage(runner, ctxs, curves, tuple(config.zoo)))
+
+    results: dict[str, Any] = {
+        "audit": "blindspots audit", "config": config.describe(), "data": data_id,
+        "models": [m.describe() for m in models], "per_model": per_model, "transfer": _lean(transfer),
+        "stages": [vars(r) for r in runner.stages.log] if runner.stages else [],
+        "facts": _facts(config, models, data_id, world.size),
+    }
+    results["sanity"] = sanity_lines(results)
+    results["wall_time_s"] = {k: round(v, 2) for k, v in timings.items()}
+    if world.is_main:
+        from .report import write_all
+
+        t = time.perf_counter()
+        results["wall_time_s"]["total"] = round(time.perf_counter() - t_start, 2)
+        write_json_atomic(config.out / "results.json", results, sort_keys=False)
+        results = json.loads((config.out / "results.json").read_text(encoding="utf-8"))
+        write_all(results, config.out)
+        announce(f"  report: {config.out / 'report.html'} (audit {time.perf_counter() - t_start:.0f} s, of which "
+                 f"report {time.perf_counter() - t:.1f} s)")
+    parallel.barrier(world)
+    return results
+
+
+def _facts(config: AuditConfig, models: list[Any], data_id: dict[str, Any], world_size: int) -> dict[str, Any]:
+    e = config.effort
+    return {
+        "versions": {"blindspots": __version__, "torch": torch.__version__, "numpy": np.__version__,
+                     "python": platform.python_version()},
+        "device": config.device, "processes": world_size,
+        "choices": {
+            "models": "; ".join(f"{m.name}: {m.source}" + (f", weights {m.weights}" if m.weights else "")
+                                + (f" (sha256 {m.weights_sha256})" if m.weights_sha256 else "")
+                                + f", state sha256 {m.key[:16]}…" for m in models),
+            "data": f"{data_id['name']} ({data_id['split']}), {data_id['n']} images of shape {data_id['shape']}, "
+                    f"bounds {data_id['bounds']}; md5 " + ", ".join(f"{k} {v}" for k, v in data_id["source"].items()),
+            "normalisation": "none" if config.mean is None else
+                             f"attacks.Normalized(model, mean={list(config.mean)}, std={list(config.std or ())}); "
+                             "attacks work in the data's own space",
+            "seed": f"{config.seed}; randomness per chunk of {CHUNK} images seeded from (seed, chunk index) only, so "
+                    "any number of processes gives the same numbers",
+            "budgets": f"L∞ {list(config.linf_grid)}, L2 {list(config.l2_grid)}; reference ε (transfer, sanity "
+                       f"runs) {config.eps_ref:g}",
+            "robust_accuracy": f"PGD ({e.pgd_steps} steps, random start, step 2.5·ε/steps, log-odds loss) at each ε "
+                               "in ascending order on the images still robust; an image broken at ε counts as broken "
+                               "at every larger ε; clean errors count as broken",
+            "minimal_perturbations": f"L2: DeepFool, minimal-l2 {dict(e.minimal_l2)} and L-BFGS on the first "
+                                     f"{e.lbfgs_images} images; models above {e.heavy_macs:,.0f} multiply-adds per "
+                                     f"image run minimal-l2 on the first {e.heavy_images} images, DeepFool on the "
+                                     f"4 top classes, and no L-BFGS. L∞: FGSM's smallest ε (bisection) and a PGD "
+                                     f"bisection ({e.bisect_rounds} rounds of {e.bisect_steps}-step PGD) on the first "
+                                     f"{e.bisect_images} images and every image FGSM failed on",
+            "distributions": "over the correctly classified images an attack ran on; a failed attack counts as ∞",
+            "sanity_runs": f"first {e.sanity_images} images; {e.restarts} restarts",
+            "processes": f"{world_size} on device {config.device} (torchrun splits the images; same numbers)",
+        },
+    }
+
+
+__all__ = ["run_audit", "PARTS"]

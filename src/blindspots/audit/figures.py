@@ -1,0 +1,83 @@
+"""The audit's figures, drawn from results.json alone: minimal-perturbation histograms and robust-accuracy curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from ..io import write_atomic
+from .common import from_list
+
+NORMS = (("minimal_l2", "L2"), ("minimal_linf", "L∞"))
+
+
+def slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def figure_paths(name: str) -> dict[str, Path]:
+    """Where a model's figures go, relative to the report folder."""
+    return {"minimal": Path("figures") / f"{slug(name)}-minimal.png",
+            "curves": Path("figures") / f"{slug(name)}-curves.png"}
+
+
+def _save(fig: Figure, path: Path) -> None:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda p: fig.savefig(p, format="png", metadata={"Software": None}))
+
+
+def minimal_histograms(name: str, m: dict[str, Any], path: Path) -> None:
+    """Per-image minimal L2 and L∞ (each attack and the per-image best) over correctly classified images."""
+    fig = Figure(figsize=(8.4, 3.0), dpi=100)
+    for ax, (key, label) in zip(fig.subplots(1, 2), NORMS):
+        rec = m[key]
+        best = from_list(rec["best"]["sizes"])
+        best = best[np.isfinite(best) & (best > 0)]
+        bins = np.linspace(0, float(best.max()) * 1.05, 31) if best.size else np.linspace(0, 1, 31)
+        for attack, a in rec["attacks"].items():
+            v = from_list(a["sizes"])
+            v = v[np.isfinite(v) & (v > 0)]
+            if v.size:
+                ax.hist(np.minimum(v, bins[-1]), bins=bins, histtype="step", lw=1.2, label=f"{attack} ({v.size})")
+        if best.size:
+            ax.hist(best, bins=bins, color="#4a7ab5", alpha=0.35, label=f"per-image best ({best.size})")
+            ax.axvline(float(np.median(best)), color="k", lw=1, ls="--", label=f"median {np.median(best):.3g}")
+        else:
+            ax.text(0.5, 0.5, "no adversarial example found", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel(f"minimal {label} perturbation")
+        ax.set_ylabel("images")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{name}: smallest adversarial perturbation per image", fontsize=10)
+    _save(fig, path)
+
+
+def robust_curves(name: str, m: dict[str, Any], path: Path) -> None:
+    """Robust accuracy against ε, L∞ and L2: one line per attack and the envelope."""
+    fig = Figure(figsize=(8.4, 3.0), dpi=100)
+    for ax, norm, label in zip(fig.subplots(1, 2), ("linf", "l2"), ("L∞", "L2")):
+        c = m["curves"][norm]
+        for line, values in c["lines"].items():
+            v = [np.nan if x is None else x for x in values]
+            style = {"color": "k", "lw": 2} if line == "any attack" else {"lw": 1.2}
+            ax.plot(c["eps"], v, marker="o", ms=3, label=line, **style)
+        ax.set_xlabel(f"{label} budget ε")
+        ax.set_ylabel("robust accuracy")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{name}: accuracy under attack", fontsize=10)
+    _save(fig, path)
+
+
+def draw_figures(results: dict[str, Any], out: Path) -> None:
+    for name, m in results["per_model"].items():
+        paths = figure_paths(name)
+        minimal_histograms(name, m, out / paths["minimal"])
+        robust_curves(name, m, out / paths["curves"])
+
+
+__all__ = ["draw_figures", "figure_paths"]

@@ -1,0 +1,163 @@
+"""The audit report, a pure function of results.json (`build_report`), written as report.md and a self-contained
+report.html with its figures (`write_all`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..report.document import Figure, Report, Section, Table, run_facts_section, write_report
+from ..report.format import num, pct
+from .figures import draw_figures, figure_paths
+
+NORM_LABEL = {"minimal_l2": "L2", "minimal_linf": "L∞", "l2": "L2", "linf": "L∞"}
+
+
+def _n(v: Any, spec: str = ".4g") -> str:
+    return "∞" if v == "inf" else num(v, spec)
+
+
+def _summary(results: dict[str, Any]) -> list[str]:
+    out = []
+    eps = results["config"]["eps_ref"]
+    for name, m in results["per_model"].items():
+        linf = m["curves"]["linf"]
+        k = linf["eps"].index(eps)
+        l2, li = m["minimal_l2"]["best"]["stats"], m["minimal_linf"]["best"]["stats"]
+        out.append(f"{name}: clean accuracy {pct(m['clean']['accuracy'])}; under attack at L∞ ε = {eps:g} "
+                   f"{pct(linf['lines']['any attack'][k])} (PGD alone {pct(linf['lines']['PGD'][k])}); median "
+                   f"smallest adversarial perturbation L2 {_n(l2['median'])}, L∞ {_n(li['median'])}.")
+    flags = [s["line"] for s in results["sanity"] if s["status"] == "FLAG"]
+    out.append(f"Sanity checks: {len(results['sanity']) - len(flags)} of {len(results['sanity'])} pass or do not "
+               "apply" + (f"; FLAGGED: {' | '.join(flags)}" if flags else "; none flagged."))
+    return out
+
+
+def _clean(results: dict[str, Any]) -> Section:
+    rows = []
+    for d in results["models"]:
+        c = results["per_model"][d["name"]]["clean"]
+        rows.append([d["name"], d["source"], pct(c["accuracy"]), str(c["errors"]), c["output"]["kind"],
+                     f"{d['parameters']:,}", f"{d['macs_per_image']:,}"])
+    return Section("Clean accuracy and outputs", [
+        f"On the {results['data']['n']} images of {results['data']['name']}. Output kind: 'logits', or "
+        "'log-probabilities' (logits up to a per-row shift); probability outputs are refused before any attack."],
+        [Table(["model", "source", "accuracy", "errors", "output", "parameters", "multiply-adds / image"], rows,
+               fmt="str")])
+
+
+def _minimal(results: dict[str, Any]) -> Section:
+    tables, figures = [], []
+    for name, m in results["per_model"].items():
+        for key in ("minimal_l2", "minimal_linf"):
+            rec, rows = m[key], []
+            for attack, a in rec["attacks"].items():
+                s = a["stats"]
+                rows.append([attack, str(a["images"]), pct(a["success_rate"]), _n(s["q1"]), _n(s["median"]),
+                             _n(s["q3"]), _n(s["mean"]), str(s["failed"])])
+            s = rec["best"]["stats"]
+            rows.append(["per-image best", str(s["n"]), "", _n(s["q1"]), _n(s["median"]), _n(s["q3"]),
+                         _n(s["mean"]), str(s["failed"])])
+            skipped = "; ".join(f"{a}: {why}" for a, why in rec["skipped"].items())
+            tables.append(Table(["attack", "images", "success", "q1", "median", "q3", "mean (found)", "failed"],
+                                rows, f"{name}: minimal {NORM_LABEL[key]} perturbation",
+                                f"Skipped: {skipped}." if skipped else "", fmt="str"))
+        figures.append(Figure(figure_paths(name)["minimal"],
+                              f"{name}: smallest adversarial L2 and L∞ perturbation per image"))
+    return Section("Minimal perturbations", [
+        "The smallest perturbation each attack needed to change the label, per image, over the correctly classified "
+        "images it ran on ('images'; a failure counts as ∞; the per-image best is the smallest over the attacks that "
+        "ran on the image). Quartiles are of the per-image values."], tables, figures)
+
+
+def _curves(results: dict[str, Any]) -> Section:
+    tables, figures = [], []
+    for name, m in results["per_model"].items():
+        for norm in ("linf", "l2"):
+            c = m["curves"][norm]
+            rows = [[line] + [pct(v) for v in values] for line, values in c["lines"].items()]
+            tables.append(Table(["attack"] + [f"ε = {e:g}" for e in c["eps"]], rows,
+                                f"{name}: robust accuracy under {NORM_LABEL[norm]} attacks", fmt="str"))
+        figures.append(Figure(figure_paths(name)["curves"], f"{name}: robust accuracy against ε"))
+    steps = next(iter(results["per_model"].values()))["curves"]["pgd_steps"]
+    return Section("Robust accuracy against ε", [
+        f"Share of images still classified correctly under attack. PGD: {steps} steps per ε, ascending ε, each "
+        "image attacked until broken. '(clipped)': the minimal attack's example projected onto the ε-ball (a line "
+        "of an attack run on some of the images, 'on k images', is over those images). 'any attack': broken by "
+        "at least one."],
+        tables, figures)
+
+
+def _transfer(results: dict[str, Any]) -> Section:
+    t = results["transfer"]
+    rows = [[src] + [pct(t["matrix"][src][tgt]) for tgt in t["targets"]] for src in t["sources"]]
+    rows.append(["(clean images)"] + [pct(t["clean_error"][tgt]) for tgt in t["targets"]])
+    paragraphs = [f"Error of each column model on each row model's PGD-L∞ examples at ε = {t['eps_ref']:g} (all "
+                  "images); the diagonal is white-box; the last row is the error on the clean images."]
+    if t.get("zoo_skipped"):
+        paragraphs.append(f"--zoo skipped: {t['zoo_skipped']}.")
+    return Section("Transfer", paragraphs,
+                   [Table(["examples from \\ error of"] + t["targets"], rows, fmt="str")])
+
+
+def _lipschitz(results: dict[str, Any]) -> Section:
+    tables, paragraphs = [], []
+    for name, m in results["per_model"].items():
+        lp = m["lipschitz"]
+        if not lp["supported"]:
+            paragraphs.append(f"{name}: no Lipschitz bound: {lp['reason']}")
+            continue
+        rows = [[r["name"], r["kind"], _n(r["bound"]) + ("" if r["exact"] else "*"), r["method"]] for r in lp["layers"]]
+        rows.append(["product", "", _n(lp["product"]), "upper bound on the whole net's ℓ2 Lipschitz constant"])
+        s, ratio = lp["radius"]["stats"], lp["found_over_certified"]
+        ok = lp["violations"] == 0
+        verdict = (f"Certified L2 radius margin / (√2·L): median {_n(s['median'])} (q1 {_n(s['q1'])}, q3 "
+                   f"{_n(s['q3'])}); {'PASS' if ok else 'FLAG'}: certified ≤ smallest adversarial L2 found on all "
+                   f"{lp['checked']} images checked" + ("" if ok else f" except {lp['violations']} (first: image "
+                                                        f"{lp['first_violation']}) — a bound or attack bug") +
+                   f"; found / certified: median {_n(ratio['median'])}.")
+        tables.append(Table(["layer", "kind", "bound", "method"], rows, f"{name}: per-layer ℓ2 Lipschitz bounds "
+                            "(* an upper bound, not exact)", verdict, fmt="str"))
+    return Section("Lipschitz bounds and certified radii", paragraphs, tables)
+
+
+def _units(results: dict[str, Any]) -> Section:
+    rows, paragraphs = [], []
+    for name, m in results["per_model"].items():
+        u = m["units"]
+        if "skipped" in u:
+            paragraphs.append(f"{name}: skipped: {u['skipped']}")
+            continue
+        s, t = u["summary"], u["tests"]
+        for measure in ("purity", "coherence"):
+            rows.append([name, f"{u['layer']} ({u['width']})", measure, num(s[measure]["units"]["mean"], ".3f"),
+                         num(s[measure]["random"]["mean"], ".3f"), num(u["chance"][measure]["mean"], ".3f"),
+                         num(t[measure]["mannwhitney_p"], ".3g")])
+        paragraphs.append(u["verdict"])
+    table = Table(["model", "layer (width)", "measure", "single units", "random directions", "chance",
+                   "Mann–Whitney p"], rows, "Top-k images of single units vs random directions", fmt="str")
+    return Section("Single units vs random directions (Szegedy et al. §3)", paragraphs, [table] if rows else [])
+
+
+def _sanity(results: dict[str, Any]) -> Section:
+    return Section("Sanity checks", [s["line"] for s in results["sanity"]])
+
+
+def build_report(results: dict[str, Any]) -> Report:
+    """The report, from results.json's content alone (the same results give the same report)."""
+    d = results["data"]
+    intro = [f"Adversarial robustness audit of {', '.join(m['name'] for m in results['models'])} on {d['n']} images "
+             f"of {d['name']} (bounds {d['bounds']}).", *_summary(results)]
+    sections = [_clean(results), _minimal(results), _curves(results), _transfer(results), _lipschitz(results),
+                _units(results), _sanity(results), run_facts_section(results)]
+    sections[-1].title = "Run facts"
+    return Report("blindspots audit", intro, sections)
+
+
+def write_all(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    """Figures, report.md and report.html under `out`, from results alone."""
+    draw_figures(results, out)
+    return write_report(build_report(results), out)
+
+
+__all__ = ["build_report", "write_all"]

@@ -1,0 +1,119 @@
+"""The audit's sanity checks, as lines "PASS/FLAG/SKIP: <model>: <check>: <numbers>", computed from results.json
+alone: a FLAG says an attack or the model's outputs behave in a way that makes its robustness numbers suspect
+(Carlini et al. 2019, "On Evaluating Adversarial Robustness", §5's checklist)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from ..report.format import pct
+
+PASS, FLAG, SKIP = "PASS", "FLAG", "SKIP"
+
+
+def line(status: str, model: str, check: str, numbers: str) -> dict[str, str]:
+    """One check's outcome, and its printed line."""
+    return {"status": status, "model": model, "check": check, "numbers": numbers,
+            "line": f"{status}: {model}: {check}: {numbers}"}
+
+
+def monotone_violations(eps: Sequence[float], robust: Sequence[float | None]) -> list[str]:
+    """Where robust accuracy rises with ε (success falls): "ε a → b: x → y" for each such step."""
+    out = []
+    pairs = [(float(e), float(r)) for e, r in zip(eps, robust) if r is not None and not math.isnan(float(r))]
+    for (e0, r0), (e1, r1) in zip(pairs, pairs[1:]):
+        if r1 > r0 + 1e-12:
+            out.append(f"ε {e0:g} → {e1:g}: robust accuracy {pct(r0)} → {pct(r1)}")
+    return out
+
+
+def check_monotone(model: str, curves: dict[str, tuple[Sequence[float], Sequence[float | None]]]) -> dict[str, str]:
+    """One line: is every curve's success (1 − robust accuracy) non-decreasing in ε?"""
+    bad = [f"{name}: {v}" for name, (eps, robust) in curves.items() for v in monotone_violations(eps, robust)]
+    numbers = f"{len(curves)} curves checked ({', '.join(curves)})"
+    if bad:
+        return line(FLAG, model, "success monotone in ε", f"{numbers}; rises: " + "; ".join(bad))
+    return line(PASS, model, "success monotone in ε", numbers)
+
+
+def _tolerance(images: int) -> float:
+    return max(2 / max(images, 1), 0.02)
+
+
+def model_lines(name: str, m: dict[str, Any]) -> list[dict[str, str]]:
+    """The per-model checks: monotone, unbounded budget, restarts, gradient-free, logits."""
+    s = m["sanity_runs"]
+    curves = {"independent PGD-L∞ (first {} images)".format(s["images"]): (s["eps"], s["independent_pgd"])}
+    for norm, label in (("minimal_linf", "L∞"), ("minimal_l2", "L2")):
+        for attack, rec in m[norm]["attacks"].items():
+            first = "" if rec.get("ran_on", m["clean"]["n"]) == m["clean"]["n"] else f", on {rec['ran_on']} images"
+            curves[f"{attack} clipped ({label}{first})"] = (m[norm]["eps"], rec["curve"])
+    out = [check_monotone(name, curves)]
+
+    unbounded = 1 - s["robust"]["unbounded"]
+    minimal = {a: rec["success_rate"] for norm in ("minimal_l2", "minimal_linf")
+               for a, rec in m[norm]["attacks"].items()}
+    missed = {label: m[norm]["best"]["stats"]["failed"] for norm, label in (("minimal_l2", "L2"), ("minimal_linf", "L∞"))}
+    numbers = (f"PGD-L∞ at ε = hi − lo = {s['span']:g}: {pct(unbounded)} of {s['images']} images; images no minimal "
+               f"attack broke: L2 {missed['L2']}, L∞ {missed['L∞']}; per attack: "
+               + ", ".join(f"{a} {pct(v)}" for a, v in minimal.items()))
+    out.append(line(PASS if unbounded >= 1 and not any(missed.values()) else FLAG, name,
+                    "100% success at an unbounded budget", numbers))
+
+    tol = _tolerance(s["images"])
+    one, many = s["robust"]["one"], s["robust"]["many"]
+    envelope = s["robust"].get("any attack", one)
+    verdict = min(one, envelope)
+    note = "" if many >= one - tol else "; PGD alone is not converged, read the 'any attack' line"
+    out.append(line(PASS if many >= verdict - tol else FLAG, name, "restarts do not change the verdict",
+                    f"PGD-L∞ at ε = {s['eps_ref']:g} on {s['images']} images: robust accuracy {pct(one)} with 1 "
+                    f"start, {pct(many)} with {s['restarts']} restarts, {pct(envelope)} under the audit's attacks "
+                    f"combined (tolerance {pct(tol)}){note}"))
+
+    free, label = s["robust"]["free"], ("Square attack" if s["gradient_free"] == "square"
+                                        else "Gaussian noise (σ = ε, clipped to the L∞ ball; 'square' not registered)")
+    out.append(line(PASS if free >= one - tol else FLAG, name, "gradient-free does not beat gradient attacks",
+                    f"{label} at ε = {s['eps_ref']:g}: robust accuracy {pct(free)} vs PGD {pct(one)} on "
+                    f"{s['images']} images; {s['gradient_free_only']} images broken only by it "
+                    f"(tolerance {pct(tol)})"))
+
+    out_kind = m["clean"]["output"]["kind"]
+    out.append(line(PASS if out_kind in ("logits", "log-probabilities") else FLAG, name,
+                    "outputs are logits (not probabilities)",
+                    f"output kind {out_kind}" + (" (logits up to a per-row shift: fine for attacks)"
+                                                 if out_kind == "log-probabilities" else "")))
+    return out
+
+
+def transfer_lines(transfer: dict[str, Any]) -> list[dict[str, str]]:
+    """White-box ≥ transfer: each audited model's error on its own PGD examples is at least its error on any
+    other model's (at the same ε)."""
+    sources, matrix = transfer["sources"], transfer["matrix"]
+    if len(sources) < 2:
+        return [line(SKIP, sources[0] if sources else "-", "white-box ≥ transfer",
+                     "one audited model only: no transferred examples to compare with")]
+    out = []
+    tol = 1 / 1000
+    for target in sources:
+        white = matrix[target][target]
+        others = {s: matrix[s][target] for s in sources if s != target}
+        worst = max(others, key=lambda s: others[s])
+        ok = white + tol >= others[worst]
+        out.append(line(PASS if ok else FLAG, target, "white-box ≥ transfer",
+                        f"error on its own PGD-L∞ examples (ε = {transfer['eps_ref']:g}) {pct(white)}; "
+                        f"highest transferred: {pct(others[worst])} from {worst}"))
+    return out
+
+
+def sanity_lines(results: dict[str, Any]) -> list[dict[str, str]]:
+    """Every check's line, per model in order, then the transfer checks."""
+    out: list[dict[str, str]] = []
+    for name, m in results["per_model"].items():
+        out += model_lines(name, m)
+    return out + transfer_lines(results["transfer"])
+
+
+__all__ = ["sanity_lines", "model_lines", "transfer_lines", "check_monotone", "monotone_violations",
+           "PASS", "FLAG", "SKIP"]

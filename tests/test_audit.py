@@ -1,0 +1,174 @@
+"""`blindspots audit` on real MNIST with two small real models: results.json and the report, the report as a pure
+function of results.json, the sanity checks (each able to FLAG), resuming from cached stages, clear errors, and the
+command line."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from blindspots.audit import AuditConfig, Effort, build_report, check_monotone, run_audit, sanity_lines
+from blindspots.audit.sanity import transfer_lines
+from blindspots.cli import main
+from blindspots.data.user import load_eval_data
+from blindspots.errors import InputError
+from blindspots.models import external, predict_logits
+from blindspots.models.external import LoadedModel
+from blindspots.report.document import to_markdown
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+N = 60
+EFFORT = Effort(pgd_steps=10, minimal_l2={"steps": 10, "lanes": 2}, lbfgs_images=30, bisect_images=N,
+                bisect_rounds=4, sanity_images=N, restarts=3, unit_directions=30)
+CHECKS = ("success monotone in ε", "100% success at an unbounded budget", "restarts do not change the verdict",
+          "gradient-free does not beat gradient attacks", "outputs are logits (not probabilities)",
+          "white-box ≥ transfer")
+
+
+def _config(models: list[LoadedModel], out: Path) -> AuditConfig:
+    return AuditConfig(models, n=N, out=out, eps_linf=(0.05, 0.1, 0.2), eps_l2=(0.5, 1.0, 2.0), effort=EFFORT,
+                       progress=False)
+
+
+@pytest.fixture(scope="module")
+def models(linear: nn.Module, mlp: nn.Module) -> list[LoadedModel]:
+    return [LoadedModel("softmax", linear, "FC10(1e-4), 1,000 training images"),
+            LoadedModel("mlp", mlp, "FC100-100-10, 2,000 training images, 3 epochs")]
+
+
+@pytest.fixture(scope="module")
+def audited(models: list[LoadedModel], tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("audit")
+    return run_audit(_config(models, out), announce=lambda _: None), out
+
+
+def test_results_and_report(audited: tuple[dict, Path], models: list[LoadedModel]) -> None:
+    results, out = audited
+    for name in ("report.md", "report.html", "results.json", "figures/softmax-curves.png", "figures/mlp-minimal.png"):
+        assert (out / name).is_file(), name
+    assert "data:image/png;base64," in (out / "report.html").read_text(encoding="utf-8")
+    assert {"config", "data", "models", "per_model", "transfer", "sanity", "stages", "facts", "wall_time_s"} <= set(results)
+    data = load_eval_data("mnist", n=N)
+    for m in models:
+        rec = results["per_model"][m.name]
+        assert set(rec) == {"clean", "minimal_l2", "minimal_linf", "curves", "lipschitz", "units", "sanity_runs"}
+        accuracy = float((predict_logits(m.module, data.images).argmax(1) == data.labels).double().mean())
+        assert rec["clean"]["accuracy"] == pytest.approx(accuracy)
+        for norm in ("linf", "l2"):
+            curve = rec["curves"][norm]["lines"]
+            assert all(a >= b for a, b in zip(curve["PGD"], curve["PGD"][1:]))  # carried over: non-increasing
+            whole = [line for label, line in curve.items() if " on " not in label]  # lines over all N images
+            assert len(whole) >= 3
+            assert all(env <= min(line[k] for line in whole)
+                       for k, env in enumerate(curve["any attack"]))  # the envelope is below every line
+            assert curve["PGD"][0] <= rec["clean"]["accuracy"]
+        assert rec["lipschitz"]["supported"] and rec["lipschitz"]["violations"] == 0
+        assert rec["lipschitz"]["checked"] > 0
+        assert rec["minimal_l2"]["best"]["stats"]["median"] <= rec["minimal_l2"]["attacks"]["deepfool"]["stats"]["median"]
+    assert results["per_model"]["mlp"]["units"]["layer"] == "act2"
+    assert "no fully connected hidden layer" in results["per_model"]["softmax"]["units"]["skipped"]
+    t = results["transfer"]
+    assert t["sources"] == ["softmax", "mlp"] and t["matrix"]["softmax"]["softmax"] > t["clean_error"]["softmax"]
+    assert "lbfgs" in results["per_model"]["mlp"]["minimal_l2"]["attacks"]  # small model: L-BFGS runs (first 30)
+    assert results["per_model"]["mlp"]["minimal_l2"]["attacks"]["lbfgs"]["images"] <= 30
+
+
+def test_report_is_a_function_of_results_json(audited: tuple[dict, Path]) -> None:
+    _, out = audited
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    md = to_markdown(build_report(results))
+    assert md == (out / "report.md").read_text(encoding="utf-8")
+    assert md == to_markdown(build_report(copy.deepcopy(results)))
+    for section in ("Clean accuracy", "Minimal perturbations", "Robust accuracy against ε", "Transfer",
+                    "Lipschitz bounds", "Single units", "Sanity checks", "Run facts"):
+        assert f"## {section}" in md
+    assert "sha256" in md and "md5" in md  # run facts: weights and data fingerprints
+
+
+def test_sanity_lines_present_and_able_to_flag(audited: tuple[dict, Path]) -> None:
+    results, _ = audited
+    lines = [s["line"] for s in results["sanity"]]
+    assert lines == [s["line"] for s in sanity_lines(results)]
+    for model in ("softmax", "mlp"):
+        for check in CHECKS:
+            assert any(ln.split(": ")[1:3] == [model, check] and ln.split(":")[0] in ("PASS", "FLAG")
+                       for ln in lines), (model, check)
+    free = next(s for s in results["sanity"] if s["model"] == "softmax" and s["check"].startswith("gradient-free"))
+    assert "Gaussian noise" in free["numbers"] or "Square" in free["numbers"]  # which one ran is said
+    # a non-monotone curve is flagged and the ε where it rises named; a monotone one passes
+    bad = check_monotone("m", {"PGD": ([0.1, 0.2, 0.3], [0.8, 0.9, 0.1])})
+    assert bad["status"] == "FLAG" and "ε 0.1 → 0.2" in bad["line"]
+    assert check_monotone("m", {"PGD": ([0.1, 0.2, 0.3], [0.8, 0.8, 0.1])})["status"] == "PASS"
+    # restarts that break many more images, and a gradient-free attack beating PGD, are flagged
+    worse = copy.deepcopy(results)
+    runs = worse["per_model"]["mlp"]["sanity_runs"]["robust"]
+    runs.update({"one": 0.5, "any attack": 0.5, "many": 0.3, "free": 0.3})
+    status = {s["check"]: s["status"] for s in sanity_lines(worse) if s["model"] == "mlp"}
+    assert status["restarts do not change the verdict"] == "FLAG"
+    assert status["gradient-free does not beat gradient attacks"] == "FLAG"
+    runs["any attack"] = 0.3  # what restarts find, the audit's attacks combined found already: the verdict stands
+    restarts = next(s for s in sanity_lines(worse) if s["model"] == "mlp" and s["check"].startswith("restarts"))
+    assert restarts["status"] == "PASS" and "not converged" in restarts["numbers"]
+    # transfer stronger than white-box is flagged
+    t = copy.deepcopy(results["transfer"])
+    t["matrix"]["mlp"]["softmax"] = t["matrix"]["softmax"]["softmax"] + 0.1
+    assert {s["model"]: s["status"] for s in transfer_lines(t)}["softmax"] == "FLAG"
+
+
+def test_rerun_reuses_every_stage(audited: tuple[dict, Path], models: list[LoadedModel]) -> None:
+    results, out = audited
+    lines: list[str] = []
+    again = run_audit(_config(models, out), announce=lines.append)
+    assert {s["status"] for s in again["stages"]} == {"cached"}
+    assert len(again["stages"]) == len(results["stages"]) == 15  # 7 per model + transfer
+    assert again["per_model"] == results["per_model"] and again["transfer"] == results["transfer"]
+    assert any("[cached]   curves-mlp" in ln for ln in lines)
+
+
+def test_model_that_does_not_fit_the_data(tmp_path: Path) -> None:
+    wrong = LoadedModel("wide", nn.Sequential(nn.Flatten(), nn.Linear(100, 10)), "test")
+    with pytest.raises(InputError, match=r"\(1, 28, 28\).*in_features=100"):
+        run_audit(_config([wrong], tmp_path / "out"), announce=lambda _: None)
+
+
+def test_normalised_model_and_clear_refusals(tmp_path: Path, linear: nn.Module,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from blindspots.attacks import Normalized
+    from blindspots.audit.models import load_models
+
+    x = load_eval_data("mnist", n=8).images
+    cfg = AuditConfig([LoadedModel("lin", linear, "test")], mean=(0.1307,), std=(0.3081,), out=tmp_path / "a")
+    (m,) = load_models(cfg, x)
+    assert isinstance(m.module, Normalized) and m.inner is linear  # attacks work on raw images in [0, 1]
+    assert torch.allclose(m.module(x), linear((x - 0.1307) / 0.3081))
+    with pytest.raises(InputError, match="--mean and --std go together"):
+        AuditConfig([LoadedModel("lin", linear, "test")], mean=(0.1,))
+    assert main(["audit", "--model", "NO-SUCH-NET", "--n", "5", "--out", str(tmp_path / "b")]) == 2
+    assert "NO-SUCH-NET" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["audit", "--weights", "w.safetensors", "--model", "CNN"])  # --weights before any --model
+
+
+def test_cli_audit(tmp_path: Path, mlp: nn.Module) -> None:
+    if not hasattr(external, "check_outputs"):
+        pytest.skip("file.py:factory targets need the user-model loader (models.external) of issue 12")
+    from safetensors.torch import save_file
+
+    (tmp_path / "nets.py").write_text("from blindspots.models import build_model\n\n\ndef mlp():\n"
+                                      "    return build_model('FC100-100-10')\n", encoding="utf-8")
+    save_file({k: v.contiguous() for k, v in mlp.state_dict().items()}, str(tmp_path / "mlp.safetensors"))
+    out = tmp_path / "out"
+    rc = main(["audit", "--model", f"{tmp_path / 'nets.py'}:mlp", "--weights", str(tmp_path / "mlp.safetensors"),
+               "--n", "40", "--eps-linf", "0.1,0.2", "--eps-l2", "1,2", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "blindspots audit" in html and "Sanity checks" in html
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert results["data"]["n"] == 40 and results["models"][0]["weights_sha256"]
+    assert torch.equal(torch.tensor(results["config"]["eps_linf"]), torch.tensor([0.1, 0.2]))
