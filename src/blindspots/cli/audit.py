@@ -5,7 +5,6 @@ splits the images across K processes with the same numbers)."""
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
@@ -80,20 +79,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    from ..data import user
+    """data.user.parse_floats of an option's text (None: the option was not given)."""
+    from ..data.user import parse_floats
 
-    parse = getattr(user, "parse_floats", None)
-    if parse is not None:
-        return tuple(parse(text, what))
-    try:
-        values = tuple(float(v) for v in text.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise InputError(f"{what} takes numbers separated by commas, e.g. 0.1,0.2; got {text!r}.") from None
-    if not values or not all(math.isfinite(v) for v in values):
-        raise InputError(f"{what} takes finite numbers separated by commas, e.g. 0.1,0.2; got {text!r}.")
-    return values
+    return None if text is None else parse_floats(text, what)
 
 
 def _run(args: argparse.Namespace) -> int:
