@@ -89,6 +89,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from ..audit import AuditConfig, run_audit
+    from ..parallel import init_from_env, shutdown
 
     if args.threads is not None:
         if args.threads < 1:
@@ -103,7 +104,13 @@ def _run(args: argparse.Namespace) -> int:
         eps_linf=_floats(args.eps_linf, "--eps-linf"), eps_l2=_floats(args.eps_l2, "--eps-l2"), layer=args.layer,
         zoo=tuple(s.strip() for s in args.zoo.split(",") if s.strip()), seed=args.seed, device=args.device,
         out=Path(args.out), progress=not args.no_progress)
-    results = run_audit(config)
+    world = init_from_env(args.device)  # run_audit finds this process group; torn down here, as reproduce does
+    try:
+        results = run_audit(config)
+    finally:
+        shutdown(world)
+    if not world.is_main:
+        return 0
     for s in results["sanity"]:
         if s["status"] == "FLAG":
             print(f"  {s['line']}")
