@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .common import add_device
+from .common import add_device, add_threads, set_threads
 
 EPILOG = """examples:
   blindspots audit --model CNN --model FC100-100-10 --out runs/audit
@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="zoo models added as transfer targets, e.g. FC100-100-10,CNN (MNIST-shaped data; off by default)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     p.add_argument("--out", default="runs/audit", help="output folder (default runs/audit)")
-    p.add_argument("--threads", type=int, default=None, metavar="T", help="torch CPU threads (default: torch's)")
+    add_threads(p)
     p.add_argument("--no-progress", action="store_true")
     add_device(p)
     p.set_defaults(func=_run)
@@ -86,15 +86,10 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..audit import AuditConfig, run_audit
     from ..parallel import init_from_env, shutdown
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InputError(f"--threads must be at least 1, got {args.threads}.")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     bounds = _floats(args.bounds, "--bounds")
     if bounds is None or len(bounds) != 2:
         raise InputError(f"--bounds takes two numbers LO,HI, e.g. 0,1; got {args.bounds!r}.")
