@@ -133,7 +133,7 @@ def fgsm_side_by_side(model: torch.nn.Module, n: int, batch_size: int, repeats: 
     print(f"\nFGSM, FC100-100-10, {n} test images, K = {len(EPSILONS)} ε, batches of {batch_size} "
           f"(best of {repeats})")
     print(f"  blindspots.attacks.fgsm                   {t['ours']:7.3f} s")
-    print(f"  hand-written loop, same outputs: x_adv,")
+    print("  hand-written loop, same outputs: x_adv,")
     print(f"    success, pred, confidence, RMS / L2 / L∞ {t['hand_fields']:7.3f} s   ours / this = "
           f"{t['ours'] / t['hand_fields']:.3f}  (goal <= 1.1)")
     print(f"  hand-written loop, x_adv + success only   {t['hand']:7.3f} s   ours / this = "

@@ -17,7 +17,7 @@ from blindspots.audit.sanity import transfer_lines
 from blindspots.cli import main
 from blindspots.data.user import load_eval_data
 from blindspots.errors import InputError
-from blindspots.models import external, predict_logits
+from blindspots.models import predict_logits
 from blindspots.models.external import LoadedModel
 from blindspots.report.document import to_markdown
 
@@ -100,7 +100,8 @@ def test_sanity_lines_present_and_able_to_flag(audited: tuple[dict, Path]) -> No
             assert any(ln.split(": ")[1:3] == [model, check] and ln.split(":")[0] in ("PASS", "FLAG")
                        for ln in lines), (model, check)
     free = next(s for s in results["sanity"] if s["model"] == "softmax" and s["check"].startswith("gradient-free"))
-    assert "Gaussian noise" in free["numbers"] or "Square" in free["numbers"]  # which one ran is said
+    assert "Square attack" in free["numbers"]  # which attack ran is said
+    assert results["per_model"]["softmax"]["sanity_runs"]["gradient_free"] == "square"
     # a non-monotone curve is flagged and the ε where it rises named; a monotone one passes
     bad = check_monotone("m", {"PGD": ([0.1, 0.2, 0.3], [0.8, 0.9, 0.1])})
     assert bad["status"] == "FLAG" and "ε 0.1 → 0.2" in bad["line"]
@@ -156,8 +157,6 @@ def test_normalised_model_and_clear_refusals(tmp_path: Path, linear: nn.Module,
 
 
 def test_cli_audit(tmp_path: Path, mlp: nn.Module) -> None:
-    if not hasattr(external, "check_outputs"):
-        pytest.skip("file.py:factory targets need the user-model loader (models.external) of issue 12")
     from safetensors.torch import save_file
 
     (tmp_path / "nets.py").write_text("from blindspots.models import build_model\n\n\ndef mlp():\n"

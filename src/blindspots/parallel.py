@@ -180,7 +180,7 @@ def run_stage(runner: Any, world: World | None, name: str, inputs: dict[str, Any
     cached = bool(broadcast_object(_cached(runner, name, inputs) if world.is_main else None, world))
     if world.is_main:
         def guarded(folder: Path) -> dict[str, Any]:
-            if cached:  # the cache vanished between the check and the run: the other ranks are not computing
+            if cached and collective:  # the cache vanished since the check: the other ranks are not computing
                 raise RuntimeError(f"stage {name!r} was cached a moment ago and no longer is; rerun")
             return compute(folder)
 

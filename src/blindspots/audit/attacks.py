@@ -11,8 +11,8 @@ import torch
 
 from ..attacks.base import attack_mode
 from ..attacks.pgd import pgd
+from ..models.external import check_outputs
 from .common import Ctx, as_list, attack, quantiles, robust_curve, supports_bounds
-from .models import check_outputs
 from .runner import chunk_seed, save_tensors
 
 L2_ATTACKS = ("deepfool", "minimal-l2", "lbfgs")
@@ -24,7 +24,7 @@ def clean_stage(ctx: Ctx) -> dict[str, Any]:
     z_y − max_{j≠y} z_j (negative: misclassified)."""
 
     def compute(folder: Path | None) -> dict[str, Any]:
-        kind = check_outputs(ctx.model.module, ctx.x, int(ctx.y.max()) + 1 if ctx.n else 10, ctx.y)
+        kind = check_outputs(ctx.model.module, ctx.x, ctx.data_id["n_classes"], labels=ctx.y)
 
         def fn(i: int, rows: slice) -> dict[str, torch.Tensor]:
             with torch.no_grad(), attack_mode(ctx.model.module) as m:

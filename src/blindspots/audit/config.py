@@ -35,7 +35,7 @@ class Effort:
     bisect_steps: int = 10
     sanity_images: int = 100  # images of the sanity runs (restarts, gradient-free, unbounded budget)
     restarts: int = 5
-    square_queries: int = 1000  # the gradient-free check's query budget per image (when "square" is registered)
+    square_queries: int = 1000  # the gradient-free check's query budget per image (Square attack)
     units_images: int = 1000
     unit_directions: int = 100
     unit_k: int = 8

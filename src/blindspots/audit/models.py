@@ -12,7 +12,6 @@ from torch import nn
 
 from ..attacks import Normalized
 from ..errors import InputError
-from ..models import external
 from ..models.external import LoadedModel, load_user_model
 from .config import AuditConfig
 
@@ -92,28 +91,6 @@ def check_input_shape(model: nn.Module, name: str, images: torch.Tensor) -> None
                          "was built for, or the model that fits this data.") from None
 
 
-def check_outputs(model: nn.Module, images: torch.Tensor, n_classes: int, labels: torch.Tensor) -> dict[str, Any]:
-    """models.external.check_outputs (refuses probabilities, non-finite or wrongly shaped outputs): the kind of
-    output, "logits" or "log-probabilities", and the numbers behind it."""
-    fn = getattr(external, "check_outputs", None)
-    if fn is not None:
-        try:
-            return fn(model, images, n_classes, labels=labels)
-        except TypeError:
-            return fn(model, images, n_classes)
-    with torch.no_grad():  # the skeleton's loader has no check yet: the same test, reduced to the kind
-        out = model.eval()(images[:64]).double()
-    if out.ndim != 2 or out.shape[1] != n_classes:
-        raise InputError(f"the model maps {tuple(images[:64].shape)} images to {tuple(out.shape)}; it must return "
-                         f"logits of shape [N, {n_classes}].")
-    sums, lse = out.sum(1), out.logsumexp(1)
-    if bool((out >= 0).all()) and float((sums - 1).abs().max()) <= 1e-4:
-        raise InputError("the model returns probabilities (non-negative, each row sums to 1): return logits: drop "
-                         "the final softmax; attacks need logits (the softmax flattens their gradients).")
-    kind = "log-probabilities" if bool((out <= 1e-6).all()) and float(lse.abs().max()) <= 1e-4 else "logits"
-    return {"kind": kind, "n_classes": int(out.shape[1]), "min": float(out.min()), "max": float(out.max())}
-
-
 def load_models(config: AuditConfig, images: torch.Tensor) -> list[AuditModel]:
     """Every model of the config, loaded, wrapped (mean/std), shape-checked, named uniquely."""
     out: list[AuditModel] = []
@@ -141,4 +118,4 @@ def load_models(config: AuditConfig, images: torch.Tensor) -> list[AuditModel]:
     return out
 
 
-__all__ = ["AuditModel", "load_models", "check_input_shape", "check_outputs", "state_hash", "count_macs"]
+__all__ = ["AuditModel", "load_models", "check_input_shape", "state_hash", "count_macs"]

@@ -4,7 +4,6 @@ skipped by all of them and only rank 0 writes."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 import torch
 
 from .. import parallel
-from ..experiments.stages import RESULT, StageRunner
+from ..experiments.stages import StageRunner
 from .config import CHUNK
 
 Compute = Callable[[Path | None], dict[str, Any]]
@@ -39,52 +38,29 @@ class AuditRunner:
         if self.world.is_main:
             self._say(line)
 
-    def _cached(self, name: str, inputs: dict[str, Any]) -> bool:
-        assert self.stages is not None
-        path = self.stages.folder(name, inputs) / RESULT
-        try:
-            return isinstance(json.loads(path.read_text(encoding="utf-8")).get("_stage"), dict)
-        except (OSError, ValueError, AttributeError):
-            return False
-
     def run(self, name: str, inputs: dict[str, Any], compute: Compute, *,
             collective: bool = True) -> tuple[dict[str, Any], Path]:
-        """The stage's result and folder. `collective`: every rank runs compute (it calls sharded_map); else rank 0
-        alone computes. compute(folder) may write files into folder, which is None on ranks other than 0."""
-        cached = parallel.broadcast_object(self._cached(name, inputs) if self.stages else None, self.world)
-        if self.stages is not None:
-            def guarded(folder: Path) -> dict[str, Any]:
-                if cached and collective and self.world.size > 1:  # the other ranks are not computing with us
-                    raise RuntimeError(f"stage {name!r} was cached a moment ago and no longer is; rerun the audit")
-                return compute(folder)
-
-            result, folder = self.stages.run(name, inputs, guarded)
-        else:
-            if not cached and collective:
-                compute(None)
-            result, folder = {}, Path()
-        result, folder_s = parallel.broadcast_object((result, str(folder)), self.world)  # type: ignore[misc]
-        return result, Path(folder_s)
+        """parallel.run_stage: the stage's result and folder on every rank. `collective`: every rank runs compute (it
+        calls sharded_map); else rank 0 alone computes. compute(folder) may write files into folder, which is None
+        on ranks other than 0 (they write nothing)."""
+        main = self.world.is_main
+        return parallel.run_stage(self.stages, self.world, name, inputs,
+                                  lambda folder: compute(folder if main else None), collective=collective)
 
     def map(self, fn: Callable[[int, slice], dict[str, torch.Tensor]], n: int, desc: str) -> dict[str, torch.Tensor]:
         """parallel.sharded_map over fixed chunks of CHUNK images, announcing chunks done and an ETA on rank 0."""
-        total = -(-n // CHUNK)
-        mine = len(range(self.world.rank, total, self.world.size))
         t0 = time.perf_counter()
-        state = {"done": 0, "said": t0}
+        said = [t0]
         every = 2.0 if self.progress else 15.0  # without --no-progress a line per chunk, else one now and then
 
-        def timed(i: int, rows: slice) -> dict[str, torch.Tensor]:
-            out = fn(i, rows)
-            state["done"] += 1
+        def progress(done: int, total: int) -> None:  # called on rank 0 after each of its chunks
             now = time.perf_counter()
-            if state["done"] < mine and now - state["said"] > every:
-                state["said"] = now
-                self.announce(f"    {desc}: {state['done']}/{mine} chunks in {now - t0:.0f} s, "
-                              f"ETA {(now - t0) / state['done'] * (mine - state['done']):.0f} s")
-            return out
+            if done < total and now - said[0] > every:
+                said[0] = now
+                self.announce(f"    {desc}: {done}/{total} chunks in {now - t0:.0f} s, "
+                              f"ETA {(now - t0) / done * (total - done):.0f} s")
 
-        return parallel.sharded_map(timed, n, CHUNK, self.world)
+        return parallel.sharded_map(fn, n, CHUNK, self.world, progress)
 
 
 def save_tensors(folder: Path | None, name: str, tensors: dict[str, torch.Tensor]) -> None:

@@ -72,8 +72,7 @@ def model_lines(name: str, m: dict[str, Any]) -> list[dict[str, str]]:
                     f"start, {pct(many)} with {s['restarts']} restarts, {pct(envelope)} under the audit's attacks "
                     f"combined (tolerance {pct(tol)}){note}"))
 
-    free, label = s["robust"]["free"], ("Square attack" if s["gradient_free"] == "square"
-                                        else "Gaussian noise (σ = ε, clipped to the L∞ ball; 'square' not registered)")
+    free, label = s["robust"]["free"], {"square": "Square attack"}.get(s["gradient_free"], s["gradient_free"])
     out.append(line(PASS if free >= one - tol else FLAG, name, "gradient-free does not beat gradient attacks",
                     f"{label} at ε = {s['eps_ref']:g}: robust accuracy {pct(free)} vs PGD {pct(one)} on "
                     f"{s['images']} images; {s['gradient_free_only']} images broken only by it "

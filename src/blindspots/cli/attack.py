@@ -20,7 +20,7 @@ from ..data import SPLIT_SEED, load_mnist
 from ..errors import InputError
 from ..io import file_digest, write_json_atomic
 from ..models import load_model, predict_logits
-from .common import add_data_dir, add_device, add_model_args, print_json
+from .common import add_data_dir, add_device, add_model_args, add_threads, print_json, set_threads
 
 TARGETS = ("none", "random", "all")
 DEFAULT_BUDGETS = {"epsilons": (0.1, 0.25), "sigmas": (0.1, 0.3)}
@@ -59,9 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per batch (FGSM, default 1000) or in flight at once (L-BFGS, default 128 on CPU)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--threads", type=int, default=None, metavar="T",
-                   help="torch CPU threads (default: torch's choice); on a busy or shared machine --threads 1 "
-                        "can be several times faster")
+    add_threads(p)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print summary.json")
     add_device(p)
@@ -141,10 +139,7 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError(f"--n must be at least 1, got {args.n}.")
     if args.epochs is not None and args.epochs < 1:
         raise InputError(f"--epochs must be at least 1, got {args.epochs}; omit it to use the recipe's epochs.")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InputError(f"--threads must be at least 1, got {args.threads}.")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     tm = load_model(args.spec, split=args.model_split, seed=args.model_seed, epochs=args.epochs,
                     train_subset=args.train_subset, dataset=args.dataset, device=args.device)
     data = load_mnist(args.split, dataset=args.dataset, subset=args.n, data_dir=args.data_dir)

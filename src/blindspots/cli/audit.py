@@ -5,12 +5,11 @@ splits the images across K processes with the same numbers)."""
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .common import add_device
+from .common import add_device, add_threads, set_threads
 
 EPILOG = """examples:
   blindspots audit --model CNN --model FC100-100-10 --out runs/audit
@@ -73,38 +72,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="zoo models added as transfer targets, e.g. FC100-100-10,CNN (MNIST-shaped data; off by default)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     p.add_argument("--out", default="runs/audit", help="output folder (default runs/audit)")
-    p.add_argument("--threads", type=int, default=None, metavar="T", help="torch CPU threads (default: torch's)")
+    add_threads(p)
     p.add_argument("--no-progress", action="store_true")
     add_device(p)
     p.set_defaults(func=_run)
 
 
 def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    from ..data import user
+    """data.user.parse_floats of an option's text (None: the option was not given)."""
+    from ..data.user import parse_floats
 
-    parse = getattr(user, "parse_floats", None)
-    if parse is not None:
-        return tuple(parse(text, what))
-    try:
-        values = tuple(float(v) for v in text.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise InputError(f"{what} takes numbers separated by commas, e.g. 0.1,0.2; got {text!r}.") from None
-    if not values or not all(math.isfinite(v) for v in values):
-        raise InputError(f"{what} takes finite numbers separated by commas, e.g. 0.1,0.2; got {text!r}.")
-    return values
+    return None if text is None else parse_floats(text, what)
 
 
 def _run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..audit import AuditConfig, run_audit
+    from ..parallel import init_from_env, shutdown
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InputError(f"--threads must be at least 1, got {args.threads}.")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     bounds = _floats(args.bounds, "--bounds")
     if bounds is None or len(bounds) != 2:
         raise InputError(f"--bounds takes two numbers LO,HI, e.g. 0,1; got {args.bounds!r}.")
@@ -114,7 +99,13 @@ def _run(args: argparse.Namespace) -> int:
         eps_linf=_floats(args.eps_linf, "--eps-linf"), eps_l2=_floats(args.eps_l2, "--eps-l2"), layer=args.layer,
         zoo=tuple(s.strip() for s in args.zoo.split(",") if s.strip()), seed=args.seed, device=args.device,
         out=Path(args.out), progress=not args.no_progress)
-    results = run_audit(config)
+    world = init_from_env(args.device)  # run_audit finds this process group; torn down here, as reproduce does
+    try:
+        results = run_audit(config)
+    finally:
+        shutdown(world)
+    if not world.is_main:
+        return 0
     for s in results["sanity"]:
         if s["status"] == "FLAG":
             print(f"  {s['line']}")

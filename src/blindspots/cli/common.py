@@ -7,12 +7,29 @@ import json
 import sys
 from typing import Any
 
-from ..errors import DeviceError, SpecError
+from ..errors import DeviceError, InputError, SpecError
 from ..io import output_folder
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda")
+
+
+def add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None, metavar="T",
+                   help="torch CPU threads (default: torch's choice); on a busy or shared machine --threads 1 "
+                        "can be several times faster")
+
+
+def set_threads(threads: int | None) -> None:
+    """torch.set_num_threads(--threads) when given; a clear error below 1 (torch would fail or ignore it)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise InputError(f"--threads must be at least 1, got {threads}.")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def check_device(name: str) -> str:
