@@ -71,7 +71,7 @@ def _run(args: list[str], cwd: Path) -> None:
         str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH")]))}
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
-    done = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
@@ -137,3 +137,24 @@ def test_one_process_helpers_are_plain(tmp_path: Path) -> None:
     runner = StageRunner(tmp_path / "r", announce=lambda s: None)
     result, folder = run_stage(runner, World(), "s", {"k": 1}, lambda f: {"x": 1})
     assert result["x"] == 1 and folder.parent == runner.stage_dir
+
+
+def _audit_numbers(folder: Path) -> dict:
+    """results.json of an audit less what may differ between runs (timings, stage log, facts naming processes)."""
+    results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    return {k: v for k, v in results.items() if k not in ("facts", "stages", "wall_time_s")}
+
+
+def test_audit_under_torchrun_matches_one_process(tmp_path: Path, checkpoint: str) -> None:
+    """`torchrun --nproc-per-node 2 -m blindspots audit` over 2 chunks of images: the same results.json numbers as
+    one process, and only rank 0 writes the report."""
+    weights = str(Path(checkpoint).with_suffix(".safetensors"))
+    args = ["audit", "--model", "FC100-100-10", "--weights", weights, "--images", "150", "--eps-linf", "0.1,0.2",
+            "--eps-l2", "1,2", "--threads", "1", "--no-progress"]
+    _run(["-m", "blindspots", *args, "--out", str(tmp_path / "one")], tmp_path)
+    _run(["-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port",
+          str(_free_port()), "-m", "blindspots", *args, "--out", str(tmp_path / "two")], tmp_path)
+    one, two = _audit_numbers(tmp_path / "one"), _audit_numbers(tmp_path / "two")
+    assert one["data"]["n"] == 150 and one["models"]
+    assert one == two
+    assert (tmp_path / "two" / "report.html").is_file()
