@@ -34,7 +34,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict[str,
     cmd = [sys.executable, "-m", "blindspots", "reproduce", "szegedy2014", "--profile", "quick",
            "--n-attack", str(N_ATTACK), "--out", str(out), "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 600
+    deadline = time.time() + 1800  # a guard, not a timing: training the quick zoo takes minutes on a loaded machine
     # kill as soon as the first attack stage has finished (all models trained by then)
     while time.time() < deadline and proc.poll() is None:
         if any(name.startswith("attack") for name in _finished_stages(out)):
