@@ -32,7 +32,7 @@ from blindspots.experiments.stages import StageRunner
 from blindspots.experiments.szegedy2014.adv_report import pool_report
 from blindspots.experiments.szegedy2014.adv_training import adversarial_training_section, pool_sizes
 from blindspots.io import write_json_atomic
-from blindspots.report.document import Report, Section, to_markdown, write_report
+from blindspots.report.document import Report, Section, write_report
 
 HERE = Path(__file__).resolve().parent
 
