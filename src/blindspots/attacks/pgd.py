@@ -36,10 +36,15 @@ def _per_row(t: Tensor, values: Tensor) -> Tensor:
     return values.view(-1, *([1] * (t.dim() - 1)))
 
 
-def _random_start(x: Tensor, eps: float, norm: str, gen: torch.Generator) -> Tensor:
+def _radius(x: Tensor, eps: float | Tensor) -> float | Tensor:
+    """ε as it broadcasts against x: a number, or one value per image (a tensor [N]) reshaped to [N, 1, ...]."""
+    return _per_row(x, eps.to(x)) if isinstance(eps, Tensor) else eps
+
+
+def _random_start(x: Tensor, eps: float | Tensor, norm: str, gen: torch.Generator) -> Tensor:
     """δ₀ uniform in the ε-ball: U(−ε, ε) per pixel for L∞; for L2 a uniform direction times ε·u^(1/D)."""
     if norm == "linf":
-        return (torch.rand(x.shape, generator=gen, dtype=torch.float32).to(x) * 2 - 1) * eps
+        return (torch.rand(x.shape, generator=gen, dtype=torch.float32).to(x) * 2 - 1) * _radius(x, eps)
     flat = torch.randn(x.shape[0], x[0].numel(), generator=gen, dtype=torch.float32)
     radius = torch.rand(x.shape[0], generator=gen, dtype=torch.float32) ** (1 / flat.shape[1])
     flat = flat / flat.norm(dim=1, keepdim=True).clamp(min=1e-12) * (eps * radius).unsqueeze(1)
@@ -54,23 +59,37 @@ def _project(x: Tensor, x0: Tensor, eps: float, bounds: Bounds) -> Tensor:
     return (x0 + delta * _per_row(delta, scale)).clamp_(*bounds)
 
 
-def _run(model: nn.Module, x0: Tensor, criterion: Criterion, start: Tensor, eps: float, *, norm: str, steps: int,
-         step_size: float, schedule: str, loss: str, bounds: Bounds) -> Tensor:
+def _run(model: nn.Module, x0: Tensor, criterion: Criterion, start: Tensor, eps: float | Tensor, *, norm: str,
+         steps: int, step_size: float | Tensor, schedule: str, loss: str, bounds: Bounds) -> Tensor:
+    """The PGD iterations from x0 + start; eps and step_size are numbers, or (L∞ only) one value per image."""
     x = (x0 + start).clamp_(*bounds)
     if norm == "linf":  # the ε-box ∩ the bounds, once: each projection is then one clamp
-        low, high = (x0 - eps).clamp_(min=bounds[0]), (x0 + eps).clamp_(max=bounds[1])
+        e = _radius(x0, eps)
+        low, high = (x0 - e).clamp_(min=bounds[0]), (x0 + e).clamp_(max=bounds[1])
     for t in range(steps):
         alpha = step_size if schedule == "constant" else step_size * 0.5 * (1 + math.cos(math.pi * t / steps))
         x.requires_grad_(True)
         with torch.enable_grad():
             (grad,) = torch.autograd.grad(criterion.loss(model(x), loss).sum(), x)
         x = x.detach()
-        if norm == "linf":
+        if norm == "linf" and isinstance(alpha, Tensor):
+            x = x.sub_(_radius(x, alpha) * grad.sign_()).clamp_(low, high)
+        elif norm == "linf":
             x = x.sub_(grad.sign_(), alpha=alpha).clamp_(low, high)
         else:
             size = grad.flatten(1).norm(dim=1).clamp(min=1e-12)
             x = _project(x.sub_(grad * _per_row(grad, alpha / size)), x0, eps, bounds)
     return x
+
+
+def pgd_linf_per_image(model: nn.Module, x: Tensor, criterion: Criterion, eps: Tensor, *, steps: int,
+                       gen: torch.Generator, bounds: Bounds = (0.0, 1.0), loss: str = "logodds") -> Tensor:
+    """PGD-L∞ with one ε per image (eps [N]; random start, constant step 2.5·ε/steps): the final images only, for
+    searches over ε such as a per-image bisection. A building block: the caller holds the model in attack_mode,
+    checks success with a forward pass, and owns `gen` (the random starts are drawn from it)."""
+    e = eps.to(x)
+    return _run(model, x, criterion, _random_start(x, e, "linf", gen), e, norm="linf", steps=steps,
+                step_size=2.5 * e / steps, schedule="constant", loss=loss, bounds=bounds)
 
 
 def pgd(model: nn.Module, images: Tensor, criterion: Criterion, epsilons: Sequence[float], *, norm: str = "linf",

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ..attacks.base import attack_mode
-from ..attacks.pgd import pgd
+from ..attacks.pgd import pgd, pgd_linf_per_image
 from ..models.external import check_outputs
 from .common import Ctx, as_list, attack, quantiles, robust_curve, supports_bounds
 from .runner import chunk_seed, save_tensors
@@ -118,23 +118,6 @@ def minimal_l2_stage(ctx: Ctx, clean: dict[str, Any]) -> dict[str, Any]:
     return ctx.runner.run(f"minimal-l2-{ctx.model.name}", ctx.inputs(), compute)[0]
 
 
-def pgd_linf_per_image(model: torch.nn.Module, x: torch.Tensor, crit: Any, eps: torch.Tensor, steps: int,
-                       gen: torch.Generator, bounds: tuple[float, float]) -> torch.Tensor:
-    """PGD-L∞ (Madry et al.; random start, step 2.5·ε/steps, the log-odds loss) with one ε per image, for the
-    bisection of the minimal L∞ (attacks.pgd takes one ε for all images)."""
-    e = eps.to(x).view(-1, *([1] * (x.dim() - 1)))
-    low, high = torch.maximum(x - e, torch.full_like(x, bounds[0])), torch.minimum(x + e, torch.full_like(x, bounds[1]))
-    start = (torch.rand(x.shape, generator=gen, dtype=torch.float32).to(x) * 2 - 1) * e
-    xa = torch.minimum(torch.maximum(x + start, low), high)
-    alpha = 2.5 * e / steps
-    for _ in range(steps):
-        xa.requires_grad_(True)
-        with torch.enable_grad():
-            (grad,) = torch.autograd.grad(crit.loss(model(xa), "logodds").sum(), xa)
-        xa = torch.minimum(torch.maximum(xa.detach() - alpha * grad.sign(), low), high)
-    return xa
-
-
 def _bisect(ctx: Ctx, x: torch.Tensor, crit: Any, start: torch.Tensor, found: torch.Tensor, seed: int
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image smallest L∞ at which PGD succeeds, by bisection on [0, upper]: `start` holds adversarial images
@@ -146,7 +129,8 @@ def _bisect(ctx: Ctx, x: torch.Tensor, crit: Any, start: torch.Tensor, found: to
         if not bool(have.all()):
             miss = ~have
             span = torch.full((int(miss.sum()),), hi_b - lo_b)
-            adv = pgd_linf_per_image(m, x[miss], crit.subset(miss), span, e.bisect_steps, gen, (lo_b, hi_b))
+            adv = pgd_linf_per_image(m, x[miss], crit.subset(miss), span, steps=e.bisect_steps, gen=gen,
+                                     bounds=(lo_b, hi_b))
             with torch.no_grad():
                 ok = crit.subset(miss).is_adversarial(m(adv))
             idx = miss.nonzero().squeeze(1)[ok]
@@ -157,7 +141,8 @@ def _bisect(ctx: Ctx, x: torch.Tensor, crit: Any, start: torch.Tensor, found: to
             if not bool(have.any()):
                 break
             mid = (lo + hi) / 2
-            adv = pgd_linf_per_image(m, x[have], crit.subset(have), mid[have], e.bisect_steps, gen, (lo_b, hi_b))
+            adv = pgd_linf_per_image(m, x[have], crit.subset(have), mid[have], steps=e.bisect_steps, gen=gen,
+                                     bounds=(lo_b, hi_b))
             with torch.no_grad():
                 ok = crit.subset(have).is_adversarial(m(adv))
             idx = have.nonzero().squeeze(1)
@@ -262,4 +247,4 @@ def curves_stage(ctx: Ctx, clean: dict[str, Any], minimal: dict[str, dict[str, A
     return ctx.runner.run(f"curves-{ctx.model.name}", ctx.inputs(), compute)
 
 
-__all__ = ["clean_stage", "minimal_l2_stage", "minimal_linf_stage", "curves_stage", "pgd_linf_per_image"]
+__all__ = ["clean_stage", "minimal_l2_stage", "minimal_linf_stage", "curves_stage"]
