@@ -13,9 +13,9 @@ from torch import nn
 from ..analysis.spectral import layer_bounds
 from ..analysis.units import default_layers, layer_names, unit_analysis
 from ..attacks import Normalized
-from ..attacks.base import attack_mode
 from ..attacks.pgd import pgd
 from ..errors import BlindspotsError
+from ..models import predict
 from ..models.store import train
 from .common import Ctx, as_list, attack, from_list, quantiles
 from .models import AuditModel, state_hash
@@ -147,20 +147,13 @@ def transfer_stage(runner: AuditRunner, ctxs: list[Ctx], curves: dict[str, tuple
     def compute(folder: Path | None) -> dict[str, Any]:
         targets: dict[str, nn.Module] = {c.model.name: c.model.module for c in ctxs}
         targets.update({f"{spec} (zoo)": m for spec, m in zoo_models.items()})
-        y = first.y
-        clean = {}
-        for name, m in targets.items():
-            with torch.no_grad(), attack_mode(m):
-                clean[name] = float((m(first.x).argmax(1) != y).double().mean())
+        y = first.y.cpu()
+        clean = {name: float((predict(m, first.x) != y).double().mean()) for name, m in targets.items()}
         matrix: dict[str, dict[str, float]] = {}
         for c in ctxs:
-            x_adv = load_tensors(curves[c.model.name][1], "transfer_set.safetensors")["x_adv"].to(first.x.device)
-            row = {}
-            for name, m in targets.items():
-                with torch.no_grad(), attack_mode(m):
-                    pred = torch.cat([m(x_adv[i:i + 500]).argmax(1) for i in range(0, len(y), 500)])
-                row[name] = float((pred != y).double().mean())
-            matrix[c.model.name] = row
+            x_adv = load_tensors(curves[c.model.name][1], "transfer_set.safetensors")["x_adv"]
+            matrix[c.model.name] = {name: float((predict(m, x_adv) != y).double().mean())
+                                    for name, m in targets.items()}
         return {"eps_ref": cfg.eps_ref, "sources": [c.model.name for c in ctxs], "targets": list(targets),
                 "matrix": matrix, "clean_error": clean,
                 "zoo_skipped": None if zoo_ok or not zoo else
