@@ -159,16 +159,6 @@ def broadcast_object(obj: object, world: World | None = None) -> object:
     return json.loads(data.cpu().numpy().tobytes().decode())
 
 
-def _cached(runner: Any, name: str, inputs: dict[str, Any]) -> bool:
-    """Whether the StageRunner holds a finished, readable result for this stage (what its `run` will return)."""
-    final = runner.folder(name, inputs)
-    try:
-        result = json.loads((final / "result.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(result, dict) and isinstance(result.get("_stage"), dict)
-
-
 def run_stage(runner: Any, world: World | None, name: str, inputs: dict[str, Any],
               compute: Callable[[Path], dict[str, Any]], *, collective: bool = True) -> tuple[dict[str, Any], Path]:
     """A resumable stage under torchrun: rank 0's StageRunner (`runner`; ignored on the other ranks, which hold no
@@ -177,7 +167,7 @@ def run_stage(runner: Any, world: World | None, name: str, inputs: dict[str, Any
     and rank 0 stores it. Every rank returns rank 0's (result, stage folder). One process: runner.run."""
     if world is None or not world.distributed:
         return runner.run(name, inputs, compute)
-    cached = bool(broadcast_object(_cached(runner, name, inputs) if world.is_main else None, world))
+    cached = bool(broadcast_object(runner.cached(name, inputs) if world.is_main else None, world))
     if world.is_main:
         def guarded(folder: Path) -> dict[str, Any]:
             if cached and collective:  # the cache vanished since the check: the other ranks are not computing

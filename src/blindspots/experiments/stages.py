@@ -107,24 +107,34 @@ class StageRunner:
         self.announce(f"  [done]     {name}  ({wall:.1f} s)")
         return json.loads((final / RESULT).read_text(encoding="utf-8")), final
 
+    def cached(self, name: str, inputs: dict[str, Any]) -> bool:
+        """Whether `run(name, inputs, ...)` would return a stored result without computing (nothing is moved)."""
+        return _stored(self.folder(name, inputs))[0] is not None
+
     def _finished(self, name: str, final: Path) -> dict[str, Any] | None:
         """The stage's stored result; None (after moving the folder aside and saying so) if it is missing or
         damaged, so the stage is recomputed instead of crashing every rerun."""
-        try:
-            result = json.loads((final / RESULT).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            why = "has no result.json"
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            why = "has a truncated or unreadable result.json"
-        else:
-            if isinstance(result, dict) and isinstance(result.get("_stage"), dict):
-                return result
-            why = "has a result.json that is not a stage record"
+        result, why = _stored(final)
+        if result is not None:
+            return result
         aside = self.stage_dir / BROKEN / f"{final.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         aside.parent.mkdir(exist_ok=True)
         os.replace(final, aside)
         self.announce(f"  [redo]     {name}: its folder {why}; moved it to {aside.relative_to(self.root)}, recomputing")
         return None
+
+
+def _stored(final: Path) -> tuple[dict[str, Any] | None, str]:
+    """A stage folder's stored result, or None and why it cannot be used."""
+    try:
+        result = json.loads((final / RESULT).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, "has no result.json"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None, "has a truncated or unreadable result.json"
+    if isinstance(result, dict) and isinstance(result.get("_stage"), dict):
+        return result, ""
+    return None, "has a result.json that is not a stage record"
 
 
 def _safe(name: str) -> str:
