@@ -41,11 +41,15 @@ def home() -> Path:
     return root
 
 
+def safe_name(name: str) -> str:
+    """`name` as a file name: letters, digits, '-', '_' and '.' kept, anything else '_'."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
 def source_hash(*parts: str, exclude: tuple[str, ...] = (), length: int = 12) -> str:
     """Short sha256 of the package's own source under `parts` (subpackage folders or module files relative to the
     package, e.g. "models", "io.py"; none: the whole package) less `exclude` (the same kind of paths, e.g.
-"report" or "models/external.py"): the sorted relative paths and bytes
-    of its .py files and published.json. Cached keys built on it change whenever that code changes, so a fix never
+    "report" or "models/external.py"): the sorted relative paths and bytes of its .py files and published.json. Cached keys built on it change whenever that code changes, so a fix never
     silently reuses old weights or results. Computed once per process for each (root, parts, exclude)."""
     return _source_hash(SOURCE_ROOT, tuple(sorted(parts)), tuple(sorted(exclude)))[:length]
 

@@ -8,26 +8,17 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..io import write_atomic
+from ..io import safe_name
+from ..report.plots import save_png
 from .common import from_list
 
 NORMS = (("minimal_l2", "L2"), ("minimal_linf", "L∞"))
 
 
-def slug(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
-
-
 def figure_paths(name: str) -> dict[str, Path]:
     """Where a model's figures go, relative to the report folder."""
-    return {"minimal": Path("figures") / f"{slug(name)}-minimal.png",
-            "curves": Path("figures") / f"{slug(name)}-curves.png"}
-
-
-def _save(fig: Figure, path: Path) -> None:
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda p: fig.savefig(p, format="png", metadata={"Software": None}))
+    return {"minimal": Path("figures") / f"{safe_name(name)}-minimal.png",
+            "curves": Path("figures") / f"{safe_name(name)}-curves.png"}
 
 
 def minimal_histograms(name: str, m: dict[str, Any], path: Path) -> None:
@@ -52,7 +43,7 @@ def minimal_histograms(name: str, m: dict[str, Any], path: Path) -> None:
         ax.set_ylabel("images")
         ax.legend(fontsize=7)
     fig.suptitle(f"{name}: smallest adversarial perturbation per image", fontsize=10)
-    _save(fig, path)
+    save_png(fig, path, metadata={"Software": None})
 
 
 def robust_curves(name: str, m: dict[str, Any], path: Path) -> None:
@@ -70,7 +61,7 @@ def robust_curves(name: str, m: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"{name}: accuracy under attack", fontsize=10)
-    _save(fig, path)
+    save_png(fig, path, metadata={"Software": None})
 
 
 def draw_figures(results: dict[str, Any], out: Path) -> None:

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from torch import nn
 
 from ..errors import CheckpointError, OutputError, SpecError
-from ..io import output_folder, source_hash, stable_hash, write_json_atomic
+from ..io import output_folder, safe_name, source_hash, stable_hash, write_json_atomic
 from ..parallel import World, run_stage
 from ..report.document import stage_time_line
 
@@ -74,7 +74,7 @@ class StageRunner:
 
     def folder(self, name: str, inputs: dict[str, Any]) -> Path:
         """The stage's folder: its name and a hash of its inputs and of the code (a code fix recomputes it)."""
-        return self.stage_dir / f"{_safe(name)}-{stable_hash({'inputs': inputs, 'source': stage_source_hash()})}"
+        return self.stage_dir / f"{safe_name(name)}-{stable_hash({'inputs': inputs, 'source': stage_source_hash()})}"
 
     def run(self, name: str, inputs: dict[str, Any], compute: Callable[[Path], dict[str, Any]]) -> tuple[dict[str, Any], Path]:
         """Return (result, folder) of a stage; compute(tmp_folder) -> result only if not done before."""
@@ -135,10 +135,6 @@ def _stored(final: Path) -> tuple[dict[str, Any] | None, str]:
     if isinstance(result, dict) and isinstance(result.get("_stage"), dict):
         return result, ""
     return None, "has a result.json that is not a stage record"
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
 def _alive(pid: int) -> bool:

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from ..io import write_atomic
+
+
+def save_png(fig: Figure, path: Path, **savefig: Any) -> Path:
+    """Lay the figure out and write it as a PNG, atomically, creating the folder (savefig's keywords pass on)."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomic(path, lambda p: fig.savefig(p, format="png", **savefig))
 
 
 def distortion_histogram(distortions: np.ndarray, path: Path, title: str, paper: float | None = None) -> Path:
@@ -25,6 +33,4 @@ def distortion_histogram(distortions: np.ndarray, path: Path, title: str, paper:
     ax.set_ylabel("examples")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    write_atomic(path, lambda p: fig.savefig(p, format="png"))
-    return path
+    return save_png(fig, path)

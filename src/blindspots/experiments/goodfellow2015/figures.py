@@ -12,17 +12,11 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from ...attacks import load_adversarial
-from ...io import write_atomic
+from ...report.plots import save_png
 from ...report.reference import paper_value
 from .config import EPSILON, LOGREG, LOGREG_CLASSES, LOGREG_LABEL, NETS, PAPER, predict_confidence, wide_net
 
 CURVE_KEYS = ("maxout", "maxout_adv", "maxout_adv_wide", "maxout_sign", "maxout_uniform")
-
-
-def _save(fig: Figure, path: Path) -> None:
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda p: fig.savefig(p, format="png"))
 
 
 def _labels() -> dict[str, str]:
@@ -51,7 +45,7 @@ def error_vs_epsilon(curves: dict[str, tuple[list[float], list[float]]], path: P
     ax.set_title("FGSM error vs ε (lines: ours; ×: the paper at ε = 0.25)", fontsize=10)
     ax.set_ylim(-2, 102)
     ax.legend(fontsize=7, loc="lower right")
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def logreg_figure(w: Tensor, t: dict[str, Tensor], path: Path) -> None:
@@ -81,7 +75,7 @@ def logreg_figure(w: Tensor, t: dict[str, Tensor], path: Path) -> None:
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def examples(t: dict[str, Tensor], model: nn.Module, independent: bool, out: Path, label: str) -> None:
@@ -101,7 +95,7 @@ def examples(t: dict[str, Tensor], model: nn.Module, independent: bool, out: Pat
     axes[0, 0].set_ylabel("clean", fontsize=8)
     axes[1, 0].set_ylabel("ε = 0.25", fontsize=8)
     fig.suptitle(f"{label}: prediction (confidence); red = wrong", fontsize=9)
-    _save(fig, out)
+    save_png(fig, out)
 
 
 def learning_curves(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
@@ -136,7 +130,7 @@ def learning_curves(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
     axes[3].set_ylabel("validation error, stopping criterion (%)")
     axes[3].legend(fontsize=7)
     fig.suptitle("Learning curves (every seed; the first one darker)", fontsize=10)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def draw_all(out: Path, attacks: dict[str, tuple[dict[str, Any], Path]], logreg: nn.Module,
