@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="quick (CI-sized, minutes), standard (default: full MNIST training), paper (the papers' "
                         "budgets and protocols: hours); szegedy2014 also has full (every test image attacked)")
     p.add_argument("--n-attack", type=int, default=None, metavar="N", help="images attacked per model (overrides the profile)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="overrides",
+                   help="override one field of the profile, e.g. --set seeds=1 or --set nets=maxout,maxout_adv "
+                        "(repeatable; the run's facts record the profile it ran)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output folder (default runs/<experiment>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (stage lines are still printed)")
@@ -53,7 +56,9 @@ def _run(args: argparse.Namespace) -> int:
             print(f"blindspots reproduce {args.experiment} --profile {args.profile} -> {out}"
                   + (f" ({world.size} processes, {world.backend})" if world.size > 1 else ""))
         t0 = time.perf_counter()
-        kw = {"world": world} if world.size > 1 else {}
+        kw: dict[str, object] = {"world": world} if world.size > 1 else {}
+        if args.overrides:
+            kw["overrides"] = _overrides(args.overrides)
         results = module.reproduce(out, args.profile, seed=args.seed, n_attack=args.n_attack, device=args.device,
                                    progress=not args.no_progress, **kw)
     finally:
@@ -72,3 +77,14 @@ def _run(args: argparse.Namespace) -> int:
                        wall_time_s=time.perf_counter() - t0)
         print(f"Published to {dest}")
     return 0
+
+
+def _overrides(items: list[str]) -> dict[str, str]:
+    """--set FIELD=VALUE pairs, in order (a later one wins)."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"--set {item!r}: write FIELD=VALUE, e.g. --set seeds=1.")
+        out[key.strip()] = value
+    return out

@@ -9,6 +9,8 @@ an output folder (a lock file), so a second run into the same folder stops with 
 
 from __future__ import annotations
 
+import dataclasses
+
 import fcntl
 import json
 import os
@@ -32,8 +34,11 @@ RESULT = "result.json"
 LOCK = ".blindspots.lock"
 BROKEN = ".broken"  # stage folders with a missing or damaged result.json are moved here
 # Stage results depend on all the package's code except the report and the command line, which are re-rendered
-# from the stage results on every run (the audit's report and figures too).
-STAGE_SOURCE_EXCLUDE = ("report", "cli", "audit/report.py", "audit/figures.py")
+# from the stage results on every run (the audit's and the papers' report, findings and figures code too: a
+# reworded report or a redrawn figure never retrains a model).
+STAGE_SOURCE_EXCLUDE = ("report", "cli", "audit/report.py", "audit/figures.py", "experiments/szegedy2014/report.py",
+                        "experiments/goodfellow2015/report.py", "experiments/goodfellow2015/findings.py",
+                        "experiments/goodfellow2015/figures.py")
 
 
 def stage_source_hash() -> str:
@@ -198,8 +203,10 @@ P = TypeVar("P")
 MNIST_TEST = 10_000
 
 
-def pick_profile(profiles: Mapping[str, P], name: str, n_attack: int | None = None) -> P:
-    """The named run size, with its number of attacked test images overridden by n_attack if given."""
+def pick_profile(profiles: Mapping[str, P], name: str, n_attack: int | None = None,
+                 overrides: Mapping[str, str] | None = None) -> P:
+    """The named run size, with its number of attacked test images overridden by n_attack if given, and any
+    field overridden from text (`--set FIELD=VALUE`: a number, true/false, none, or a comma-separated list)."""
     if name not in profiles:
         raise SpecError(f"unknown profile {name!r}; choose one of {', '.join(profiles)}.")
     prof = profiles[name]
@@ -207,7 +214,35 @@ def pick_profile(profiles: Mapping[str, P], name: str, n_attack: int | None = No
         if not 0 < n_attack <= MNIST_TEST:
             raise SpecError(f"--n-attack must be between 1 and {MNIST_TEST} (the MNIST test set), got {n_attack}.")
         prof = replace(prof, n_attack=n_attack)  # type: ignore[type-var]
+    for key, text in (overrides or {}).items():
+        prof = replace(prof, **{key: _profile_value(prof, key, text)})  # type: ignore[type-var]
     return prof
+
+
+def _profile_value(prof: Any, key: str, text: str) -> Any:
+    """`text` read as the type of the profile field `key` (its annotation, or its current value's type)."""
+    fields = {f.name: f for f in dataclasses.fields(prof)}
+    if key not in fields or key == "name":
+        names = ", ".join(f for f in fields if f != "name")
+        raise SpecError(f"--set {key}=…: the profile has no field {key!r}; fields: {names}.")
+    kind = str(fields[key].type)
+    t = text.strip()
+    try:
+        if t.lower() == "none" and "None" in kind:
+            return None
+        if "tuple" in kind:
+            return tuple(v.strip() for v in t.split(",") if v.strip())
+        if kind.startswith("bool"):
+            if t.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(t)
+            return t.lower() in ("true", "1")
+        if "int" in kind:
+            return int(t)
+        if "float" in kind:
+            return float(t)
+        return t
+    except ValueError:
+        raise SpecError(f"--set {key}={text}: expected a value of type {kind}.") from None
 
 
 class Experiment:

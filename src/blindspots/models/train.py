@@ -75,11 +75,71 @@ class Recipe:
     # exactly the schedule the early-stopping run saw (pylearn2's maxout decayed exponentially with a floor).
     lr_decay: float | None = None
     lr_floor: float = 0.0
+    # pylearn2's SGD (the original maxout recipe): classical momentum with its update inc = m·inc − lr·g, p += inc
+    # (nesterov False); lr divided by `lr_batch_decay` after every minibatch (floor lr_floor); momentum rising
+    # linearly from `momentum` at epoch 1 to `momentum_final` at epoch `momentum_saturate`
+    nesterov: bool = True
+    lr_batch_decay: float | None = None
+    momentum_final: float | None = None
+    momentum_saturate: int = 0
+    init_range: float | None = None  # weights U(−r, r) and biases 0 (None: PyTorch's default initialisation)
+    input_dropout_scale: float | None = None  # maxout input dropout: kept pixels × this (None: 1/keep, inverted)
 
 
 # Fields added after checkpoints were first stored: left out of recipe_dict (so of the checkpoint-name hash)
 # while at their default, so adding them renamed no existing checkpoint.
-_LATER_FIELDS = ("pretrain_lr", "pretrain_cosine", "pretrain_decay", "lr_decay", "lr_floor")
+_LATER_FIELDS = ("pretrain_lr", "pretrain_cosine", "pretrain_decay", "lr_decay", "lr_floor", "nesterov",
+                 "lr_batch_decay", "momentum_final", "momentum_saturate", "init_range", "input_dropout_scale")
+
+
+def original_maxout_recipe(max_epochs: int) -> Recipe:
+    """pylearn2's mnist_pi.yaml, the recipe of the "original maxout network" (0.94% test error), value for value:
+    batch 100, lr 0.1 ÷ 1.000004 after every minibatch (floor 1e-6), classical momentum 0.5 → 0.7 over epochs
+    1–250, max column norm 1.9365 on every layer, weights U(±0.005), biases 0, input dropout keep 0.8 unscaled,
+    hidden dropout keep 0.5 scaled by 2 (../shared/reference/maxout-recipe.md). `max_epochs` caps a phase."""
+    return Recipe("sgd", epochs=max_epochs, weight_decay=0.0, lr=0.1, batch_size=100, momentum=0.5,
+                  max_norm=1.9365, nesterov=False, lr_batch_decay=1.000004, lr_floor=1e-6, momentum_final=0.7,
+                  momentum_saturate=250, init_range=0.005, input_dropout_scale=1.0,
+                  note=("the original maxout recipe (pylearn2 mnist_pi.yaml): SGD, batch 100, lr 0.1 ÷ 1.000004 per "
+                        "minibatch (floor 1e-6), classical momentum 0.5 → 0.7 over epochs 1–250, max column norm "
+                        "1.9365 on every layer, weights U(±0.005), input dropout keep 0.8 unscaled, hidden keep 0.5 ×2"))
+
+
+def batch_lr(recipe: Recipe, batch: int) -> float:
+    """The learning rate of minibatch `batch` (from 0, counted over the whole run) of a per-minibatch decay."""
+    assert recipe.lr_batch_decay is not None
+    return max(recipe.lr / recipe.lr_batch_decay ** batch, recipe.lr_floor)
+
+
+def epoch_momentum(recipe: Recipe, epoch: int) -> float:
+    """The momentum of `epoch` (from 1): constant, or rising linearly to momentum_final at momentum_saturate
+    (pylearn2's MomentumAdjustor with start 1)."""
+    if recipe.momentum_final is None or recipe.momentum_saturate <= 1:
+        return recipe.momentum
+    a = min(max((epoch - 1) / (recipe.momentum_saturate - 1), 0.0), 1.0)
+    return recipe.momentum * (1 - a) + a * recipe.momentum_final
+
+
+class MomentumSGD(torch.optim.Optimizer):
+    """pylearn2's SGD update: inc = m·inc − lr·g; p += inc (classical momentum with the learning rate inside the
+    velocity, so a decaying lr does not rescale the velocity already built up). The velocity lives in the state
+    under "momentum_buffer", as torch.optim.SGD's, so saved runs resume through the same code."""
+
+    def __init__(self, params: Any, lr: float, momentum: float) -> None:
+        super().__init__(params, {"lr": lr, "momentum": momentum})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                inc = state.get("momentum_buffer")
+                if inc is None:
+                    inc = state["momentum_buffer"] = torch.zeros_like(p)
+                inc.mul_(group["momentum"]).add_(p.grad, alpha=-group["lr"])
+                p.add_(inc)
 
 
 def default_recipe(spec: str | ModelSpec) -> Recipe:
@@ -202,15 +262,23 @@ def _sgd_epochs(model: nn.Module, params: list[nn.Parameter], x: torch.Tensor, y
                 recipe: Recipe, epochs: int, gen: torch.Generator, device: torch.device,
                 desc: str, progress: bool, loss_fn: Any = None, objective: TrainingObjective | None = None,
                 on_epoch: EpochHook | None = None, resume: dict[str, torch.Tensor] | None = None,
-                on_state: StateHook | None = None) -> None:
-    opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=True)
+                on_state: StateHook | None = None, offset: tuple[int, int] = (0, 0)) -> None:
+    """SGD epochs. `offset` = (epochs, minibatches) an earlier run already trained this model for: the lr and
+    momentum schedules continue from there (the maxout protocol's continuation on all 60,000 rows)."""
+    opt: torch.optim.Optimizer
+    if recipe.nesterov:
+        opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=True)
+    else:
+        opt = MomentumSGD(params, lr=recipe.lr, momentum=recipe.momentum)
     n = x.shape[0]
     per_epoch = math.ceil(n / recipe.batch_size)
     total = epochs * per_epoch
-    # cosine decay from lr to 0 over all steps, stepped per minibatch (unless the recipe decays per epoch)
-    schedule = None if recipe.lr_decay is not None else torch.optim.lr_scheduler.LambdaLR(
+    # cosine decay from lr to 0 over all steps, stepped per minibatch (unless the recipe decays per epoch or batch)
+    per_batch = recipe.lr_batch_decay is not None
+    schedule = None if recipe.lr_decay is not None or per_batch else torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
     done = 0 if resume is None else _restore(resume, model, opt, gen, device)
+    epoch0, batch0 = offset
     if schedule is not None and done:
         for _ in range(done * per_epoch):
             schedule.step()
@@ -222,9 +290,14 @@ def _sgd_epochs(model: nn.Module, params: list[nn.Parameter], x: torch.Tensor, y
         model.train()
         if recipe.lr_decay is not None:
             for group in opt.param_groups:
-                group["lr"] = epoch_lr(recipe, epoch)
+                group["lr"] = epoch_lr(recipe, epoch0 + epoch)
+        for group in opt.param_groups:
+            group["momentum"] = epoch_momentum(recipe, epoch0 + epoch)
         perm = torch.randperm(n, generator=gen).to(device)
-        for i in range(0, n, recipe.batch_size):
+        for b, i in enumerate(range(0, n, recipe.batch_size)):
+            if per_batch:
+                for group in opt.param_groups:
+                    group["lr"] = batch_lr(recipe, batch0 + (epoch - 1) * per_epoch + b)
             idx = perm[i:i + recipe.batch_size]
             xb, yb = x[idx], y[idx]
             opt.zero_grad(set_to_none=True)  # before the loss: an objective may back-propagate a part itself
@@ -248,6 +321,16 @@ def _sgd_epochs(model: nn.Module, params: list[nn.Parameter], x: torch.Tensor, y
         if stop:
             break
     bar.close()
+
+
+@torch.no_grad()
+def _uniform_init(model: nn.Module, r: float) -> None:
+    """Every Linear layer's weights U(−r, r), biases 0 (pylearn2's `irange`)."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            module.weight.uniform_(-r, r)
+            if module.bias is not None:
+                module.bias.zero_()
 
 
 @torch.no_grad()
@@ -333,12 +416,15 @@ def fit(spec: str | ModelSpec, data: ImageSet, *, seed: int = 0, epochs: int | N
         device: str | torch.device = "cpu", progress: bool = True,
         recipe: Recipe | None = None, objective: TrainingObjective | None = None,
         on_epoch: EpochHook | None = None, resume: dict[str, torch.Tensor] | None = None,
-        on_state: StateHook | None = None) -> tuple[nn.Sequential, Recipe]:
+        on_state: StateHook | None = None, init: dict[str, torch.Tensor] | None = None,
+        offset: tuple[int, int] = (0, 0)) -> tuple[nn.Sequential, Recipe]:
     """Train a fresh model of `spec` on `data`; same seed and data give the same weights (on CPU).
 
     `objective` (training.Objective, training.AdversarialPool) replaces the loss J by an adversarial-training or
     noise-control objective built on J (SGD recipes only); `on_epoch(epoch, model)` runs after every SGD epoch
-    (returning True stops early); `on_state(epoch, state)` hands out the run's state, `resume=state` continues it."""
+    (returning True stops early); `on_state(epoch, state)` hands out the run's state, `resume=state` continues it;
+    `init` starts from these weights instead of a fresh initialisation, with the schedules at `offset` (see
+    `_sgd_epochs`)."""
     s = parse_spec(spec)
     recipe = recipe or default_recipe(s)
     if epochs is not None:
@@ -348,7 +434,14 @@ def fit(spec: str | ModelSpec, data: ImageSet, *, seed: int = 0, epochs: int | N
     device = torch.device(device)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = build_model(s).to(device)
+    model = build_model(s)
+    if recipe.init_range is not None:
+        _uniform_init(model, recipe.init_range)
+    if recipe.input_dropout_scale is not None and hasattr(model, "drop0"):
+        model.drop0.scale = recipe.input_dropout_scale
+    if init is not None:
+        model.load_state_dict(init)
+    model = model.to(device)
     x, y = data.images, data.labels
     if s.kind == "ae":
         _pretrain_autoencoder(model, x, recipe, gen, device, progress)
@@ -366,7 +459,7 @@ def fit(spec: str | ModelSpec, data: ImageSet, *, seed: int = 0, epochs: int | N
         params = [p for p in model.parameters() if p.requires_grad]
         _sgd_epochs(model, params, x, y, recipe, recipe.epochs, gen, device, s.name, progress,
                     loss_fn=training_loss(s), objective=objective, on_epoch=on_epoch, resume=resume,
-                    on_state=on_state)
+                    on_state=on_state, offset=offset)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
@@ -382,4 +475,5 @@ def recipe_dict(recipe: Recipe) -> dict[str, Any]:
 
 
 __all__ = ["Recipe", "default_recipe", "fit", "predict", "predict_logits", "error_rate", "decay_penalty",
-           "load_mnist", "TrainingObjective", "StoredObjective", "EpochHook", "StateHook", "epoch_lr"]
+           "load_mnist", "TrainingObjective", "StoredObjective", "EpochHook", "StateHook", "epoch_lr",
+           "original_maxout_recipe", "batch_lr", "epoch_momentum", "MomentumSGD"]

@@ -32,6 +32,24 @@ class Maxout(nn.Module):
         return self.linear(x).view(*x.shape[:-1], self.units, self.pieces).amax(dim=-1)
 
 
+class Dropout(nn.Dropout):
+    """Dropout whose kept units are multiplied by `scale` while training (default 1/(1 − p), torch's inverted
+    dropout; pylearn2's maxout recipe keeps the input pixels with probability 0.8 and scales them by 1, so its
+    net sees inputs 0.8× as bright on average in training as at test time). Identity in eval mode."""
+
+    def __init__(self, p: float, scale: float | None = None) -> None:
+        super().__init__(p)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if self.scale is None:
+            return super().forward(x)
+        keep = torch.empty_like(x).bernoulli_(1 - self.p)
+        return x * keep * self.scale
+
+
 class RBFLayer(nn.Module):
     """One Gaussian unit per class; returns log-activations -sum_i beta_ki (x_i - mu_ki)^2 (<= 0).
 
@@ -111,9 +129,9 @@ def _cnn() -> nn.Sequential:
 
 def _maxout(units: int = 240, pieces: int = 5) -> nn.Sequential:
     return nn.Sequential(OrderedDict([
-        ("flatten", nn.Flatten()), ("drop0", nn.Dropout(0.2)),
-        ("maxout1", Maxout(N_PIXELS, units, pieces)), ("drop1", nn.Dropout(0.5)),
-        ("maxout2", Maxout(units, units, pieces)), ("drop2", nn.Dropout(0.5)),
+        ("flatten", nn.Flatten()), ("drop0", Dropout(0.2)),
+        ("maxout1", Maxout(N_PIXELS, units, pieces)), ("drop1", Dropout(0.5)),
+        ("maxout2", Maxout(units, units, pieces)), ("drop2", Dropout(0.5)),
         ("out", nn.Linear(units, N_CLASSES)),
     ]))
 

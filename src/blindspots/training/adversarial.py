@@ -81,6 +81,32 @@ class Objective:
             raise SpecError("fgsm has no noise: its δ comes from the gradient.")
         return (self.epsilon * s).to(x.device)
 
+    def value(self, model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, gen: torch.Generator) -> Tensor:
+        """J̃ on one batch, as `loss` would train on it (the model's mode as it is), with no parameter gradients:
+        the monitored objective of the maxout protocol (pylearn2's train_objective / valid_objective)."""
+        if self.perturbation != "fgsm":
+            with torch.no_grad():
+                x_pert = (x + self.noise(x, gen)).clamp(0, 1)
+                return self.alpha * loss_fn(model(x), y) + (1 - self.alpha) * loss_fn(model(x_pert), y)
+        xg = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            if self.gradient == "clean":
+                model_mode = model.training
+                model.eval()
+                try:
+                    (grad,) = torch.autograd.grad(loss_fn(model(xg), y), xg)
+                finally:
+                    model.train(model_mode)
+                with torch.no_grad():
+                    clean = loss_fn(model(x), y)
+            else:
+                clean_t = loss_fn(model(xg), y)
+                (grad,) = torch.autograd.grad(clean_t, xg)
+                clean = clean_t.detach()
+        with torch.no_grad():
+            x_pert = (x + self.epsilon * grad.sign()).clamp(0, 1)
+            return self.alpha * clean + (1 - self.alpha) * loss_fn(model(x_pert), y)
+
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, gen: torch.Generator) -> Tensor:
         """The part of J̃ still to back-propagate for one minibatch; the caller adds any weight decay.
 

@@ -21,9 +21,9 @@ from .stages import Goodfellow2015
 
 def reproduce(out: str | Path = "runs/goodfellow2015", profile: str = "standard", *, seed: int = 0,
               n_attack: int | None = None, device: str = "cpu", progress: bool = True,
-              announce: Any = print) -> dict[str, Any]:
+              announce: Any = print, overrides: dict[str, str] | None = None) -> dict[str, Any]:
     """Run (or resume) the reproduction; returns results.json's content."""
-    prof = pick_profile(PROFILES, profile, n_attack)
+    prof = pick_profile(PROFILES, profile, n_attack, overrides)
     return Goodfellow2015(Path(out), prof, seed=seed, device=device, progress=progress, announce=announce).run()
 
 

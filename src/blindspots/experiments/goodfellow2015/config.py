@@ -13,8 +13,9 @@ from torch.nn import functional as F
 
 from ...data import load_mnist
 from ...models import predict_logits
-from ...models.train import Recipe, default_recipe
+from ...models.train import Recipe, original_maxout_recipe
 from ...models.zoo import BinaryLogistic
+from ...errors import SpecError
 from ...training.adversarial import Objective
 
 PAPER = "goodfellow2015"
@@ -27,19 +28,14 @@ LOGREG_LABEL = "logistic regression, 3 vs 7"
 DIGIT_THRESHOLD = 0.5
 TRAIN_ROWS, VALID_ROWS = 50_000, 10_000  # the maxout protocol's split of the 60,000 training images
 
-# The maxout protocol's learning rate: lr·0.95^(epoch−1), never below 1e-3 (Nesterov momentum 0.9, batch 100,
-# max-norm 3.5, dropout 0.2 / 0.5: the MAXOUT recipe otherwise). The schedule does not depend on the epoch count,
-# so retraining for the early-stopped number of epochs replays the schedule the early-stopping run used. pylearn2's
-# maxout decayed lr 0.1 by 1.000004 per minibatch (0.998 per epoch) down to 1e-6 with momentum 0.5 -> 0.7 over
-# 250 epochs, a budget of hundreds of epochs; 0.95 per epoch reaches a small step within the ~40 epochs a CPU run has.
-LR_DECAY, LR_FLOOR = 0.95, 1e-3
-
-
 def protocol_recipe(spec: str, max_epochs: int) -> Recipe:
-    """The MAXOUT recipe with the protocol's epoch-count-free exponential schedule."""
-    return replace(default_recipe(spec), epochs=max_epochs, lr_decay=LR_DECAY, lr_floor=LR_FLOOR,
-                   note="dropout 0.2 input / 0.5 hidden, max-norm 3.5, SGD + Nesterov momentum 0.9, lr 0.05·0.95^(epoch−1)"
-                        " (floor 1e-3); early stopping on validation error, then retraining on train + validation")
+    """Every maxout net of every profile: the original maxout recipe (pylearn2's mnist_pi.yaml, value for value),
+    with `max_epochs` capping each phase. Its schedules run per minibatch and per epoch from the start of the
+    first phase, so the second phase continues them where the best epoch left them."""
+    if not spec.upper().startswith("MAXOUT"):
+        raise ValueError(f"the maxout protocol trains maxout nets, not {spec}")
+    r = original_maxout_recipe(max_epochs)
+    return replace(r, note=r.note + "; early stopping on the validation rows, then the second phase on all rows")
 
 
 @dataclass(frozen=True)
@@ -61,14 +57,18 @@ class Profile:
     store_subset: int | None = None  # training images of the softmax and RBF nets (None: all 60,000)
     wide_units: int | None = None  # also train the paper's wide adversarial net (MAXOUT<units>), early-stopped
     checkpoint_every: int = 5  # epochs between saved training states (a killed run resumes from the last)
+    nets: tuple[str, ...] | None = None  # keys of the nets to run (None: all of them)
+    early_stop_curves: bool = False  # test error, test FGSM and validation FGSM error per early-stopping epoch too
 
     @property
     def description(self) -> str:
         wide = f"; a {self.wide_units}-unit adversarially trained net too" if self.wide_units else ""
         attacked = "the whole test set" if self.n_attack is None else f"{self.n_attack:,} test images"
-        return (f"maxout nets early-stopped on {self.n_valid:,} validation images after training on {self.n_train:,} "
-                f"(at most {self.max_epochs} epochs, patience {self.patience}), then retrained on both; {self.seeds} "
-                f"seed(s) for plain vs adversarial training{wide}; {attacked} attacked; {self.n_noise:,} noise images")
+        only = "" if self.nets is None else f"; only the nets {', '.join(self.nets)}"
+        return (f"maxout nets (the original maxout recipe) early-stopped on {self.n_valid:,} validation images after "
+                f"training on {self.n_train:,} (at most {self.max_epochs} epochs per phase, patience {self.patience}), "
+                f"then continued on both; {self.seeds} seed(s) for plain vs adversarial training{wide}; {attacked} "
+                f"attacked; {self.n_noise:,} noise images{only}")
 
 
 PROFILES: dict[str, Profile] = {
@@ -79,6 +79,11 @@ PROFILES: dict[str, Profile] = {
     "paper": Profile("paper", n_train=TRAIN_ROWS, n_valid=VALID_ROWS, max_epochs=1_000, patience=100, seeds=5,
                      n_attack=None, n_noise=10_000, n_curve_fgsm=10_000, n_curve_lbfgs=100, wide_units=1600,
                      checkpoint_every=2),
+    # §6's plain vs adversarial pair at the paper's scale alone: one seed, patience 100, per-epoch curves in both
+    # phases (the profile behind results/goodfellow2015-maxout-original)
+    "pair": Profile("pair", n_train=TRAIN_ROWS, n_valid=VALID_ROWS, max_epochs=1_000, patience=100, seeds=1,
+                    n_attack=None, n_noise=10_000, n_curve_fgsm=2_000, n_curve_lbfgs=100, lbfgs_every=10,
+                    checkpoint_every=2, nets=("maxout", "maxout_adv"), early_stop_curves=True),
 }
 
 
@@ -95,6 +100,10 @@ class Net:
     stop_on: str = "clean"
     curves: str = "full"
     compare: bool = False  # trained on every seed of the profile: part of the plain-vs-adversarial comparison
+    # after early stopping: "continue" the best model on all rows until the validation objective reaches the best
+    # epoch's training objective (pylearn2's mnist_pi_continued.yaml), or "retrain" from scratch for that many
+    # epochs (the paper's 1600-unit net)
+    second_phase: str = "continue"
 
     @property
     def is_maxout(self) -> bool:
@@ -121,11 +130,19 @@ NETS = (
 def wide_net(units: int) -> Net:
     """The paper's best adversarially trained net: wider, early-stopped on the adversarial validation error."""
     return Net("maxout_adv_wide", f"maxout {units} units, adversarial training", f"MAXOUT{units}", FGSM_TRAINING,
-               stop_on="fgsm", compare=True)
+               stop_on="fgsm", compare=True, second_phase="retrain")
 
 
 def nets(profile: Profile) -> tuple[Net, ...]:
-    return NETS + ((wide_net(profile.wide_units),) if profile.wide_units else ())
+    """The nets a profile runs, in report order."""
+    every = NETS + ((wide_net(profile.wide_units),) if profile.wide_units else ())
+    if profile.nets is None:
+        return every
+    unknown = set(profile.nets) - {n.key for n in every}
+    if unknown:
+        raise SpecError(f"unknown net(s) {', '.join(sorted(unknown))} in the profile; choose from "
+                        f"{', '.join(n.key for n in every)}.")
+    return tuple(n for n in every if n.key in profile.nets)
 
 
 def noise_settings(train_pixels: Tensor) -> dict[str, dict[str, Any]]:

@@ -42,10 +42,20 @@ def build_report(results: dict[str, Any]) -> Report:
         "recomputable from the saved checkpoints and adversarial sets under stages/ (each FGSM set at ε = 0.25 was "
         "re-loaded from disk and re-verified by a fresh forward pass before any number was taken from it).",
     ]
-    sections = [_sec_fgsm(f), _sec_logreg(f, results), _sec_adv(f, results), _sec_learning(results), _sec_noise(f),
-                _sec_rbf(f),
-                _sec_rubbish(results), _sec_curves(results), _sec_transfer(results), _sec_models(results),
-                _sec_facts(results)]
+    ran = set(results["models"])
+    # each section with the nets it needs: a profile that runs some nets only (--set nets=…) gets the others
+    plan: list[tuple[set[str], Any]] = [
+        ({"softmax", "maxout"}, lambda: _sec_fgsm(f)), ({LOGREG}, lambda: _sec_logreg(f, results)),
+        ({"maxout", "maxout_adv"}, lambda: _sec_adv(f, results)), ({"maxout"}, lambda: _sec_learning(results)),
+        ({"maxout", "maxout_adv", "maxout_sign", "maxout_uniform"}, lambda: _sec_noise(f)),
+        ({"maxout", "rbf"}, lambda: _sec_rbf(f)), ({"softmax", "maxout", "rbf"}, lambda: _sec_rubbish(results)),
+        (set(), lambda: _sec_curves(results)), (set(), lambda: _sec_transfer(results)),
+        (set(), lambda: _sec_models(results)), (set(), lambda: _sec_facts(results))]
+    sections = [sec for sec in (build() for need, build in plan if need <= ran) if sec is not None]
+    skipped = sorted({k for need, _ in plan for k in need} - ran)
+    if skipped:
+        intro.append(f"This run's profile trains only {', '.join(sorted(ran))}: the sections that need "
+                     f"{', '.join(skipped)} are left out.")
     return Report("blindspots — Goodfellow et al. 2015 reproduced", intro, sections)
 
 
@@ -206,7 +216,7 @@ def _sec_rubbish(results: dict[str, Any]) -> Section:
     for name in names:
         per, head = r["results"][name], name == r["headline"]
         rows = []
-        for key in (n.key for n in NETS):
+        for key in (n.key for n in NETS if n.key in per):
             v = per[key]
             paper_key = key if head and key in ("softmax", "maxout", "rbf") else None
             paper = results["findings"]["paper_rubbish"].get(paper_key or "", {})
@@ -252,14 +262,16 @@ def _sec_curves(results: dict[str, Any]) -> Section:
                  "paper's values at ε = 0.25.")
     figs = [fig] + [Figure(Path(results["figures"][f"examples {k}"]),
                            f"{labels[k]}: clean test images (top) and their FGSM images at ε = 0.25 (bottom)")
-                    for k in ("maxout", "maxout_adv", "rbf")]
+                    for k in ("maxout", "maxout_adv", "rbf") if f"examples {k}" in results["figures"]]
     return Section("7 — Error vs ε", [], [Table(["model"] + [f"ε = {e:g}" for e in eps], rows,
                                                 "FGSM error at each ε (one gradient per image, every ε re-checked)",
                                                 verdict, fmt="str")], figs)
 
 
-def _sec_transfer(results: dict[str, Any]) -> Section:
+def _sec_transfer(results: dict[str, Any]) -> Section | None:
     t = results["transfer"]
+    if len(t["columns"]) < 2:  # one net: nothing to transfer to
+        return None
     labels = _labels()
     rows = [[labels[r]] + [pct(t["rows"][r][c]) for c in t["columns"]] for r in t["columns"]]
     off = [t["rows"][r][c] for r in t["columns"] for c in t["columns"] if r != c]
@@ -305,6 +317,8 @@ def terminal_summary(results: dict[str, Any]) -> str:
     lines = [f"{'experiment (ε = 0.25)':<52} {'ours':>8} {'paper':>8}"]
 
     def add(name: str, v: dict[str, Any], digits: int = 1) -> None:
+        if v["ours"] is None:  # a net this profile does not run
+            return
         lines.append(f"{name:<52} {pct(v['ours'], digits):>8} {pct(v['paper'], digits):>8}")
 
     add("1 softmax FGSM error", f["1_fgsm"]["softmax_error"])

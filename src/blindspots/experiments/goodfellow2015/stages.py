@@ -31,7 +31,7 @@ from .config import (EPSILON, EPSILONS, LOGREG, LOGREG_CLASSES, LOGREG_DECAY, LO
                      binary_error, fit_logreg, logreg_data, mean_or_none, nets, noise_settings, predict_confidence,
                      protocol_recipe, rubbish_images)
 from .findings import facts, findings
-from .protocol import Phase, curve_summary, split_rows, test_probe, validation_probe
+from .protocol import Phase, curve_summary, objective_value, split_rows, test_probe, validation_probe
 from .report import build_report
 from ...report.document import write_report
 
@@ -46,33 +46,70 @@ class Goodfellow2015(Experiment):
         return list(range(self.seed, self.seed + self.profile.seeds)) if net.compare else [self.seed]
 
     def _protocol_stages(self, net: Net, seed: int) -> dict[str, Any]:
-        """Early stopping on the validation rows, then retraining on training + validation rows."""
+        """Early stopping on the validation rows (keeping the best model), then the second phase on training +
+        validation rows: continue the best model until the validation objective falls to the training objective
+        of the best epoch (net.second_phase "continue"), or retrain from scratch for the best epoch's count."""
         p = self.profile
         recipe = protocol_recipe(net.spec, p.max_epochs)
         base = {"spec": net.spec, "objective": None if net.objective is None else net.objective.as_dict(),
                 "seed": seed, "recipe": recipe_dict(recipe), "n_train": p.n_train, "n_valid": p.n_valid,
                 "version": __version__}
+        continues = net.second_phase == "continue"
         es_inputs = base | {"phase": "early stopping", "patience": p.patience, "stop_on": net.stop_on}
+        if continues or p.early_stop_curves:
+            es_inputs |= {"keep_best": continues, "early_stop_curves": p.early_stop_curves,
+                          "n_curve_fgsm": p.n_curve_fgsm}
         train_rows, valid_rows, both = split_rows(p)
         stop_metric = "valid_fgsm_error" if net.stop_on == "fgsm" else "valid_error"
 
         def early_stop(folder: Path) -> dict[str, Any]:
             phase = Phase(net.spec, train_rows, recipe, net.objective, seed, p.max_epochs,
-                          validation_probe(net, valid_rows), self._work(f"early-stop {net.key} s{seed}", es_inputs),
-                          p.checkpoint_every, stop_metric, p.patience)
+                          validation_probe(net, valid_rows, p), self._work(f"early-stop {net.key} s{seed}", es_inputs),
+                          p.checkpoint_every, stop_metric, p.patience,
+                          best_objective=train_rows if continues else None)
             phase.run(self.device, self.progress)
-            return {"curve": phase.curve, "best_epoch": phase.best_epoch(), "stop_metric": stop_metric,
-                    "best_value": phase.curve[stop_metric][phase.best_epoch() - 1]}
+            best = phase.best_epoch()
+            out = {"curve": phase.curve, "best_epoch": best, "stop_metric": stop_metric,
+                   "best_value": phase.curve[stop_metric][best - 1]}
+            if continues:
+                assert phase.best is not None
+                weights = folder / "best.safetensors"
+                write_atomic(weights, lambda f: save_file({k: v.contiguous() for k, v in phase.best.items()},
+                                                          str(f)))
+                out |= {"best_weights_sha256": file_digest(weights, "sha256"),
+                        "train_objective_at_best": phase.curve["train_objective"][best - 1],
+                        "batches_per_epoch": -(-len(train_rows) // recipe.batch_size)}
+            return out
 
-        es, _ = self.runner.run(f"early-stop {net.key} s{seed}", es_inputs, early_stop)
-        epochs = int(es["best_epoch"])
-        rt_inputs = base | {"phase": "retrain", "epochs": epochs, "curves": net.curves,
-                            "n_curve_fgsm": p.n_curve_fgsm, "n_curve_lbfgs": p.n_curve_lbfgs, "lbfgs_every": p.lbfgs_every}
+        es, es_folder = self.runner.run(f"early-stop {net.key} s{seed}", es_inputs, early_stop)
+        best_epoch = int(es["best_epoch"])
+        phase2 = {"phase": "continue" if continues else "retrain", "curves": net.curves,
+                  "n_curve_fgsm": p.n_curve_fgsm, "n_curve_lbfgs": p.n_curve_lbfgs, "lbfgs_every": p.lbfgs_every}
+        if continues:
+            phase2 |= {"from": es["best_weights_sha256"], "target": es["train_objective_at_best"],
+                       "best_epoch": best_epoch}
+        else:
+            phase2 |= {"epochs": best_epoch}
+        rt_inputs = base | phase2
 
-        def retrain(folder: Path) -> dict[str, Any]:
+        def second_phase(folder: Path) -> dict[str, Any]:
             t0 = time.perf_counter()
-            phase = Phase(net.spec, both, recipe, net.objective, seed, epochs, test_probe(net, p, epochs),
-                          self._work(f"train {net.key} s{seed}", rt_inputs), p.checkpoint_every)
+            work = self._work(f"train {net.key} s{seed}", rt_inputs)
+            if continues:
+                path = es_folder / "best.safetensors"
+                if file_digest(path, "sha256") != es["best_weights_sha256"]:
+                    raise CheckpointError(f"{path} does not match the hash its stage recorded; delete {es_folder}.")
+                probe = test_probe(net, p, None)
+                valid_obj = "valid_objective"
+                probe.metrics[valid_obj] = lambda model, e: objective_value(model, valid_rows, net.objective,
+                                                                             net.spec, seed)
+                phase = Phase(net.spec, both, recipe, net.objective, seed, p.max_epochs, probe, work,
+                              p.checkpoint_every, target=(valid_obj, float(es["train_objective_at_best"])),
+                              init=load_file(str(path)),
+                              offset=(best_epoch, best_epoch * int(es["batches_per_epoch"])))
+            else:
+                phase = Phase(net.spec, both, recipe, net.objective, seed, best_epoch,
+                              test_probe(net, p, best_epoch), work, p.checkpoint_every)
             model = phase.run(self.device, self.progress)
             wall = time.perf_counter() - t0
             weights = folder / "weights.safetensors"
@@ -80,12 +117,16 @@ class Goodfellow2015(Experiment):
                                                        for k, v in model.state_dict().items()}, str(f)))
             objective = None if net.objective is None else {**net.objective.as_dict(),
                                                             "description": net.objective.describe()}
+            epochs = len(phase.curve["epoch"])
             return {"spec": net.spec, "seed": seed, "label": net.label, "weights_sha256": file_digest(weights, "sha256"),
                     "train_error": error_rate(model, both), "test_error": phase.curve["test_error"][-1],
-                    "epochs": epochs, "n_train": len(both), "recipe": recipe_dict(recipe), "objective": objective,
+                    "epochs": epochs, "second_phase": phase2["phase"],
+                    "reached_target": bool(not continues or phase.curve["valid_objective"][-1]
+                                           <= float(es["train_objective_at_best"])),
+                    "n_train": len(both), "recipe": recipe_dict(recipe), "objective": objective,
                     "wall_time_s": round(wall, 2), "curve": phase.curve, "final": curve_summary(phase.curve)}
 
-        result, folder = self.runner.run(f"train {net.key} s{seed}", rt_inputs, retrain)
+        result, folder = self.runner.run(f"train {net.key} s{seed}", rt_inputs, second_phase)
         return result | {"early_stop": es, "checkpoint": str(folder / "weights.safetensors"), "stopped_on": net.stop_on}
 
     def _work(self, name: str, inputs: dict[str, Any]) -> Path:

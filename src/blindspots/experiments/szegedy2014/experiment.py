@@ -168,10 +168,11 @@ class Szegedy2014(TableStages, Experiment):
 
 def reproduce(out: str | Path = "runs/szegedy2014", profile: str = "standard", *, seed: int = 0,
               n_attack: int | None = None, device: str = "cpu", progress: bool = True,
-              announce: Any = print, world: World | None = None) -> dict[str, Any]:
+              announce: Any = print, world: World | None = None,
+              overrides: dict[str, str] | None = None) -> dict[str, Any]:
     """Run (or resume) the reproduction; returns results.json's content. Under torchrun (`world` of several
     processes) the L-BFGS attack stages are split across the ranks, with the same numbers as one process; rank 0
     runs every other stage and writes everything; the other ranks return {} after the attacks."""
-    prof = pick_profile(PROFILES, profile, n_attack)
+    prof = pick_profile(PROFILES, profile, n_attack, overrides)
     return Szegedy2014(Path(out), prof, seed=seed, device=device, progress=progress, announce=announce,
                        world=world).run()
