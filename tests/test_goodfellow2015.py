@@ -131,9 +131,10 @@ def test_second_run_recomputes_nothing(run: tuple[Path, dict]) -> None:
     assert again["findings"] == results["findings"]
 
 
-def test_protocol_early_stops_and_retrains_for_the_best_epoch(run: tuple[Path, dict]) -> None:
-    """Each protocol net stopped after `patience` epochs without improvement (or at the cap), and its retraining
-    ran exactly the best epoch's count with a curve point per epoch; the comparison has every seed."""
+def test_protocol_early_stops_then_continues_to_the_objective_target(run: tuple[Path, dict]) -> None:
+    """Each protocol net stopped after `patience` epochs without improvement (or at the cap), recorded its training
+    objective at the best epoch, then continued from the best model on all rows until the validation objective
+    fell to that value (or the cap), with a curve point per epoch; the comparison has every seed."""
     _, results = run
     curves = results["curves"]
     assert [r["seed"] for r in curves["maxout"]] == [0, 1] == [r["seed"] for r in curves["maxout_adv"]]
@@ -144,11 +145,19 @@ def test_protocol_early_stops_and_retrains_for_the_best_epoch(run: tuple[Path, d
             best = min(range(len(values)), key=lambda i: (values[i], i)) + 1
             assert es["best_epoch"] == best
             assert len(values) == min(best + QUICK.patience, QUICK.max_epochs), key
-            assert rt["epoch"] == list(range(1, best + 1))
+            target = es["train_objective_at_best"]
+            assert target == es["curve"]["train_objective"][best - 1] and target > 0
+            n = len(rt["epoch"])
+            assert rt["epoch"] == list(range(1, n + 1)) and 1 <= n <= QUICK.max_epochs
+            obj = rt["valid_objective"]
+            # stopped at the first epoch at or below the target, or ran to the cap
+            assert all(v > target for v in obj[:-1]) and (obj[-1] <= target or n == QUICK.max_epochs), (key, obj)
             metrics = ("test_error", "fgsm_error", "lbfgs_distortion") if key in ("maxout", "maxout_adv") \
                 else ("test_error",)
             for metric in metrics:
-                assert len(rt[metric]) == best, (key, metric)
+                assert len(rt[metric]) == n, (key, metric)
+            if key in ("maxout", "maxout_adv"):
+                assert rt["lbfgs_distortion"][-1] is not None  # the final model's slow metric is filled in
     for key in ("maxout", "maxout_adv"):  # the last curve point is the stored model's test error
         assert curves[key][0]["retrain"]["test_error"][-1] == results["models"][key]["test_error"]
     assert curves["maxout"][0]["retrain"]["fgsm_error"][-1] > curves["maxout_adv"][0]["retrain"]["fgsm_error"][-1]

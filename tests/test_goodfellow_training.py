@@ -166,24 +166,41 @@ def test_killed_training_resumes_bit_for_bit() -> None:
     assert not torch.equal(fresh.out.weight, full.out.weight)
 
 
-def test_exponential_schedule_does_not_depend_on_the_epoch_count() -> None:
-    """Two epochs of a 2-epoch run equal the first two of a longer run stopped early by the hook (the retrain of
-    the protocol replays the early-stopping run's schedule); the cosine default would not."""
+def test_original_maxout_recipe_schedules_and_update() -> None:
+    """pylearn2's recipe: lr 0.1 ÷ 1.000004 per minibatch (floor 1e-6), momentum 0.5 → 0.7 over epochs 1–250
+    (0.694 at epoch 243, as the continued config records), the update inc = m·inc − lr·g, U(±0.005) init and
+    biases 0, max column norm 1.9365 on every layer, input dropout unscaled; a continuation at `offset` runs the
+    same schedules as the uninterrupted run."""
     from blindspots.experiments.goodfellow2015 import protocol_recipe
-    from blindspots.models import fit
-    from blindspots.models.train import default_recipe, epoch_lr
+    from blindspots.models import build_model, fit
+    from blindspots.models.train import MomentumSGD, batch_lr, epoch_momentum
 
-    data = _small()
-    recipe = protocol_recipe("MAXOUT", 2)
-    assert epoch_lr(recipe, 1) == recipe.lr and epoch_lr(recipe, 2) == pytest.approx(recipe.lr * recipe.lr_decay)
-    assert epoch_lr(recipe, 10_000) == recipe.lr_floor
-    short, _ = fit("MAXOUT", data, seed=0, recipe=recipe, progress=False)
-    stopped, _ = fit("MAXOUT", data, seed=0, recipe=protocol_recipe("MAXOUT", 9), progress=False,
-                     on_epoch=lambda epoch, model: epoch >= 2)
-    assert torch.equal(short.out.weight, stopped.out.weight)
-    cosine, _ = fit("MAXOUT", data, seed=0, recipe=replace(default_recipe("MAXOUT"), epochs=9), progress=False,
-                    on_epoch=lambda epoch, model: epoch >= 2)
-    assert not torch.equal(cosine.out.weight, short.out.weight)
+    r = protocol_recipe("MAXOUT", 3)
+    assert batch_lr(r, 0) == 0.1 and batch_lr(r, 243 * 500) == pytest.approx(0.0615, abs=5e-4)
+    assert batch_lr(r, 10**9) == 1e-6
+    assert epoch_momentum(r, 1) == 0.5 and epoch_momentum(r, 243) == pytest.approx(0.694, abs=1e-3)
+    assert epoch_momentum(r, 250) == epoch_momentum(r, 900) == pytest.approx(0.7)
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = MomentumSGD([p], lr=0.5, momentum=0.5)
+    for g in (torch.tensor([1.0, -2.0]), torch.tensor([1.0, 0.0])):
+        p.grad = g
+        opt.step()
+    assert torch.allclose(p.detach(), torch.tensor([-0.5 - 0.75, 1.0 + 0.5]))  # inc: (-0.5, 1) then (-0.75, 0.5)
+    data = _small(300)
+    model, _ = fit("MAXOUT", data, seed=0, recipe=protocol_recipe("MAXOUT", 2), progress=False)
+    for layer in (model.maxout1.linear, model.maxout2.linear, model.out):
+        assert float(layer.weight.norm(dim=1).max()) <= 1.9365 + 1e-5
+    assert model.drop0.scale == 1.0 and model.drop1.scale is None  # unscaled input dropout, inverted hidden
+    torch.manual_seed(0)
+    fresh = build_model("MAXOUT")
+    assert float(fresh.out.weight.abs().max()) > 0.005  # torch's default init, unlike the recipe's
+    # a continuation from these weights at offset (2 epochs, 6 minibatches) starts from them, not afresh
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    lrs: list[float] = []
+    cont, _ = fit("MAXOUT", data, seed=0, recipe=protocol_recipe("MAXOUT", 1), progress=False, init=init,
+                  offset=(2, 6), on_epoch=lambda e, m: lrs.append(e))
+    assert lrs == [1] and not torch.equal(cont.out.weight, init["out.weight"])
+    assert float((cont.out.weight - init["out.weight"]).abs().max()) < 0.5  # moved on from them
 
 
 def test_clean_gradient_mode_takes_the_gradient_without_dropout() -> None:

@@ -108,7 +108,10 @@ def original_maxout_recipe(max_epochs: int) -> Recipe:
 def batch_lr(recipe: Recipe, batch: int) -> float:
     """The learning rate of minibatch `batch` (from 0, counted over the whole run) of a per-minibatch decay."""
     assert recipe.lr_batch_decay is not None
-    return max(recipe.lr / recipe.lr_batch_decay ** batch, recipe.lr_floor)
+    try:
+        return max(recipe.lr / recipe.lr_batch_decay ** batch, recipe.lr_floor)
+    except OverflowError:  # far past the floor
+        return recipe.lr_floor
 
 
 def epoch_momentum(recipe: Recipe, epoch: int) -> float:

@@ -72,7 +72,9 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    "quick": Profile("quick", n_train=2_000, n_valid=500, max_epochs=5, patience=2, seeds=2, n_attack=1_000,
+    # the original recipe starts from weights U(±0.005): about 500 minibatches pass before the error leaves 88%,
+    # so quick trains 40 minibatches × up to 20 epochs (9.5% test error at 800 minibatches of 4,000 rows)
+    "quick": Profile("quick", n_train=4_000, n_valid=1_000, max_epochs=20, patience=3, seeds=2, n_attack=1_000,
                      n_noise=1_000, n_curve_fgsm=500, n_curve_lbfgs=10, lbfgs_every=0, store_subset=5_000),
     "standard": Profile("standard", n_train=TRAIN_ROWS, n_valid=VALID_ROWS, max_epochs=25, patience=5, seeds=2,
                         n_attack=None, n_noise=10_000, n_curve_fgsm=2_000, n_curve_lbfgs=100),
