@@ -99,35 +99,48 @@ def examples(t: dict[str, Tensor], model: nn.Module, independent: bool, out: Pat
 
 
 def learning_curves(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
-    """Per retraining epoch, every seed: clean test error (all protocol nets), FGSM error and mean minimal
-    L-BFGS distortion (plain and adversarial nets); the validation curve of the early-stopping phase."""
+    """Every seed, both phases on one epoch axis: clean test error (all protocol nets), FGSM error and mean
+    minimal L-BFGS distortion (plain and adversarial nets) — the early-stopping phase where the profile measured
+    them (thin), the second phase after it (thick; a continuation starts at the best epoch, a retrain at 0) —
+    and the early-stopping phase's validation criteria (clean, and FGSM where measured)."""
     fig = Figure(figsize=(12, 7.5), dpi=100)
     axes = fig.subplots(2, 2).flatten()
     labels = _labels()
     panels = (("test_error", "clean test error (%)", 100), ("fgsm_error", "FGSM error, ε = 0.25 (%)", 100),
               ("lbfgs_distortion", "mean minimal L-BFGS RMS distortion", 1))
+
+    def values(c: dict[str, Any], metric: str, scale: float) -> list[float]:
+        return [np.nan if v is None else scale * v for v in c[metric]]
+
     for i, key in enumerate(k for k in CURVE_KEYS if k in runs):
         for j, r in enumerate(runs[key]):
-            c = r["curve"]
+            c, es = r["curve"], r["early_stop"]
+            best = es["best_epoch"]
+            start = best if r.get("second_phase", "continue") == "continue" and "valid_objective" in c else 0
+            alpha = 0.9 if j == 0 else 0.5
             for ax, (metric, _, scale) in zip(axes, panels):
+                if metric in es["curve"]:
+                    ax.plot(es["curve"]["epoch"], values(es["curve"], metric, scale), color=f"C{i}", lw=0.7,
+                            alpha=alpha * 0.7)
                 if metric in c:
-                    ax.plot(c["epoch"], [np.nan if v is None else scale * v for v in c[metric]], color=f"C{i}",
-                            lw=1.2, marker=".", ms=3, alpha=0.9 if j == 0 else 0.5,
-                            label=labels[key] if j == 0 else None)
-            es = r["early_stop"]["curve"]
-            metric = r["early_stop"]["stop_metric"]
-            axes[3].plot(es["epoch"], [100 * v for v in es[metric]], color=f"C{i}", lw=1,
-                         ls="-" if metric == "valid_error" else "--", alpha=0.9 if j == 0 else 0.5,
-                         label=f"{labels[key]} ({'clean' if metric == 'valid_error' else 'FGSM'})" if j == 0 else None)
-            axes[3].axvline(r["early_stop"]["best_epoch"], color=f"C{i}", lw=0.6, ls=":")
+                    ax.plot([start + e for e in c["epoch"]], values(c, metric, scale), color=f"C{i}", lw=1.6,
+                            marker=".", ms=3, alpha=alpha, label=labels[key] if j == 0 else None)
+                ax.axvline(best, color=f"C{i}", lw=0.6, ls=":")
+            for metric, style in (("valid_error", "-"), ("valid_fgsm_error", "--")):
+                if metric in es["curve"] and (metric == es["stop_metric"] or "test_error" in es["curve"]):
+                    axes[3].plot(es["curve"]["epoch"], values(es["curve"], metric, 100), color=f"C{i}", lw=1,
+                                 ls=style, alpha=alpha,
+                                 label=f"{labels[key]} ({'clean' if metric == 'valid_error' else 'FGSM'})"
+                                 if j == 0 else None)
+            axes[3].axvline(best, color=f"C{i}", lw=0.6, ls=":")
     for ax, (_, ylabel, _) in zip(axes, panels):
-        ax.set_xlabel("retraining epoch")
+        ax.set_xlabel("epoch (thin: early stopping; thick: second phase; dotted: best)")
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=7)
     axes[0].set_yscale("log")
     axes[3].set_yscale("log")
     axes[3].set_xlabel("early-stopping epoch (dotted: best)")
-    axes[3].set_ylabel("validation error, stopping criterion (%)")
+    axes[3].set_ylabel("validation error (%): clean —, FGSM --")
     axes[3].legend(fontsize=7)
     fig.suptitle("Learning curves (every seed; the first one darker)", fontsize=10)
     save_png(fig, path)
