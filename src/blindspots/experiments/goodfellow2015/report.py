@@ -118,7 +118,10 @@ def _sec_adv(f: dict[str, Any], results: dict[str, Any]) -> Section:
         f"{pct(e['fgsm_error_after']['paper'])}, the latter for a 1600-unit net).",
         f"Clean test error goes from {pct(cb, 2)} to {pct(ca, 2)}: adversarial training "
         f"{'also regularises' if ca < cb else 'does not improve clean error here'} (paper "
-        f"{pct(e['clean_error_before']['paper'], 2)} → {pct(e['clean_error_after']['paper'], 2)}).",
+        f"{pct(e['clean_error_before']['paper'], 2)} → {pct(e['clean_error_after']['paper'], 2)})"
+        + ("." if e.get("baseline", {}).get("reached", True) else
+           f"; the plain net misses the paper's baseline (target ≤ {pct(e['baseline']['target'], 2)}), so this is no "
+           "verdict on the paper's claim."),
         f"Its remaining mistakes are made with {pct(e['confidence_on_mistakes_after']['ours'])} mean confidence "
         f"(paper {pct(e['confidence_on_mistakes_after']['paper'])}).",
         f"Transfer: the plain net's FGSM images fool the adversarially trained net on {pct(fwd)} (paper "
@@ -129,6 +132,18 @@ def _sec_adv(f: dict[str, Any], results: dict[str, Any]) -> Section:
     return Section("3 — Adversarial training of the maxout net (α = 0.5, ε = 0.25)", [],
                    [Table(["quantity", "ours", "paper"], rows, "Adversarial training", " ".join(sentences),
                           fmt="str")])
+
+
+def _baseline_sentence(b: dict[str, Any] | None) -> str:
+    """Whether the control arm trains as well as the paper's: the condition for any verdict on the claim."""
+    if b is None:
+        return ""
+    if b["reached"]:
+        return (f"The plain net reaches {pct(b['plain'], 2)} test error, within the target of {pct(b['target'], 2)} "
+                f"for the paper's {pct(b['paper'], 2)} baseline: the comparison below is a fair test of the claim.")
+    return (f"The plain net ends at {pct(b['plain'], 2)} test error, above the target of {pct(b['target'], 2)} "
+            f"for the paper's {pct(b['paper'], 2)} baseline: its control arm is undertrained or the recipe differs, "
+            "so what follows is no verdict on the paper's claim, only a comparison on this recipe and budget.")
 
 
 def _verdict_sentence(label: str, v: dict[str, Any]) -> str:
@@ -158,6 +173,7 @@ def _sec_learning(results: dict[str, Any]) -> Section:
                          pct(last["test_error"], 2), pct(last.get("fgsm_error")), num(last.get("lbfgs_distortion"), ".4f"),
                          num(last["wall_s"], ".0f")])
     verdicts = " ".join(_verdict_sentence(labels[k], v) for k, v in results["findings"]["curve_verdicts"].items())
+    verdicts = (_baseline_sentence(results["findings"]["3_adv_training"].get("baseline")) + " " + verdicts).strip()
     fig = Figure(Path(results["figures"]["learning_curves"]),
                  "Learning curves of the retraining phase (clean test error, FGSM error at ε = 0.25, mean minimal "
                  "L-BFGS distortion) and the early-stopping phase's validation criterion, every seed.")
