@@ -2,8 +2,8 @@
 parameter-free attacks"), L∞ or L2, at a list of budgets ε: PGD with momentum 0.75 and a step size that needs no
 tuning.
 
-The step starts at η = 2ε and is halved at checkpoints w_j = ⌈p_j·steps⌉ (p_0 = 0, p_1 = 0.22,
-p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06)) when, since the last checkpoint, (1) the loss rose in fewer
+The step starts at η = 2ε and is halved at checkpoints w_j = p_j·steps (p_0 = 0, p_1 = 0.22,
+p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06); `checkpoints`) when, since the last checkpoint, (1) the loss rose in fewer
 than ρ = 0.75 of the steps, or (2) neither the step nor the best loss changed; after a halving the run
 restarts from the best point so far. Losses (maximised): "ce", the cross-entropy (of the label, or minus that
 of the target for a TargetedMisclassification), and "dlr", the Difference of Logits Ratio
@@ -17,7 +17,6 @@ only the images still robust. Random starts come from one CPU generator seeded w
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 
@@ -35,14 +34,15 @@ APGD_LOSSES = ("ce", "dlr")
 
 
 def checkpoints(steps: int) -> list[int]:
-    """The iterations at which APGD may halve its step: ⌈p_j·steps⌉ for the paper's p_j < 1."""
-    p = [0.0, 0.22]
-    while True:
-        nxt = p[-1] + max(p[-1] - p[-2] - 0.03, 0.06)
-        if nxt > 1:
-            break
-        p.append(nxt)
-    return sorted({math.ceil(v * steps) for v in p[1:]})
+    """The iterations at which APGD may halve its step, in the reference implementation's integer form of the
+    paper's p_j: the first after ⌊0.22·steps⌋, each next period ⌊0.03·steps⌋ shorter, never below ⌊0.06·steps⌋."""
+    period, shrink, least = (max(int(f * steps), 1) for f in (0.22, 0.03, 0.06))
+    marks, k = [], period
+    while k <= steps:
+        marks.append(k)
+        period = max(period - shrink, least)
+        k += period
+    return marks
 
 
 def apgd_loss(logits: Tensor, crit: Criterion, kind: str) -> Tensor:
