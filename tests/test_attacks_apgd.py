@@ -91,3 +91,21 @@ def test_targeted_apgd_dlr(relu_net: nn.Module) -> None:
     assert torch.equal(r.success[0], hit) and float(hit.double().mean()) > 0.5
     with pytest.raises(InputError, match="labels"):
         apgd(relu_net, x, TargetedMisclassification(target), [0.15], loss="dlr")
+
+
+class Quantise(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.floor(x * 4 + 0.5) / 4
+
+
+def test_bpda_named_layer_and_the_probe_names_it(relu_net: nn.Module) -> None:
+    x, y = load_mnist("test", subset=32).images, load_mnist("test", subset=32).labels
+    model = nn.Sequential(Quantise(), relu_net).eval()
+    probe = gradient_probe(model, x, Misclassification(y))
+    assert probe["masked"] and probe["zero_layers"] == ["0"]
+    through = StraightThrough(model, ["0"], functions=False)  # the layer alone, as `--bpda 0` asks
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(Misclassification(y).loss(through(xg), "margin").sum(), xg)
+    assert bool(g.flatten(1).any(1).all()) and torch.equal(through(x), model(x))
+    with pytest.raises(InputError, match="no such layer"):
+        StraightThrough(model, ["quantiser"])
