@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from blindspots.audit import AuditConfig, Effort, build_report, check_monotone, run_audit, sanity_lines
-from blindspots.audit.sanity import transfer_lines
+from blindspots.audit.report import _median, headline
+from blindspots.audit.sanity import failed_checks, transfer_lines
 from blindspots.cli import main
 from blindspots.data.user import load_eval_data
 from blindspots.errors import InputError
@@ -24,10 +25,11 @@ from blindspots.report.document import to_markdown
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 N = 60
-EFFORT = Effort(pgd_steps=10, minimal_l2={"steps": 10, "lanes": 2}, lbfgs_images=30, bisect_images=N,
-                bisect_rounds=4, sanity_images=N, restarts=3, unit_directions=30)
+EFFORT = Effort(pgd_steps=10, apgd_steps=10, minimal_l2={"steps": 10, "lanes": 2}, lbfgs_images=30,
+                bisect_rounds=4, restarts=3, unit_directions=30, square_queries=300)
 CHECKS = ("success monotone in ε", "100% success at an unbounded budget", "restarts do not change the verdict",
           "gradient-free does not beat gradient attacks", "outputs are logits (not probabilities)",
+          "input gradients are not masked", "cross-entropy does not saturate", "outputs are deterministic",
           "white-box ≥ transfer")
 
 
@@ -57,17 +59,40 @@ def test_results_and_report(audited: tuple[dict, Path], models: list[LoadedModel
     data = load_eval_data("mnist", n=N)
     for m in models:
         rec = results["per_model"][m.name]
-        assert set(rec) == {"clean", "minimal_l2", "minimal_linf", "curves", "lipschitz", "units", "sanity_runs"}
+        assert set(rec) == {"clean", "minimal_l2", "minimal_linf", "curves", "lipschitz", "units", "sanity_runs",
+                            "verdict"}
         accuracy = float((predict_logits(m.module, data.images).argmax(1) == data.labels).double().mean())
         assert rec["clean"]["accuracy"] == pytest.approx(accuracy)
         for norm in ("linf", "l2"):
             curve = rec["curves"][norm]["lines"]
-            assert all(a >= b for a, b in zip(curve["PGD"], curve["PGD"][1:]))  # carried over: non-increasing
+            assert all(a >= b for a, b in zip(curve["APGD"], curve["APGD"][1:]))  # carried over: non-increasing
             whole = [line for label, line in curve.items() if " on " not in label]  # lines over all N images
             assert len(whole) >= 3
             assert all(env <= min(line[k] for line in whole)
-                       for k, env in enumerate(curve["any attack"]))  # the envelope is below every line
-            assert curve["PGD"][0] <= rec["clean"]["accuracy"]
+                       for k, env in enumerate(curve["APGD and minimal attacks"]))  # below every line
+            assert curve["APGD"][0] <= rec["clean"]["accuracy"]
+            verdict = rec["verdict"][norm]["robust"]  # every attack: below every line, non-increasing
+            assert all(v <= min(line[k] for line in whole) for k, v in enumerate(verdict))
+            assert all(a >= b for a, b in zip(verdict, verdict[1:]))
+        # the verdict counts Square, restarts and independent PGD too (sanity runs on every image by default)
+        runs, k_ref = rec["sanity_runs"], rec["verdict"]["linf"]["eps"].index(results["config"]["eps_ref"])
+        assert runs["images"] == N
+        assert rec["verdict"]["linf"]["robust"][k_ref] <= min(runs["robust"][k] for k in ("one", "many", "free"))
+        assert {"Square", "PGD restarts", "PGD per ε", "APGD"} <= set(rec["verdict"]["linf"]["sources"])
+        assert any(s.startswith("transfer from") for s in rec["verdict"]["linf"]["sources"])
+        # the kept examples: within ε, and misclassified by a fresh forward pass exactly where the verdict says
+        from safetensors.torch import load_file
+
+        folder = next(out.glob(f"stages/verdict-{m.name}-*"))
+        best = load_file(str(folder / "best_examples.safetensors"))
+        for norm, grid in (("linf", results["config"]["eps_linf"]), ("l2", results["config"]["eps_l2"])):
+            for k, eps in enumerate(grid):
+                xk = best[norm][:, k]
+                size = (xk - data.images).flatten(1)
+                size = size.abs().amax(1) if norm == "linf" else size.norm(dim=1)
+                assert float(size.max()) <= eps * (1 + 1e-5)
+                wrong = predict_logits(m.module, xk).argmax(1) != data.labels
+                assert 1 - float(wrong.double().mean()) == pytest.approx(rec["verdict"][norm]["robust"][k])
         assert rec["lipschitz"]["supported"] and rec["lipschitz"]["violations"] == 0
         assert rec["lipschitz"]["checked"] > 0
         assert rec["minimal_l2"]["best"]["stats"]["median"] <= rec["minimal_l2"]["attacks"]["deepfool"]["stats"]["median"]
@@ -116,6 +141,22 @@ def test_sanity_lines_present_and_able_to_flag(audited: tuple[dict, Path]) -> No
     runs["any attack"] = 0.3  # what restarts find, the audit's attacks combined found already: the verdict stands
     restarts = next(s for s in sanity_lines(worse) if s["model"] == "mlp" and s["check"].startswith("restarts"))
     assert restarts["status"] == "PASS" and "not converged" in restarts["numbers"]
+    runs.update({"one": 0.26, "any attack": 0.26, "many": 0.24})  # exactly at the tolerance: float rounding passes
+    worse["per_model"]["mlp"]["sanity_runs"]["images"] = 100
+    status = {s["check"]: s for s in sanity_lines(worse) if s["model"] == "mlp"}
+    assert status["restarts do not change the verdict"]["status"] == "PASS"
+    assert "not converged" not in status["restarts do not change the verdict"]["numbers"]
+    runs.update({"one": 0.5, "any attack": 0.5, "many": 0.3})  # restarts beat everything else: flagged, said so
+    line_ = next(s for s in sanity_lines(worse) if s["model"] == "mlp" and s["check"].startswith("restarts"))
+    assert line_["status"] == "FLAG" and "not converged" not in line_["numbers"]
+    # a randomised model is flagged and the EOT said; any FLAG makes the headline "not trustworthy"
+    worse["per_model"]["mlp"]["clean"]["output"]["deterministic"] = False
+    worse["sanity"] = sanity_lines(worse)
+    det = next(s for s in worse["sanity"] if s["model"] == "mlp" and s["check"] == "outputs are deterministic")
+    assert det["status"] == "FLAG" and "EOT" in det["numbers"]
+    assert headline(worse, "mlp").startswith("mlp: not trustworthy: failed checks: ")
+    assert "outputs are deterministic" in headline(worse, "mlp") and "at most" in headline(worse, "mlp")
+    assert "not trustworthy" not in headline(results, "softmax") or failed_checks(results, "softmax")
     # transfer stronger than white-box is flagged
     t = copy.deepcopy(results["transfer"])
     t["matrix"]["mlp"]["softmax"] = t["matrix"]["softmax"]["softmax"] + 0.1
@@ -127,7 +168,7 @@ def test_rerun_reuses_every_stage(audited: tuple[dict, Path], models: list[Loade
     lines: list[str] = []
     again = run_audit(_config(models, out), announce=lines.append)
     assert {s["status"] for s in again["stages"]} == {"cached"}
-    assert len(again["stages"]) == len(results["stages"]) == 15  # 7 per model + transfer
+    assert len(again["stages"]) == len(results["stages"]) == 17  # 7 per model + transfer + a verdict per model
     assert again["per_model"] == results["per_model"] and again["transfer"] == results["transfer"]
     assert any("[cached]   curves-mlp" in ln for ln in lines)
 
@@ -171,3 +212,86 @@ def test_cli_audit(tmp_path: Path, mlp: nn.Module) -> None:
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert results["data"]["n"] == 40 and results["models"][0]["weights_sha256"]
     assert torch.equal(torch.tensor(results["config"]["eps_linf"]), torch.tensor([0.1, 0.2]))
+
+
+def test_median_says_none_found() -> None:
+    assert _median({"n": 5, "failed": 5, "median": None}) == "none found"
+    assert _median({"n": 5, "failed": 3, "median": float("inf")}).startswith("none found on 3 of 5")
+    assert _median({"n": 0, "failed": 0, "median": None}).startswith("n/a")
+
+
+class Masked(nn.Module):
+    """Gradient masking (the classic false robustness): the input rounded to quarters, the logits × 1000."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.round(x * 4) / 4) * 1000
+
+
+def _trained_relu_mlp() -> nn.Module:
+    """A small ReLU net really trained on 10,000 MNIST training images (3 epochs of Adam; ~96% test accuracy)."""
+    from blindspots.data import load_mnist
+
+    train = load_mnist("train", subset=10_000)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    for _ in range(3):
+        perm = torch.randperm(10_000)
+        for i in range(0, 10_000, 100):
+            idx = perm[i:i + 100]
+            loss = nn.functional.cross_entropy(net(train.images[idx]), train.labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return net.eval()
+
+
+def test_masked_model_is_flagged_and_not_called_robust(tmp_path: Path) -> None:
+    net = _trained_relu_mlp()
+    masked = Masked(net).eval()
+    data = load_eval_data("mnist", n=N)
+    assert float((masked(data.images).argmax(1) == data.labels).double().mean()) > 0.9
+    cfg = AuditConfig([LoadedModel("masked", masked, "round to quarters, logits × 1000")], n=N, out=tmp_path,
+                      eps_linf=(0.1, 0.15, 0.3), eps_l2=(1.0, 2.0), effort=EFFORT, progress=False)
+    results = run_audit(cfg, announce=lambda _: None)
+    m = results["per_model"]["masked"]
+    assert m["clean"]["gradients"]["masked"] and m["curves"]["adaptive"]["bpda"]
+    flags = failed_checks(results, "masked")
+    assert "input gradients are not masked" in flags and "cross-entropy does not saturate" in flags
+    assert m["verdict"]["linf"]["robust"][-1] <= 0.05  # L∞ 0.3: AutoAttack and BPDA find ~0% robust
+    assert m["verdict"]["linf"]["robust"][1] <= 0.1  # the reference ε 0.15, where plain PGD said ~96%
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "masked: not trustworthy: failed checks: input gradients are not masked" in md
+
+
+def test_edited_model_code_recomputes_its_stages(tmp_path: Path, linear: nn.Module) -> None:
+    from safetensors.torch import save_file
+
+    from blindspots.audit.models import load_models
+
+    code = ("from torch import nn\n\n\ndef net():\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10)"
+            "{})\n")
+    path = tmp_path / "edited_nets.py"
+    path.write_text(code.format(""), encoding="utf-8")
+    save_file({k.replace("out.", "1.", 1): v.contiguous() for k, v in linear.state_dict().items()},
+              str(tmp_path / "w.safetensors"))
+    target = (f"{path}:net", str(tmp_path / "w.safetensors"))
+    small = Effort(pgd_steps=3, apgd_steps=3, minimal_l2={"steps": 3, "lanes": 1}, lbfgs_images=5, bisect_rounds=2,
+                   restarts=2, unit_directions=10, square_queries=20, apgd_targets=1)
+    cfg = AuditConfig([target], n=20, out=tmp_path / "out", eps_linf=(0.1,), eps_l2=(1.0,), effort=small,
+                      progress=False)
+    first = run_audit(cfg, announce=lambda _: None)
+    assert {s["status"] for s in first["stages"]} == {"computed"}
+    assert {s["status"] for s in run_audit(cfg, announce=lambda _: None)["stages"]} == {"cached"}
+    x = load_eval_data("mnist", n=8).images
+    before = load_models(cfg, x)[0]
+    path.write_text(code.format(", nn.Tanh()"), encoding="utf-8")  # same weights, another model
+    after = load_models(cfg, x)[0]
+    assert after.key != before.key
+    assert torch.equal(after.inner[1].weight, before.inner[1].weight)
+    again = run_audit(cfg, announce=lambda _: None)
+    assert {s["status"] for s in again["stages"]} == {"computed"}  # nothing of the old model reused

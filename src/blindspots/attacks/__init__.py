@@ -8,6 +8,7 @@ uses too. Minimal attacks (lbfgs, deepfool, cw, fgsm-min) return one x_adv per i
 take K budgets and return x_adv [K, N, ...] with success [K, N] (the shape rule: attacks.result).
 """
 
+from .apgd import apgd
 from .base import FunctionModel, Normalized, attack_mode, distortions, recheck, verify
 from .criteria import Criterion, Misclassification, TargetedMisclassification, random_targets
 from .cw import cw_l2
@@ -24,5 +25,5 @@ from .storage import load_adversarial, load_adversarial_metadata, save_adversari
 __all__ = ["AttackResult", "Criterion", "Misclassification", "TargetedMisclassification", "random_targets",
            "attack_mode", "verify", "recheck", "distortions", "Normalized", "FunctionModel", "lbfgs_attack",
            "lbfgs_all_targets", "fgsm", "fgsm_min_epsilon", "pgd", "deepfool", "cw_l2", "gaussian_noise", "magnify",
-           "noise_attack", "square", "Attack", "AttackSpec", "ATTACKS", "get_attack", "run_attack", "save_adversarial",
+           "noise_attack", "square", "apgd", "Attack", "AttackSpec", "ATTACKS", "get_attack", "run_attack", "save_adversarial",
            "load_adversarial", "load_adversarial_metadata"]

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from .criteria import Criterion
+from .apgd import apgd
 from .cw import cw_l2
 from .deepfool import deepfool
 from .fgsm import fgsm, fgsm_min_epsilon
@@ -88,6 +89,8 @@ ATTACKS: dict[str, AttackSpec] = {spec.name: spec for spec in (
     AttackSpec("fgsm", fgsm, "Goodfellow et al.'s fast gradient sign method at each ε", "epsilons"),
     AttackSpec("fgsm-min", fgsm_min_epsilon, "per-image smallest FGSM ε, by bisection"),
     AttackSpec("pgd", pgd, "Madry et al.'s projected gradient descent (L∞ or L2) at each ε", "epsilons"),
+    AttackSpec("apgd", apgd, "Croce & Hein's Auto-PGD (CE or DLR loss, L∞ or L2; targeted with a targeted "
+               "criterion) at each ε", "epsilons"),
     AttackSpec("deepfool", deepfool, "Moosavi-Dezfooli et al.'s DeepFool, minimal L2"),
     AttackSpec("cw", cw_l2, "Carlini & Wagner's L2 attack, minimal (c search)"),
     AttackSpec("minimal-l2", minimal_l2_attack, "smallest L2 by exact box-constrained boundary projection"),

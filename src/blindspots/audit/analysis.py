@@ -18,8 +18,9 @@ from ..errors import BlindspotsError
 from ..models import predict
 from ..models.store import train
 from .common import Ctx, as_list, attack, from_list, quantiles
+from .config import first
 from .models import AuditModel, state_hash
-from .runner import AuditRunner, chunk_seed, load_tensors
+from .runner import AuditRunner, chunk_seed, load_tensors, save_tensors
 
 
 def lipschitz_stage(ctx: Ctx, clean: dict[str, Any], minimal_l2: dict[str, Any]) -> dict[str, Any]:
@@ -91,30 +92,34 @@ def units_stage(ctx: Ctx) -> dict[str, Any]:
     return ctx.runner.run(f"units-{ctx.model.name}", ctx.inputs(layer=layer), compute, collective=False)[0]
 
 
-def sanity_stage(ctx: Ctx, clean: dict[str, Any], curves: dict[str, Any]) -> dict[str, Any]:
-    """On the first images: PGD-L∞ at each ε run independently (not carried over from smaller ε), PGD with
-    restarts at the reference ε, the gradient-free Square attack there, and PGD at an unbounded ε = hi − lo."""
+def sanity_stage(ctx: Ctx, clean: dict[str, Any], curves: dict[str, Any]) -> tuple[dict[str, Any], Path]:
+    """PGD-L∞ at each ε run independently (not carried over from smaller ε), PGD with restarts at the reference ε,
+    the gradient-free Square attack there, and PGD at an unbounded ε = hi − lo; on every image (--fast: the first
+    ones), through the same adaptive module as the curves. The examples are saved for the verdict."""
     e, cfg = ctx.config.effort, ctx.config
-    n = min(ctx.n, e.sanity_images)
+    n = first(e.sanity_images, ctx.n)
     correct = torch.tensor(clean["correct"], dtype=torch.bool)
     free = "square"  # the gradient-free attack (its name goes into the results and the report)
 
     def compute(folder: Path | None) -> dict[str, Any]:
         def fn(i: int, rows: slice) -> dict[str, torch.Tensor]:
             x, crit, err = ctx.x[rows], ctx.crit(rows), (~correct[rows]).to(ctx.x.device)
-            m = ctx.model.module
+            m = ctx.target
             kw = {"steps": e.pgd_steps, "bounds": cfg.bounds}
-            grid = pgd(m, x, crit, list(cfg.linf_grid), seed=chunk_seed(cfg.seed, i, 100), **kw).success | err
+            g = pgd(m, x, crit, list(cfg.linf_grid), seed=chunk_seed(cfg.seed, i, 100), **kw)
+            grid = g.success | err
             one = grid[cfg.linf_grid.index(cfg.eps_ref)]
-            many = pgd(m, x, crit, [cfg.eps_ref], restarts=e.restarts, seed=chunk_seed(cfg.seed, i, 101),
-                       **kw).success[0] | err
+            r = pgd(m, x, crit, [cfg.eps_ref], restarts=e.restarts, seed=chunk_seed(cfg.seed, i, 101), **kw)
+            many = r.success[0] | err
             unbounded = pgd(m, x, crit, [cfg.span], seed=chunk_seed(cfg.seed, i, 102), **kw).success[0] | err
-            gf = attack(free, ctx, x, crit, [cfg.eps_ref], n_queries=e.square_queries,
-                        seed=chunk_seed(cfg.seed, i, 103)).success[0]
+            sq = attack(free, ctx, x, crit, [cfg.eps_ref], n_queries=e.square_queries,
+                        seed=chunk_seed(cfg.seed, i, 103))
             return {"grid": grid.T.cpu(), "one": one.cpu(), "many": many.cpu(), "unbounded": unbounded.cpu(),
-                    "free": (gf | err).cpu()}
+                    "free": (sq.success[0] | err).cpu(), "grid_adv": g.x_adv.transpose(0, 1).cpu(),
+                    "restarts_adv": r.x_adv[0].cpu(), "free_adv": sq.x_adv[0].cpu()}
 
         f = ctx.runner.map(fn, n, f"sanity runs {ctx.model.name}")
+        save_tensors(folder, "examples.safetensors", {k: f[k] for k in ("grid_adv", "restarts_adv", "free_adv")})
         ra = {k: float((~f[k]).double().mean()) for k in ("one", "many", "unbounded", "free")}
         ra["any attack"] = float(1 - torch.tensor(curves["broken_ref"][:n], dtype=torch.float64).mean())
         return {"images": n, "eps": list(cfg.linf_grid), "eps_ref": cfg.eps_ref, "span": cfg.span,
@@ -123,7 +128,7 @@ def sanity_stage(ctx: Ctx, clean: dict[str, Any], curves: dict[str, Any]) -> dic
                 "gradient_free_only": int((f["free"] & ~f["one"]).sum()),
                 "gradient_free_params": {"n_queries": e.square_queries}}
 
-    return ctx.runner.run(f"sanity-{ctx.model.name}", ctx.inputs(gradient_free=free), compute)[0]
+    return ctx.runner.run(f"sanity-{ctx.model.name}", ctx.inputs(gradient_free=free, adaptive=ctx.adaptive), compute)
 
 
 def _zoo_model(spec: str, device: str) -> tuple[nn.Module, str]:
@@ -133,7 +138,7 @@ def _zoo_model(spec: str, device: str) -> tuple[nn.Module, str]:
 
 def transfer_stage(runner: AuditRunner, ctxs: list[Ctx], curves: dict[str, tuple[dict[str, Any], Path]],
                    zoo: tuple[str, ...]) -> dict[str, Any]:
-    """Error of each target model (columns: the audited ones, then the --zoo ones) on each audited model's PGD-L∞
+    """Error of each target model (columns: the audited ones, then the --zoo ones) on each audited model's APGD-L∞
     examples at the reference ε (rows); the diagonal is white-box."""
     first = ctxs[0]
     cfg = first.config

@@ -9,11 +9,17 @@ from typing import Any
 
 import torch
 
+from ..attacks import TargetedMisclassification
+from ..attacks.apgd import apgd
 from ..attacks.base import attack_mode
-from ..attacks.pgd import pgd, pgd_linf_per_image
+from ..attacks.bpda import StraightThrough, gradient_probe
+from ..attacks.pgd import pgd_linf_per_image
 from ..models.external import check_outputs
 from .common import Ctx, as_list, attack, quantiles, robust_curve, supports_bounds
+from .config import first
 from .runner import chunk_seed, save_tensors
+
+PROBE_IMAGES = 64  # correctly classified images of the gradient probe
 
 L2_ATTACKS = ("deepfool", "minimal-l2", "lbfgs")
 LINF_ATTACKS = ("fgsm-min", "pgd-bisection")
@@ -35,10 +41,28 @@ def clean_stage(ctx: Ctx) -> dict[str, Any]:
         own = z.gather(1, y.unsqueeze(1)).squeeze(1)
         rival = z.scatter(1, y.unsqueeze(1), -math.inf).amax(1)
         correct = z.argmax(1) == y
+        pick = correct.nonzero().flatten()[:PROBE_IMAGES].to(ctx.x.device)
+        probe = gradient_probe(ctx.model.module, ctx.x[pick], ctx.crit(pick), noise=0.05 * ctx.config.span,
+                               seed=ctx.config.seed, bounds=ctx.config.bounds) if pick.numel() else None
         return {"accuracy": float(correct.double().mean()), "n": ctx.n, "errors": int((~correct).sum()),
-                "output": kind, "correct": as_list(correct), "margin": as_list(own - rival)}
+                "output": kind, "gradients": probe, "correct": as_list(correct), "margin": as_list(own - rival)}
 
     return ctx.runner.run(f"clean-{ctx.model.name}", ctx.inputs(), compute)[0]
+
+
+def adapt(ctx: Ctx, clean: dict[str, Any]) -> None:
+    """Adaptive attacks (Tramèr et al. 2020) from what the clean stage found: straight-through gradients (BPDA)
+    through rounding calls and zero-gradient layers when the gradient probe finds masking, and through the layers
+    named with --bpda; EOT over `eot_samples` draws when the outputs are random. Sets ctx.attacked and ctx.eot."""
+    probe = clean.get("gradients") or {}
+    prefix = "model." if ctx.model.module is not ctx.model.inner else ""
+    layers = [prefix + n for n in ctx.config.bpda] + [n for n in probe.get("zero_layers", [])
+                                                        if n.removeprefix(prefix) not in ctx.config.bpda]
+    masked = bool(probe.get("masked"))
+    ctx.attacked = StraightThrough(ctx.model.module, layers, functions=masked) if masked or layers else None
+    ctx.eot = 1 if clean["output"].get("deterministic", True) else ctx.config.effort.eot_samples
+    ctx.adaptive = {"bpda": ctx.attacked is not None, "bpda_layers": layers, "bpda_rounding_calls": masked,
+                    "eot": ctx.eot}
 
 
 def _minimal_fields(r: Any, grid: tuple[float, ...], norm: str, clean_err: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -47,7 +71,8 @@ def _minimal_fields(r: Any, grid: tuple[float, ...], norm: str, clean_err: torch
     size = torch.where(r.success, r.measure(norm).double(), torch.full_like(r.l2, math.inf, dtype=torch.float64))
     size = torch.where(clean_err.to(size.device), torch.zeros_like(size), size)
     _, ok = r.at(grid, norm)
-    return {"size": size.cpu(), "at": (ok.T | clean_err.to(ok.device).unsqueeze(1)).double().cpu()}
+    x = torch.where(r.success.view(-1, *([1] * (r.x.dim() - 1))), r.x_adv, torch.full_like(r.x_adv, math.nan))
+    return {"size": size.cpu(), "at": (ok.T | clean_err.to(ok.device).unsqueeze(1)).double().cpu(), "x": x.cpu()}
 
 
 def _pad(rows: int, take: torch.Tensor, fields: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -91,7 +116,7 @@ def minimal_l2_stage(ctx: Ctx, clean: dict[str, Any]) -> dict[str, Any]:
         names.remove("lbfgs")
         skipped["lbfgs"] = (f"skipped for speed: {ctx.model.macs:,} multiply-adds per image > "
                             f"{e.heavy_macs:,.0f}")
-    first = {"lbfgs": e.lbfgs_images, "minimal-l2": e.heavy_images if heavy else ctx.n}
+    limit = {"lbfgs": first(e.lbfgs_images, ctx.n), "minimal-l2": e.heavy_images if heavy else ctx.n}
     correct = torch.tensor(clean["correct"], dtype=torch.bool)
     params = {"deepfool": {"candidates": 4} if heavy else {}, "minimal-l2": dict(e.minimal_l2), "lbfgs": {}}
 
@@ -101,9 +126,10 @@ def minimal_l2_stage(ctx: Ctx, clean: dict[str, Any]) -> dict[str, Any]:
             index = torch.arange(rows.start, rows.stop)
             out: dict[str, torch.Tensor] = {}
             for name in names:
-                take = index < first.get(name, ctx.n)
+                take = index < limit.get(name, ctx.n)
                 if not bool(take.any()):
-                    fields = {"size": torch.empty(0), "at": torch.empty(0, len(cfg.l2_grid))}
+                    fields = {"size": torch.empty(0), "at": torch.empty(0, len(cfg.l2_grid)),
+                              "x": torch.empty(0, *x.shape[1:])}
                 else:
                     sub = take.to(x.device)
                     r = attack(name, ctx, x[sub], crit.subset(sub), **params[name])
@@ -112,10 +138,11 @@ def minimal_l2_stage(ctx: Ctx, clean: dict[str, Any]) -> dict[str, Any]:
             return out
 
         fields = ctx.runner.map(fn, ctx.n, f"minimal L2 {ctx.model.name}")
+        save_tensors(folder, "examples.safetensors", {k[:-2]: v.float() for k, v in fields.items() if k.endswith(".x")})
         return {**_summary(fields, cfg.l2_grid, names, correct), "eps": list(cfg.l2_grid), "skipped": skipped,
                 "params": {k: params[k] for k in names}}
 
-    return ctx.runner.run(f"minimal-l2-{ctx.model.name}", ctx.inputs(), compute)[0]
+    return ctx.runner.run(f"minimal-l2-{ctx.model.name}", ctx.inputs(), compute)
 
 
 def _bisect(ctx: Ctx, x: torch.Tensor, crit: Any, start: torch.Tensor, found: torch.Tensor, seed: int
@@ -124,7 +151,7 @@ def _bisect(ctx: Ctx, x: torch.Tensor, crit: Any, start: torch.Tensor, found: to
     (e.g. FGSM's) where `found`; images without one are first tried at ε = hi − lo."""
     e, (lo_b, hi_b) = ctx.config.effort, ctx.config.bounds
     gen = torch.Generator().manual_seed(seed)
-    with attack_mode(ctx.model.module) as m:
+    with attack_mode(ctx.target) as m:
         best, have = start.clone(), found.clone()
         if not bool(have.all()):
             miss = ~have
@@ -168,8 +195,9 @@ def minimal_linf_stage(ctx: Ctx, clean: dict[str, Any]) -> dict[str, Any]:
             r = attack("fgsm-min", ctx, x, crit, eps_max=cfg.span)
             out = {f"fgsm-min.{k}": v for k, v in _minimal_fields(r, cfg.linf_grid, "linf", err).items()}
             # the first images, and every image FGSM failed on (so that the per-image best covers all images)
-            take = (torch.arange(rows.start, rows.stop) < e.bisect_images) | ~r.success.cpu()
-            fields = {"size": torch.empty(0), "at": torch.empty(0, len(cfg.linf_grid))}
+            take = (torch.arange(rows.start, rows.stop) < first(e.bisect_images, ctx.n)) | ~r.success.cpu()
+            fields = {"size": torch.empty(0), "at": torch.empty(0, len(cfg.linf_grid)),
+                      "x": torch.empty(0, *x.shape[1:])}
             if bool(take.any()):
                 sub = take.to(x.device)
                 best, size = _bisect(ctx, x[sub], crit.subset(sub), r.x_adv[sub], r.success[sub],
@@ -181,17 +209,20 @@ def minimal_linf_stage(ctx: Ctx, clean: dict[str, Any]) -> dict[str, Any]:
                 with torch.no_grad(), attack_mode(ctx.model.module) as m:
                     ok = torch.stack([crit.subset(sub).is_adversarial(m(c)) for c in clipped])
                 ok &= torch.isfinite(size).to(ok.device).unsqueeze(0)
-                fields = {"size": size.cpu(), "at": (ok.T | err[take].to(ok.device).unsqueeze(1)).double().cpu()}
+                fields = {"size": size.cpu(), "at": (ok.T | err[take].to(ok.device).unsqueeze(1)).double().cpu(),
+                          "x": torch.where(torch.isfinite(size).view(-1, 1, 1, 1).to(best.device), best,
+                                           torch.full_like(best, math.nan)).cpu()}
             out.update({f"pgd-bisection.{k}": v for k, v in _pad(len(take), take, fields).items()})
             return out
 
         fields = ctx.runner.map(fn, ctx.n, f"minimal L-inf {ctx.model.name}")
+        save_tensors(folder, "examples.safetensors", {k[:-2]: v.float() for k, v in fields.items() if k.endswith(".x")})
         return {**_summary(fields, cfg.linf_grid, names, correct), "eps": list(cfg.linf_grid), "skipped": {},
                 "params": {"fgsm-min": {"eps_max": cfg.span},
-                           "pgd-bisection": {"images": min(e.bisect_images, ctx.n), "rounds": e.bisect_rounds,
+                           "pgd-bisection": {"images": first(e.bisect_images, ctx.n), "rounds": e.bisect_rounds,
                                              "steps": e.bisect_steps}}}
 
-    return ctx.runner.run(f"minimal-linf-{ctx.model.name}", ctx.inputs(), compute)[0]
+    return ctx.runner.run(f"minimal-linf-{ctx.model.name}", ctx.inputs(), compute)
 
 
 def _clipped(minimal: dict[str, Any], k: int) -> dict[str, torch.Tensor]:
@@ -200,51 +231,93 @@ def _clipped(minimal: dict[str, Any], k: int) -> dict[str, torch.Tensor]:
             for name, rec in minimal["attacks"].items()}
 
 
+def _chain(ctx: Ctx, x: torch.Tensor, y: torch.Tensor, clean_logits: torch.Tensor, eps: float, norm: str,
+           seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """APGD as AutoAttack runs it, each attack on the images the previous ones left robust: APGD-CE, APGD-DLR, then
+    targeted APGD-DLR towards each of the `apgd_targets` highest other classes. (examples, broken) per image."""
+    from ..attacks import Misclassification
+
+    e, cfg = ctx.config.effort, ctx.config
+    kw = {"norm": norm, "steps": e.apgd_steps, "eot": ctx.eot, "bounds": cfg.bounds}
+    adv, broken = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    n_classes = clean_logits.shape[1]
+    rivals = clean_logits.scatter(1, y.view(-1, 1), -math.inf).argsort(1, descending=True)
+    runs: list[tuple[str, int]] = [("ce", -1), ("dlr", -1)]
+    if n_classes >= 4:
+        runs += [("dlr", t) for t in range(min(e.apgd_targets, n_classes - 1))]
+    for j, (loss, t) in enumerate(runs):
+        todo = ~broken
+        if not bool(todo.any()):
+            break
+        if loss == "dlr" and n_classes < 3:
+            continue
+        crit = Misclassification(y[todo]) if t < 0 else TargetedMisclassification(rivals[todo, t], y[todo])
+        r = apgd(ctx.target, x[todo], crit, [eps], loss=loss, seed=seed * 7 + j, **kw)
+        idx = todo.nonzero().flatten()
+        # re-verified on the model itself (a targeted success must also be a misclassification)
+        with torch.no_grad(), attack_mode(ctx.model.module) as m:
+            ok = m(r.x_adv[0]).argmax(1) != y[todo]
+        keep = ok | (j == 0)
+        adv[idx[keep]] = r.x_adv[0][keep]
+        broken[idx[ok]] = True
+    return adv, broken
+
+
 def curves_stage(ctx: Ctx, clean: dict[str, Any], minimal: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], Path]:
-    """Robust accuracy against ε, L∞ and L2: PGD at each ε in ascending order on the images still robust (an image
-    broken at ε stays broken above it), with PGD at the reference ε run on every image (the transfer set); each
-    minimal attack's examples clipped to ε; and the envelope (broken by any of them)."""
+    """Robust accuracy against ε, L∞ and L2: APGD (CE, DLR, targeted DLR; through BPDA / with EOT when the model
+    calls for it) at each ε in ascending order on the images still robust (an image broken at ε stays broken above
+    it, its example carried), every image attacked at the reference ε (the transfer set); each minimal attack's
+    examples clipped to ε; and their envelope. The examples are saved for the verdict."""
     e, cfg = ctx.config.effort, ctx.config
     correct = torch.tensor(clean["correct"], dtype=torch.bool)
     ref_k = cfg.linf_grid.index(cfg.eps_ref)
 
     def compute(folder: Path | None) -> dict[str, Any]:
         def fn(i: int, rows: slice) -> dict[str, torch.Tensor]:
-            x, crit, err = ctx.x[rows], ctx.crit(rows), (~correct[rows]).to(ctx.x.device)
+            x, y, err = ctx.x[rows], ctx.y[rows], (~correct[rows]).to(ctx.x.device)
+            with torch.no_grad(), attack_mode(ctx.model.module) as m:
+                z = m(x)
             out: dict[str, torch.Tensor] = {}
             for norm, grid, salt in (("linf", cfg.linf_grid, 10), ("l2", cfg.l2_grid, 50)):
-                broken, steps = err.clone(), []
+                broken, steps, examples = err.clone(), [], []
+                current = x.clone()
                 for k, eps in enumerate(grid):
                     todo = torch.ones_like(broken) if (norm == "linf" and k == ref_k) else ~broken
                     if bool(todo.any()):
-                        r = pgd(ctx.model.module, x[todo], crit.subset(todo), [eps], norm=norm, steps=e.pgd_steps,
-                                seed=chunk_seed(cfg.seed, i, salt + k), bounds=cfg.bounds)
-                        broken[todo] |= r.success[0]
-                        if norm == "linf" and k == ref_k:
-                            out["ref_adv"], out["ref_ok"] = r.x_adv[0].cpu(), (r.success[0] | err).cpu()
+                        adv, ok = _chain(ctx, x[todo], y[todo], z[todo], eps, norm, chunk_seed(cfg.seed, i, salt + k))
+                        idx = todo.nonzero().flatten()
+                        replace = ok | ~broken[idx]  # a broken image keeps its example from a smaller ε
+                        current[idx[replace]] = adv[replace]
+                        broken[idx[ok]] = True
                     steps.append(broken.clone())
+                    examples.append(current.clone())
+                    if norm == "linf" and k == ref_k:
+                        out["ref_adv"], out["ref_ok"] = current.cpu(), (broken | err).cpu()
                 out[norm] = torch.stack(steps, 1).cpu()
+                out[f"{norm}_adv"] = torch.stack(examples, 1).cpu()
             return out
 
         fields = ctx.runner.map(fn, ctx.n, f"robust curves {ctx.model.name}")
         save_tensors(folder, "transfer_set.safetensors", {"x_adv": fields["ref_adv"], "success": fields["ref_ok"]})
-        result: dict[str, Any] = {"eps_ref": cfg.eps_ref, "pgd_steps": e.pgd_steps}
+        save_tensors(folder, "examples.safetensors", {"linf": fields["linf_adv"], "l2": fields["l2_adv"]})
+        result: dict[str, Any] = {"eps_ref": cfg.eps_ref, "apgd_steps": e.apgd_steps, "apgd_targets": e.apgd_targets,
+                                  "adaptive": dict(ctx.adaptive)}
         for norm, grid in (("linf", cfg.linf_grid), ("l2", cfg.l2_grid)):
-            pgd_broken = fields[norm]
-            lines = {"PGD": robust_curve(pgd_broken)}
-            envelope = pgd_broken.clone()
+            apgd_broken = fields[norm]
+            lines = {"APGD": robust_curve(apgd_broken)}
+            envelope = apgd_broken.clone()
             for name, broken in _clipped(minimal[norm], len(grid)).items():
                 ran = minimal[norm]["attacks"][name]["ran_on"]
                 label = f"{name} (clipped)" if ran == ctx.n else f"{name} (clipped, on {ran} images)"
                 lines[label] = minimal[norm]["attacks"][name]["curve"]
                 envelope |= broken
-            lines["any attack"] = robust_curve(envelope)
+            lines["APGD and minimal attacks"] = robust_curve(envelope)
             result[norm] = {"eps": list(grid), "lines": lines}
-            if norm == "linf":  # per image, broken by any attack at the reference ε (for the restarts check)
+            if norm == "linf":  # per image, broken by these attacks at the reference ε (for the restarts check)
                 result["broken_ref"] = as_list(envelope[:, ref_k])
         return result
 
-    return ctx.runner.run(f"curves-{ctx.model.name}", ctx.inputs(), compute)
+    return ctx.runner.run(f"curves-{ctx.model.name}", ctx.inputs(adaptive=ctx.adaptive), compute)
 
 
-__all__ = ["clean_stage", "minimal_l2_stage", "minimal_linf_stage", "curves_stage"]
+__all__ = ["adapt", "clean_stage", "minimal_l2_stage", "minimal_linf_stage", "curves_stage"]

@@ -4,11 +4,12 @@ with the data's bounds."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..attacks import ATTACKS, AttackResult, Misclassification, run_attack
 from .config import AuditConfig
@@ -26,6 +27,14 @@ class Ctx:
     y: torch.Tensor
     model: AuditModel
     data_id: dict[str, Any]
+    attacked: nn.Module | None = None  # what gradient attacks see: the model, or it with BPDA (set after clean)
+    eot: int = 1  # gradients averaged per APGD step (> 1 for a model with random outputs)
+    adaptive: dict[str, Any] = field(default_factory=dict)  # why: BPDA layers, EOT, losses
+
+    @property
+    def target(self) -> nn.Module:
+        """The module gradient attacks run on (its outputs equal the model's; only its gradients may differ)."""
+        return self.attacked if self.attacked is not None else self.model.module
 
     @property
     def n(self) -> int:
@@ -47,7 +56,7 @@ def attack(name: str, ctx: Ctx, x: torch.Tensor, crit: Misclassification, budget
     """A registered attack on the audited model, told the data's bounds (attacks that take them)."""
     if "bounds" in ATTACKS[name].params:
         params.setdefault("bounds", ctx.config.bounds)
-    return run_attack(name, ctx.model.module, x, crit, budgets, **params)
+    return run_attack(name, ctx.target, x, crit, budgets, **params)
 
 
 def supports_bounds(name: str, bounds: tuple[float, float]) -> bool:

@@ -6,7 +6,7 @@ The effort fields are sized so that an audit of FC100-100-10 and the CNN on 1,00
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +25,31 @@ ModelArg = tuple[str, str | None] | LoadedModel
 class Effort:
     """How much each stage spends per image (the speed/strength trade-off, recorded in results.json)."""
 
-    pgd_steps: int = 20  # PGD steps per ε on the robust-accuracy curves, the transfer set and the sanity runs
+    pgd_steps: int = 20  # PGD steps per ε of the sanity runs (independent per ε, restarts, unbounded)
+    apgd_steps: int = 25  # APGD steps per ε and loss on the robust-accuracy curves (CE, DLR, targeted DLR)
+    apgd_targets: int = 3  # targeted APGD-DLR towards the top classes, on the images still robust
+    eot_samples: int = 8  # gradients averaged per APGD step when the model's outputs are random (EOT)
     minimal_l2: dict[str, Any] = field(default_factory=lambda: {"steps": 20, "lanes": 2})
-    lbfgs_images: int = 100  # L-BFGS on the first images only, and only for models below `heavy_macs`
+    lbfgs_images: int | None = None  # L-BFGS on the first images only (None: all), only for models below `heavy_macs`
     heavy_macs: float = 1e6  # multiply-adds per image (Linear + Conv2d) above which a model counts as large:
     heavy_images: int = 1000  # minimal-l2 then runs on the first `heavy_images` only, and L-BFGS not at all
-    bisect_images: int = 200  # PGD-L∞ bisection for the minimal L∞ on the first images only
+    bisect_images: int | None = None  # PGD-L∞ bisection for the minimal L∞ on the first images only (None: all)
     bisect_rounds: int = 6
     bisect_steps: int = 10
-    sanity_images: int = 100  # images of the sanity runs (restarts, gradient-free, unbounded budget)
+    sanity_images: int | None = None  # images of the sanity runs (restarts, Square, unbounded budget; None: all)
     restarts: int = 5
     square_queries: int = 1000  # the gradient-free check's query budget per image (Square attack)
     units_images: int = 1000
     unit_directions: int = 100
     unit_k: int = 8
+
+
+FAST = {"lbfgs_images": 100, "bisect_images": 200, "sanity_images": 100}  # --fast: these attacks on the first images
+
+
+def first(limit: int | None, n: int) -> int:
+    """How many of n images an attack limited to its first `limit` (None: all) runs on."""
+    return n if limit is None else min(limit, n)
 
 
 @dataclass
@@ -63,6 +74,8 @@ class AuditConfig:
     out: Path = Path("runs/audit")
     progress: bool = True
     effort: Effort = field(default_factory=Effort)
+    bpda: tuple[str, ...] = ()  # layers attacked through straight-through gradients (besides those the probe finds)
+    fast: bool = False  # subsample the slow attacks (FAST); the report says which ran on how many images
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -84,6 +97,9 @@ class AuditConfig:
                 if not value or any(not math.isfinite(e) or e <= 0 for e in value):
                     raise InputError(f"--{name.replace('_', '-')} must be numbers > 0, e.g. 0.1,0.2; got {value!r}.")
                 setattr(self, name, tuple(sorted(set(value))))
+        if self.fast:
+            self.effort = replace(self.effort, **{k: v for k, v in FAST.items() if getattr(self.effort, k) is None})
+        self.bpda = tuple(self.bpda)
         if self.seed < 0:
             raise InputError(f"--seed must be >= 0, got {self.seed}.")
 
@@ -111,7 +127,8 @@ class AuditConfig:
                 "mean": None if self.mean is None else list(self.mean),
                 "std": None if self.std is None else list(self.std), "eps_linf": list(self.linf_grid),
                 "eps_l2": list(self.l2_grid), "eps_ref": self.eps_ref, "layer": self.layer, "zoo": list(self.zoo),
-                "seed": self.seed, "device": self.device, "chunk": CHUNK, "effort": asdict(self.effort)}
+                "seed": self.seed, "device": self.device, "chunk": CHUNK, "effort": asdict(self.effort),
+                "bpda": list(self.bpda), "fast": self.fast}
 
 
-__all__ = ["AuditConfig", "Effort", "DEFAULT_EPS_LINF", "DEFAULT_EPS_L2", "CHUNK"]
+__all__ = ["AuditConfig", "Effort", "FAST", "first", "DEFAULT_EPS_LINF", "DEFAULT_EPS_L2", "CHUNK"]

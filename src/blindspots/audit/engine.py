@@ -16,14 +16,16 @@ from .. import __version__, parallel
 from ..data.user import load_eval_data
 from ..io import write_json_atomic
 from .analysis import lipschitz_stage, sanity_stage, transfer_stage, units_stage
-from .attacks import clean_stage, curves_stage, minimal_l2_stage, minimal_linf_stage
+from .attacks import adapt, clean_stage, curves_stage, minimal_l2_stage, minimal_linf_stage
 from .common import Ctx
-from .config import CHUNK, AuditConfig
+from .config import CHUNK, AuditConfig, first
 from .models import load_models
 from .runner import AuditRunner
 from .sanity import sanity_lines
+from .verdict import verdict_stage
 
-PARTS = ("clean", "minimal L2", "minimal L∞", "robust curves", "lipschitz", "units", "sanity runs", "transfer")
+PARTS = ("clean", "minimal L2", "minimal L∞", "robust curves", "lipschitz", "units", "sanity runs", "transfer",
+         "verdict")
 
 
 def _lean(stage: dict[str, Any]) -> dict[str, Any]:
@@ -58,22 +60,32 @@ def run_audit(config: AuditConfig, announce: Callable[[str], None] = print) -> d
 
     per_model: dict[str, dict[str, Any]] = {}
     curves: dict[str, tuple[dict[str, Any], Any]] = {}
+    folders: dict[str, dict[str, Any]] = {}
     ctxs = []
     for m in models:
         ctx = Ctx(config, runner, x, y, m, data_id)
         ctxs.append(ctx)
         rec: dict[str, Any] = {}
+        where: dict[str, Any] = {}
         rec["clean"] = timed("clean", lambda: clean_stage(ctx))
-        rec["minimal_l2"] = timed("minimal L2", lambda: minimal_l2_stage(ctx, rec["clean"]))
-        rec["minimal_linf"] = timed("minimal L∞", lambda: minimal_linf_stage(ctx, rec["clean"]))
+        adapt(ctx, rec["clean"])
+        rec["minimal_l2"], where["minimal_l2"] = timed("minimal L2", lambda: minimal_l2_stage(ctx, rec["clean"]))
+        rec["minimal_linf"], where["minimal_linf"] = timed("minimal L∞", lambda: minimal_linf_stage(ctx, rec["clean"]))
         curves[m.name] = timed("robust curves", lambda: curves_stage(
             ctx, rec["clean"], {"l2": rec["minimal_l2"], "linf": rec["minimal_linf"]}))
-        rec["curves"] = curves[m.name][0]
+        rec["curves"], where["curves"] = curves[m.name]
         rec["lipschitz"] = timed("lipschitz", lambda: lipschitz_stage(ctx, rec["clean"], rec["minimal_l2"]))
         rec["units"] = timed("units", lambda: units_stage(ctx))
-        rec["sanity_runs"] = timed("sanity runs", lambda: sanity_stage(ctx, rec["clean"], rec["curves"]))
+        rec["sanity_runs"], where["sanity"] = timed("sanity runs", lambda: sanity_stage(ctx, rec["clean"],
+                                                                                        rec["curves"]))
         per_model[m.name] = {k: _lean(v) for k, v in rec.items()}
+        folders[m.name] = {**where, "clean": rec["clean"]}
     transfer = timed("transfer", lambda: transfer_stage(runner, ctxs, curves, tuple(config.zoo)))
+    for ctx in ctxs:  # the verdict of each model reads every attack's examples, the other models' transferred too
+        name = ctx.model.name
+        others = {c.model.name: curves[c.model.name][1] for c in ctxs if c is not ctx}
+        clean = folders[name].pop("clean")
+        per_model[name]["verdict"] = _lean(timed("verdict", lambda: verdict_stage(ctx, clean, folders[name], others)))
 
     results: dict[str, Any] = {
         "audit": "blindspots audit", "config": config.describe(), "data": data_id,
@@ -106,7 +118,8 @@ def _facts(config: AuditConfig, models: list[Any], data_id: dict[str, Any], worl
         "choices": {
             "models": "; ".join(f"{m.name}: {m.source}" + (f", weights {m.weights}" if m.weights else "")
                                 + (f" (sha256 {m.weights_sha256})" if m.weights_sha256 else "")
-                                + f", state sha256 {m.key[:16]}…" for m in models),
+                                + f", identity (state, behaviour, structure, code) sha256 {m.key[:16]}…"
+                                for m in models),
             "data": f"{data_id['name']} ({data_id['split']}), {data_id['n']} images of shape {data_id['shape']}, "
                     f"bounds {data_id['bounds']}; md5 " + ", ".join(f"{k} {v}" for k, v in data_id["source"].items()),
             "normalisation": "none" if config.mean is None else
@@ -116,17 +129,23 @@ def _facts(config: AuditConfig, models: list[Any], data_id: dict[str, Any], worl
                     "any number of processes gives the same numbers",
             "budgets": f"L∞ {list(config.linf_grid)}, L2 {list(config.l2_grid)}; reference ε (transfer, sanity "
                        f"runs) {config.eps_ref:g}",
-            "robust_accuracy": f"PGD ({e.pgd_steps} steps, random start, step 2.5·ε/steps, log-odds loss) at each ε "
-                               "in ascending order on the images still robust; an image broken at ε counts as broken "
-                               "at every larger ε; clean errors count as broken",
+            "robust_accuracy": f"the verdict: per image and ε, broken when any example of any attack the audit ran "
+                               "(APGD, minimal attacks clipped to ε, independent PGD per ε, PGD restarts, Square, "
+                               "examples transferred from the other audited models), projected onto the ε-ball, is "
+                               "misclassified by a fresh forward pass of the model; clean errors count as broken. "
+                               f"APGD: {e.apgd_steps} steps each of CE, DLR and targeted DLR towards the "
+                               f"{e.apgd_targets} highest other classes, in ascending ε on the images still robust; "
+                               "straight-through gradients (BPDA) where the gradient probe finds masking or --bpda "
+                               f"names layers; EOT over {e.eot_samples} draws for a model with random outputs",
             "minimal_perturbations": f"L2: DeepFool, minimal-l2 {dict(e.minimal_l2)} and L-BFGS on the first "
-                                     f"{e.lbfgs_images} images; models above {e.heavy_macs:,.0f} multiply-adds per "
+                                     f"{first(e.lbfgs_images, data_id['n'])} images; models above {e.heavy_macs:,.0f} multiply-adds per "
                                      f"image run minimal-l2 on the first {e.heavy_images} images, DeepFool on the "
                                      f"4 top classes, and no L-BFGS. L∞: FGSM's smallest ε (bisection) and a PGD "
                                      f"bisection ({e.bisect_rounds} rounds of {e.bisect_steps}-step PGD) on the first "
-                                     f"{e.bisect_images} images and every image FGSM failed on",
+                                     f"{first(e.bisect_images, data_id['n'])} images and every image FGSM failed on",
             "distributions": "over the correctly classified images an attack ran on; a failed attack counts as ∞",
-            "sanity_runs": f"first {e.sanity_images} images; {e.restarts} restarts",
+            "sanity_runs": f"first {first(e.sanity_images, data_id['n'])} images; {e.restarts} restarts"
+                           + (" (--fast)" if config.fast else ""),
             "processes": f"{world_size} on device {config.device} (torchrun splits the images; same numbers)",
         },
     }

@@ -51,9 +51,10 @@ def robust_curves(name: str, m: dict[str, Any], path: Path) -> None:
     fig = Figure(figsize=(8.4, 3.0), dpi=100)
     for ax, norm, label in zip(fig.subplots(1, 2), ("linf", "l2"), ("L∞", "L2")):
         c = m["curves"][norm]
-        for line, values in c["lines"].items():
+        lines = {**c["lines"], "every attack (verdict)": m["verdict"][norm]["robust"]}
+        for line, values in lines.items():
             v = [np.nan if x is None else x for x in values]
-            style = {"color": "k", "lw": 2} if line == "any attack" else {"lw": 1.2}
+            style = {"color": "k", "lw": 2} if line == "every attack (verdict)" else {"lw": 1.2}
             ax.plot(c["eps"], v, marker="o", ms=3, label=line, **style)
         ax.set_xlabel(f"{label} budget ε")
         ax.set_ylabel("robust accuracy")

@@ -26,13 +26,13 @@ class AuditModel:
     source: str
     weights: str | None
     weights_sha256: str | None
-    key: str  # sha256 of every parameter and buffer of `module` (names, dtypes, shapes, bytes)
+    key: str  # the model's identity: sha256 of its state, behaviour, structure and code (`identity`)
     n_params: int
     macs: int  # multiply-adds per image in Linear and Conv2d layers
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "source": self.source, "weights": self.weights,
-                "weights_sha256": self.weights_sha256, "state_sha256": self.key, "parameters": self.n_params,
+                "weights_sha256": self.weights_sha256, "state_sha256": state_hash(self.module), "identity": self.key, "parameters": self.n_params,
                 "macs_per_image": self.macs, "normalized": self.module is not self.inner,
                 "class": type(self.inner).__name__}
 
@@ -44,6 +44,36 @@ def state_hash(module: nn.Module) -> str:
         t = t.detach().cpu().contiguous().reshape(-1)
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\0".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+PROBE_SEED, PROBE_IMAGES = 20_260_101, 8
+
+
+def behaviour_hash(module: nn.Module, shape: tuple[int, ...], bounds: tuple[float, float]) -> str:
+    """sha256 of the model's logits (4 significant digits) on a fixed seeded batch of uniform images within bounds;
+    "random outputs" when two passes disagree (a randomised model is then identified by its state and code)."""
+    gen = torch.Generator().manual_seed(PROBE_SEED)
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    x = (bounds[0] + (bounds[1] - bounds[0]) * torch.rand((PROBE_IMAGES, *shape), generator=gen)).to(device)
+    with torch.no_grad():
+        was = module.training
+        module.eval()
+        try:
+            a, b = module(x), module(x)
+        finally:
+            module.train(was)
+    if not torch.equal(a, b):
+        return "random outputs"
+    return hashlib.sha256(" ".join(f"{v:.4g}" for v in a.double().flatten().tolist()).encode()).hexdigest()
+
+
+def identity(module: nn.Module, shape: tuple[int, ...], bounds: tuple[float, float], code: str | None) -> str:
+    """A model's identity in every stage key: its state, its behaviour on a probe batch, its module structure (repr)
+    and its factory's source (a user factory), so an edited model recomputes its stages even with the same weights."""
+    h = hashlib.sha256()
+    for part in (state_hash(module), behaviour_hash(module, shape, bounds), repr(module), code or ""):
+        h.update(part.encode() + b"\0")
     return h.hexdigest()
 
 
@@ -113,9 +143,10 @@ def load_models(config: AuditConfig, images: torch.Tensor) -> list[AuditModel]:
         if seen[name] > 1:
             name = f"{name}#{seen[name]}"
         out.append(AuditModel(name, module, inner, loaded.source, loaded.weights, loaded.weights_sha256,
-                              state_hash(module), sum(p.numel() for p in module.parameters()),
+                              identity(module, tuple(images.shape[1:]), config.bounds, loaded.code_sha256),
+                              sum(p.numel() for p in module.parameters()),
                               count_macs(module, sample)))
     return out
 
 
-__all__ = ["AuditModel", "load_models", "check_input_shape", "state_hash", "count_macs"]
+__all__ = ["AuditModel", "load_models", "check_input_shape", "state_hash", "behaviour_hash", "identity", "count_macs"]

@@ -17,16 +17,46 @@ def _n(v: Any, spec: str = ".4g") -> str:
     return "∞" if v == "inf" else num(v, spec)
 
 
+def _median(stats: dict[str, Any]) -> str:
+    """The median smallest perturbation, or why there is none."""
+    if not stats["n"]:
+        return "n/a (no correctly classified image)"
+    if stats["failed"] == stats["n"]:
+        return "none found"
+    median = stats["median"]
+    if median is None or median == "inf" or (isinstance(median, float) and median == float("inf")):
+        return f"none found on {stats['failed']} of {stats['n']} images (over half)"
+    return _n(median)
+
+
+def headline(results: dict[str, Any], name: str) -> str:
+    """One model's verdict: robust accuracy under every attack the audit ran, or "not trustworthy: <checks>" with
+    that number as an upper bound only, when any sanity check FLAGged the model."""
+    from .sanity import failed_checks
+
+    m = results["per_model"][name]
+    eps = results["config"]["eps_ref"]
+    v = m["verdict"]["linf"]
+    k = v["eps"].index(eps)
+    curve = ", ".join(f"ε {e:g}: {pct(r)}" for e, r in zip(v["eps"], v["robust"]))
+    flags = failed_checks(results, name)
+    if flags:
+        return (f"{name}: not trustworthy: failed checks: {'; '.join(flags)}. Clean accuracy {pct(m['clean']['accuracy'])}; robust "
+                f"accuracy at L∞ ε = {eps:g} at most {pct(v['robust'][k])} (an upper bound: the attacks found at "
+                f"least this many adversarial examples, the flagged checks say they may have missed more; L∞ {curve}).")
+    return (f"{name}: clean accuracy {pct(m['clean']['accuracy'])}; robust accuracy at L∞ ε = {eps:g} "
+            f"{pct(v['robust'][k])} under every attack the audit ran, each example re-verified (L∞ {curve}).")
+
+
 def _summary(results: dict[str, Any]) -> list[str]:
     out = []
-    eps = results["config"]["eps_ref"]
     for name, m in results["per_model"].items():
-        linf = m["curves"]["linf"]
-        k = linf["eps"].index(eps)
         l2, li = m["minimal_l2"]["best"]["stats"], m["minimal_linf"]["best"]["stats"]
-        out.append(f"{name}: clean accuracy {pct(m['clean']['accuracy'])}; under attack at L∞ ε = {eps:g} "
-                   f"{pct(linf['lines']['any attack'][k])} (PGD alone {pct(linf['lines']['PGD'][k])}); median "
-                   f"smallest adversarial perturbation L2 {_n(l2['median'])}, L∞ {_n(li['median'])}.")
+        out.append(f"{headline(results, name)} Median smallest adversarial perturbation L2 {_median(l2)}, "
+                   f"L∞ {_median(li)}.")
+    if results["config"].get("fast"):
+        out.append("--fast: " + results["facts"]["choices"]["sanity_runs"] + "; L-BFGS and the PGD bisection on the "
+                   "first images only (the tables give each attack's image count).")
     flags = [s["line"] for s in results["sanity"] if s["status"] == "FLAG"]
     out.append(f"Sanity checks: {len(results['sanity']) - len(flags)} of {len(results['sanity'])} pass or do not "
                "apply" + (f"; FLAGGED: {' | '.join(flags)}" if flags else "; none flagged."))
@@ -76,15 +106,25 @@ def _curves(results: dict[str, Any]) -> Section:
         for norm in ("linf", "l2"):
             c = m["curves"][norm]
             rows = [[line] + [pct(v) for v in values] for line, values in c["lines"].items()]
+            v = m["verdict"][norm]
+            rows.append(["every attack (verdict)"] + [pct(r) for r in v["robust"]])
             tables.append(Table(["attack"] + [f"ε = {e:g}" for e in c["eps"]], rows,
                                 f"{name}: robust accuracy under {NORM_LABEL[norm]} attacks", fmt="str"))
+            src = [[s, str(rec["images"])] + [f"{b} ({o} alone)" for b, o in zip(rec["broke"], rec["only"])]
+                   for s, rec in v["sources"].items()]
+            tables.append(Table(["source", "images"] + [f"ε = {e:g}" for e in v["eps"]], src,
+                                f"{name}: images each attack broke in {NORM_LABEL[norm]} (re-verified), and broke "
+                                "alone", fmt="str"))
         figures.append(Figure(figure_paths(name)["curves"], f"{name}: robust accuracy against ε"))
-    steps = next(iter(results["per_model"].values()))["curves"]["pgd_steps"]
+    steps = next(iter(results["per_model"].values()))["curves"]["apgd_steps"]
     return Section("Robust accuracy against ε", [
-        f"Share of images still classified correctly under attack. PGD: {steps} steps per ε, ascending ε, each "
-        "image attacked until broken. '(clipped)': the minimal attack's example projected onto the ε-ball (a line "
-        "of an attack run on some of the images, 'on k images', is over those images). 'any attack': broken by "
-        "at least one."],
+        f"Share of images still classified correctly under attack. APGD: {steps} steps each of APGD-CE, APGD-DLR "
+        "and targeted APGD-DLR, ascending ε, each image attacked until broken (through straight-through gradients "
+        "where the gradient probe found masking). '(clipped)': the minimal attack's example projected onto the "
+        "ε-ball (a line of an attack run on some of the images, 'on k images', is over those images). 'every attack "
+        "(verdict)': broken by at least one example of any attack the audit ran — APGD, the minimal attacks, "
+        "independent PGD, restarts, Square, the other models' transferred examples — each projected onto the "
+        "ε-ball and re-checked by a fresh forward pass; the second table counts what each source broke."],
         tables, figures)
 
 
@@ -92,7 +132,7 @@ def _transfer(results: dict[str, Any]) -> Section:
     t = results["transfer"]
     rows = [[src] + [pct(t["matrix"][src][tgt]) for tgt in t["targets"]] for src in t["sources"]]
     rows.append(["(clean images)"] + [pct(t["clean_error"][tgt]) for tgt in t["targets"]])
-    paragraphs = [f"Error of each column model on each row model's PGD-L∞ examples at ε = {t['eps_ref']:g} (all "
+    paragraphs = [f"Error of each column model on each row model's APGD-L∞ examples at ε = {t['eps_ref']:g} (all "
                   "images); the diagonal is white-box; the last row is the error on the clean images."]
     if t.get("zoo_skipped"):
         paragraphs.append(f"--zoo skipped: {t['zoo_skipped']}.")

@@ -70,6 +70,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                  "fully connected hidden layer)")
     p.add_argument("--zoo", default="", metavar="SPEC,...",
                    help="zoo models added as transfer targets, e.g. FC100-100-10,CNN (MNIST-shaped data; off by default)")
+    p.add_argument("--bpda", action="append", default=[], metavar="LAYER",
+                   help="attack through straight-through gradients (BPDA) of this layer (a name from "
+                        "model.named_modules(), e.g. a quantiser); repeatable. Rounding calls and zero-gradient "
+                        "layers the gradient probe finds are handled without it")
+    p.add_argument("--fast", action="store_true",
+                   help="run L-BFGS, the PGD bisection and the sanity runs on the first images only (the report "
+                        "says which attacks ran on how many images); default: every attack on every image")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     p.add_argument("--out", default="runs/audit", help="output folder (default runs/audit)")
     add_threads(p)
@@ -98,7 +105,7 @@ def _run(args: argparse.Namespace) -> int:
         bounds=(bounds[0], bounds[1]), mean=_floats(args.mean, "--mean"), std=_floats(args.std, "--std"),
         eps_linf=_floats(args.eps_linf, "--eps-linf"), eps_l2=_floats(args.eps_l2, "--eps-l2"), layer=args.layer,
         zoo=tuple(s.strip() for s in args.zoo.split(",") if s.strip()), seed=args.seed, device=args.device,
-        out=Path(args.out), progress=not args.no_progress)
+        out=Path(args.out), progress=not args.no_progress, bpda=tuple(args.bpda), fast=args.fast)
     world = init_from_env(args.device)  # run_audit finds this process group; torn down here, as reproduce does
     try:
         results = run_audit(config)

@@ -8,6 +8,7 @@ import difflib
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import os
 import sys
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ class LoadedModel:
     source: str
     weights: str | None = None
     weights_sha256: str | None = None
+    code_sha256: str | None = None  # sha256 of a user factory's source file (part of the audit's model identity)
 
 
 def load_user_model(target: str, weights: str | None = None, *, device: str | torch.device = "cpu",
@@ -53,19 +55,34 @@ def load_user_model(target: str, weights: str | None = None, *, device: str | to
         if ":" not in target:
             raise SpecError(f"--model {target!r} is not an import target (package.module:factory or "
                             f"path/to/file.py:factory; it has no ':') and not a zoo spec: {exc}") from None
-        module, label = _build_from_import(target), target.rpartition(":")[2].split(".")[-1]
+        module, code = _build_from_import(target)
+        label = target.rpartition(":")[2].split(".")[-1]
     else:
+        code = None
         if weights is None:
             trained = train(spec, device=device, progress=progress)
             return LoadedModel(name or spec.name, trained.model.eval(), target, str(trained.path),
                                trained.meta.get("weights_sha256"))
         module, label = build_model(spec), spec.name
     sha = None if weights is None else load_weights(module, user_path(weights, "--weights"))
-    return LoadedModel(name or label, module.to(device).eval(), target, None if weights is None else str(weights), sha)
+    return LoadedModel(name or label, module.to(device).eval(), target, None if weights is None else str(weights), sha,
+                       code)
 
 
-def _build_from_import(target: str) -> nn.Module:
-    """Import the module of "module:factory" (a module path or a .py file), resolve the factory and call it."""
+def _source_hash(obj: Any) -> str | None:
+    """sha256 of the source file that defines obj (its module's file; the object's own source as a fallback)."""
+    try:
+        path = inspect.getsourcefile(obj)
+        if path and Path(path).is_file():
+            return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()
+    except (OSError, TypeError):
+        return None
+
+
+def _build_from_import(target: str) -> tuple[nn.Module, str | None]:
+    """Import the module of "module:factory" (a module path or a .py file), resolve the factory and call it; the
+    model and the sha256 of the factory's source file."""
     where, _, attr = target.rpartition(":")
     if not where or not attr:
         raise SpecError(f"--model {target!r}: need module:factory with both parts, e.g. mynets:small_cnn.")
@@ -92,7 +109,7 @@ def _build_from_import(target: str) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise InputError(f"--model {target!r}: {attr}() returned a {type(model).__name__}, not a torch.nn.Module; "
                          "make the factory return the model itself.")
-    return model
+    return model, _source_hash(obj)
 
 
 def _import_name(name: str) -> ModuleType:
@@ -113,7 +130,8 @@ def _import_file(where: str) -> ModuleType:
     path = user_path(where, "--model").resolve()
     if not path.is_file():
         raise InputError(f"--model: {where} is not a file; give path/to/file.py:factory with an existing file.")
-    key = f"_blindspots_user_{hashlib.sha256(str(path).encode()).hexdigest()[:10]}_{path.stem}"
+    # the key holds the file's content, so an edited file is imported afresh, not taken from sys.modules
+    key = f"_blindspots_user_{hashlib.sha256(str(path).encode() + path.read_bytes()).hexdigest()[:10]}_{path.stem}"
     if key in sys.modules:
         return sys.modules[key]
     if str(path.parent) not in sys.path:
