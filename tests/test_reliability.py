@@ -107,6 +107,62 @@ def test_damaged_stage_result_is_recomputed_and_announced(tmp_path: Path, damage
     assert third.log[0].status == "cached"
 
 
+def _test_images(folder: Path) -> dict[str, float]:
+    """A stage that writes a file and returns a number computed from it."""
+    x = load_mnist("test", subset=200).images
+    save_file({"x": x}, str(folder / "images.safetensors"))
+    return {"mean_distortion": float(x.mean())}
+
+
+def _redo_lines(said: list[str]) -> list[str]:
+    return [line for line in said if "[redo]" in line]
+
+
+def test_altered_number_in_a_finished_result_is_recomputed(tmp_path: Path) -> None:
+    first, folder = StageRunner(tmp_path, announce=lambda s: None).run("attack", {"n": 200}, _test_images)
+    done = folder / "result.json"
+    record = json.loads(done.read_text())
+    assert record["_stage"]["files"] == {"images.safetensors": blindspots.io.file_digest(
+        folder / "images.safetensors", "sha256")}
+    record["mean_distortion"] = 0.9609  # still valid JSON, same keys: only the hash can tell
+    done.write_text(json.dumps(record, indent=2))
+    said: list[str] = []
+    runner = StageRunner(tmp_path, announce=said.append)
+    assert not runner.cached("attack", {"n": 200}) and folder.exists()  # asking moves nothing
+    again, folder2 = runner.run("attack", {"n": 200}, _test_images)
+    assert folder2 == folder and runner.log[0].status == "computed"
+    assert again["mean_distortion"] == first["mean_distortion"] != 0.9609
+    redo = _redo_lines(said)
+    assert len(redo) == 1 and "result.json altered since the stage finished" in redo[0], said
+    assert StageRunner(tmp_path, announce=lambda s: None).cached("attack", {"n": 200})
+
+
+@pytest.mark.parametrize("damage", ["truncated", "replaced", "missing", "unreadable"])
+def test_damaged_file_in_a_finished_stage_is_recomputed(tmp_path: Path, damage: str) -> None:
+    first, folder = StageRunner(tmp_path, announce=lambda s: None).run("attack", {"n": 200}, _test_images)
+    target = folder / "images.safetensors"
+    original = target.read_bytes()
+    if damage == "truncated":
+        target.write_bytes(original[: len(original) // 2])
+    elif damage == "replaced":  # a valid file of the same shape: x doubled
+        save_file({"x": (load_file(str(target))["x"] * 2).contiguous()}, str(target))
+    elif damage == "missing":
+        target.unlink()
+    else:
+        target.unlink()
+        target.mkdir()  # reading it fails with an OSError (IsADirectoryError)
+    said: list[str] = []
+    runner = StageRunner(tmp_path, announce=said.append)
+    again, folder2 = runner.run("attack", {"n": 200}, _test_images)
+    assert runner.log[0].status == "computed" and again["mean_distortion"] == first["mean_distortion"]
+    assert (folder2 / "images.safetensors").read_bytes() == original
+    redo = _redo_lines(said)
+    assert len(redo) == 1 and "images.safetensors" in redo[0] and "moved it to stages/.broken/" in redo[0], said
+    rerun = StageRunner(tmp_path, announce=lambda s: None)
+    rerun.run("attack", {"n": 200}, _test_images)
+    assert rerun.log[0].status == "cached"
+
+
 def test_checkpoint_json_without_weights_hash_is_refused(tmp_path: Path) -> None:
     tm = train("FC10(1)", train_subset=1000, progress=False, store=tmp_path)
     tensors = load_file(str(tm.path))

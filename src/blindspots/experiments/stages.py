@@ -3,8 +3,10 @@
 A stage computes into a private temp folder; its result JSON is written last and the folder is then
 renamed into place in one atomic step. So a run killed at any moment (even SIGKILL) leaves either a
 finished stage or a temp folder that a later run deletes: never a half-written stage that looks done. A
-stage folder whose result.json is missing or damaged is moved aside and recomputed. One run at a time holds
-an output folder (a lock file), so a second run into the same folder stops with a clear error.
+finished stage records the sha256 of every file it wrote and of its result; a stage folder whose result.json
+is missing or damaged, or whose files or result no longer match those hashes, is moved aside and recomputed.
+One run at a time holds an output folder (a lock file), so a second run into the same folder stops with a
+clear error.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -26,13 +29,13 @@ from typing import Any, TypeVar
 from torch import nn
 
 from ..errors import CheckpointError, OutputError, SpecError
-from ..io import output_folder, safe_name, source_hash, stable_hash, write_json_atomic
+from ..io import as_stored_json, file_digest, output_folder, safe_name, source_hash, stable_hash, write_json_atomic
 from ..parallel import World, run_stage
 from ..report.document import stage_time_line
 
 RESULT = "result.json"
 LOCK = ".blindspots.lock"
-BROKEN = ".broken"  # stage folders with a missing or damaged result.json are moved here
+BROKEN = ".broken"  # stage folders with a missing, damaged or altered result.json or file are moved here
 # Stage results depend on all the package's code except the report and the command line, which are re-rendered
 # from the stage results on every run (the audit's and the papers' report, findings and figures code too: a
 # reworded report or a redrawn figure never retrains a model).
@@ -102,7 +105,9 @@ class StageRunner:
         result = compute(tmp)
         wall = time.perf_counter() - t0
         result = {**result, "_stage": {"name": name, "inputs": inputs, "wall_s": round(wall, 3),
-                                       "source_sha256": stage_source_hash()}}
+                                       "source_sha256": stage_source_hash(), "files": _file_hashes(tmp)}}
+        result = as_stored_json(result)
+        result["_stage"]["result_sha256"] = result_hash(result)
         write_json_atomic(tmp / RESULT, result)
         if final.exists():  # a concurrent run finished first; keep its result
             shutil.rmtree(tmp, ignore_errors=True)
@@ -129,17 +134,50 @@ class StageRunner:
         return None
 
 
+def result_hash(result: Mapping[str, Any]) -> str:
+    """sha256 of a stage result as stored (key order ignored), less the hash itself."""
+    stage = {k: v for k, v in result["_stage"].items() if k != "result_sha256"}
+    body = json.dumps({**result, "_stage": stage}, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _file_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file a stage wrote into its folder, by path relative to it (result.json aside)."""
+    return {f.relative_to(folder).as_posix(): file_digest(f, "sha256")
+            for f in sorted(folder.rglob("*")) if f.is_file() and f.relative_to(folder).as_posix() != RESULT}
+
+
 def _stored(final: Path) -> tuple[dict[str, Any] | None, str]:
-    """A stage folder's stored result, or None and why it cannot be used."""
+    """A stage folder's stored result, or None and why it cannot be used: result.json missing, unreadable or not a
+    stage record, or the result or any file the stage wrote no longer matching the sha256 recorded when it finished."""
     try:
         result = json.loads((final / RESULT).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None, "has no result.json"
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, ValueError):
         return None, "has a truncated or unreadable result.json"
-    if isinstance(result, dict) and isinstance(result.get("_stage"), dict):
-        return result, ""
-    return None, "has a result.json that is not a stage record"
+    stage = result.get("_stage") if isinstance(result, dict) else None
+    if not isinstance(stage, dict):
+        return None, "has a result.json that is not a stage record"
+    files = stage.get("files")
+    if not isinstance(stage.get("result_sha256"), str) or not isinstance(files, dict):
+        return None, "has a result.json without the sha256 record of a finished stage"
+    try:
+        altered = result_hash(result) != stage["result_sha256"]
+    except (TypeError, ValueError):
+        altered = True
+    if altered:
+        return None, "has a result.json altered since the stage finished (its sha256 differs)"
+    for rel, digest in sorted(files.items()):
+        path = final / rel
+        try:
+            if file_digest(path, "sha256") != digest:
+                return None, f"has a file {rel} altered since the stage finished (its sha256 differs)"
+        except FileNotFoundError:
+            return None, f"lacks the file {rel} the stage wrote"
+        except OSError:
+            return None, f"has an unreadable file {rel}"
+    return result, ""
 
 
 def _alive(pid: int) -> bool:
