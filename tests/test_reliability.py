@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -215,6 +218,44 @@ def _one_line_error(argv: list[str], capsys: pytest.CaptureFixture[str], match: 
     err = capsys.readouterr().err
     assert err.startswith("blindspots: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     assert match in err, err
+
+
+def test_ctrl_c_while_the_parser_is_built_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """A real SIGINT delivered the moment build_parser starts (where the first seconds of a command go)."""
+    from blindspots import cli
+
+    def interrupt(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code is cli.build_parser.__code__:
+            sys.setprofile(None)
+            signal.raise_signal(signal.SIGINT)
+
+    sys.setprofile(interrupt)
+    try:
+        code = cli_main(["models"])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped main() as a traceback")
+    finally:
+        sys.setprofile(None)
+    err = capsys.readouterr().err
+    assert code == 130 and err.startswith("blindspots: interrupted") and err.count("\n") == 1, err
+
+
+def test_a_full_disk_is_one_line_and_a_non_zero_exit(cli_home: Path) -> None:
+    """The command line run with a real file-size limit (the kernel refuses writes past 16 KB, as on a full disk):
+    training FC10 fails writing its 31 KB checkpoint, with one line and exit status 1, never a traceback."""
+
+    def small_disk() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16_000, 16_000))
+
+    proc = subprocess.run([sys.executable, "-m", "blindspots", "train", "FC10(1)", "--train-subset", "500"],
+                          capture_output=True, text=True, preexec_fn=small_disk, timeout=600,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    err = proc.stderr.strip().splitlines()  # a progress bar, then the error
+    assert err[-1].startswith("blindspots: error: no space left") and "Traceback" not in proc.stderr, proc.stderr
+    assert not any(line.startswith("blindspots") for line in err[:-1]), proc.stderr
+    assert not list((cli_home / "home" / "models").glob("*.safetensors"))  # nothing half-written left as a checkpoint
 
 
 @pytest.mark.parametrize("device,match", [("tpu", "not a torch device"), ("", "--device is empty"),

@@ -4,6 +4,7 @@ own module exposing `register(subparsers)`; errors of the library are printed as
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -35,9 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one command; library errors, I/O errors (a full disk, a file that cannot be read or written) and Ctrl-C
+    end it with one line on stderr and a non-zero exit status, never a traceback."""
     try:
+        parser = build_parser()  # imports torch (seconds): Ctrl-C may come here too
+        args = parser.parse_args(argv)
         check_args(args)
         return int(args.func(args) or 0)
     except BlindspotsError as exc:
@@ -46,3 +49,28 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("blindspots: interrupted; finished work is saved and a rerun resumes from it.", file=sys.stderr)
         return 130
+    except OSError as exc:
+        print(f"blindspots: error: {io_error_line(exc)}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError":  # safetensors' own error type (reading or writing a file)
+            raise
+        print(f"blindspots: error: {io_error_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def io_error_line(exc: Exception) -> str:
+    """One line for an error reading or writing a file: what failed, where, and what to do."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            return (f"no space left to write a file{where}: {exc.strerror}; free some space (or write elsewhere) "
+                    "and rerun: finished work is kept and reused.")
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return f"cannot write or read{where}: {exc.strerror}; choose a folder you may write (--out)."
+        return f"a file could not be read or written{where}: {exc.strerror or text}."
+    if "No space left" in text or "StorageFull" in text or "File too large" in text:
+        return ("no space left to write a safetensors file; free some space (or write elsewhere) and rerun: "
+                "finished work is kept and reused.")
+    return f"a safetensors file could not be read or written: {text}."
