@@ -197,6 +197,11 @@ def test_second_run_into_the_same_folder_is_refused_and_live_temps_are_kept(tmp_
         assert cli_main(["reproduce", "szegedy2014", "--profile", "quick", "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("blindspots: error: ") and f"pid {holder.pid}" in err and err.count("\n") == 1
+        before = sorted(p.name for p in out.iterdir())
+        assert cli_main(["attack", "FC10(1)", "--method", "fgsm", "--n", "5", "--out", str(out)]) == 2
+        err = capsys.readouterr().err  # `attack --out` takes the same lock
+        assert "is in use by another blindspots run" in err and f"pid {holder.pid}" in err and err.count("\n") == 1
+        assert sorted(p.name for p in out.iterdir()) == before
     finally:
         holder.kill()
         holder.wait()
@@ -218,6 +223,20 @@ def _one_line_error(argv: list[str], capsys: pytest.CaptureFixture[str], match: 
     err = capsys.readouterr().err
     assert err.startswith("blindspots: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     assert match in err, err
+
+
+def test_a_failed_attack_leaves_no_out_folder_it_created(cli_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = cli_home / "new" / "attack"
+    argv = ["attack", "FC10(1)", "--train-subset", "1000", "--method", "fgsm", "--n", "20", "--out", str(out)]
+    _one_line_error(argv, capsys, "has not been trained yet")  # fails after taking --out
+    assert not out.exists()
+    kept = cli_home / "mine"
+    kept.mkdir()
+    _one_line_error(argv[:-1] + [str(kept)], capsys, "has not been trained yet")
+    assert [p.name for p in kept.iterdir()] == [".blindspots.lock"]  # a folder the user made is left (with the lock)
+    train("FC10(1)", train_subset=1000, progress=False)
+    assert cli_main(argv + ["--no-progress"]) == 0
+    assert {"adversarial.safetensors", "summary.json", "examples.png"} <= {p.name for p in out.iterdir()}
 
 
 def test_ctrl_c_while_the_parser_is_built_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:

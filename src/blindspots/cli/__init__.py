@@ -7,6 +7,7 @@ import argparse
 import errno
 import importlib
 import sys
+from pathlib import Path
 
 from ..errors import BlindspotsError
 from .common import check_args
@@ -42,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()  # imports torch (seconds): Ctrl-C may come here too
         args = parser.parse_args(argv)
         check_args(args)
-        return int(args.func(args) or 0)
+        try:
+            return int(args.func(args) or 0)
+        except BaseException:
+            if getattr(args, "out_created", False):
+                remove_if_unused(Path(args.out))
+            raise
     except BlindspotsError as exc:
         print(f"blindspots: error: {exc}", file=sys.stderr)
         return 2
@@ -57,6 +63,23 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"blindspots: error: {io_error_line(exc)}", file=sys.stderr)
         return 1
+
+
+def remove_if_unused(folder: Path) -> None:
+    """Remove an output folder a failed command created, if it holds nothing but empty folders and the lock file."""
+    from ..experiments.stages import LOCK
+
+    try:
+        files = [p for p in folder.rglob("*") if not p.is_dir()]
+        if any(p.parent != folder or p.name != LOCK for p in files):
+            return
+        for p in files:
+            p.unlink()
+        for d in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            d.rmdir()
+        folder.rmdir()
+    except OSError:
+        pass  # left as it is: a folder that cannot be cleaned is harmless
 
 
 def io_error_line(exc: Exception) -> str:

@@ -21,7 +21,8 @@ import shutil
 import tempfile
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -225,6 +226,18 @@ def _release(key: str) -> None:
     if entry[1] <= 0:
         del _HELD[key]
         os.close(entry[0])
+
+
+@contextmanager
+def holding_output(path: str | os.PathLike[str], what: str = "--out") -> Iterator[Path]:
+    """`path` as an output folder held for the block with the lock a reproduction holds: a second command into it
+    stops with an error naming the other's pid."""
+    folder = output_folder(path, what)
+    key = _acquire(folder)
+    try:
+        yield folder
+    finally:
+        _release(key)
 
 
 def _silent(line: str) -> None:
