@@ -11,9 +11,10 @@ clear error.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
-
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -29,6 +30,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
+from .. import io as io_module
 from ..errors import CheckpointError, OutputError, SpecError
 from ..io import as_stored_json, file_digest, output_folder, safe_name, source_hash, stable_hash, write_json_atomic
 from ..parallel import World, run_stage
@@ -45,9 +47,85 @@ STAGE_SOURCE_EXCLUDE = ("report", "cli", "audit/report.py", "audit/figures.py", 
                         "experiments/goodfellow2015/figures.py")
 
 
-def stage_source_hash() -> str:
-    """Hash of the package source that stage results depend on (part of every stage key)."""
-    return source_hash(exclude=STAGE_SOURCE_EXCLUDE)
+def stage_source_hash(source: StageSource | None = None) -> str:
+    """Hash of the package source a stage's result depends on (part of its key): `source`'s parts, or the whole
+    package for a stage of no declared kind; never the parts in STAGE_SOURCE_EXCLUDE."""
+    if source is None:
+        return source_hash(exclude=STAGE_SOURCE_EXCLUDE)
+    return source_hash(*source.parts(), exclude=STAGE_SOURCE_EXCLUDE)
+
+
+@dataclass(frozen=True)
+class StageSource:
+    """What one kind of stage runs: `modules` (dotted names) with everything they import when loaded, and `files`
+    (package-relative, e.g. the experiment module holding the stage's compute, hashed by their bytes alone). The
+    stage machinery itself is always part of it. tests/test_reliability.py checks that running such a stage loads
+    no blindspots module outside these parts."""
+
+    modules: tuple[str, ...]
+    files: tuple[str, ...] = ()
+
+    def parts(self) -> tuple[str, ...]:
+        return tuple(sorted(set(self.files) | import_closure((*self.modules, __name__))))
+
+
+def import_closure(modules: tuple[str, ...]) -> frozenset[str]:
+    """Package-relative files of the blindspots modules that importing `modules` loads: their module-level imports
+    (not those inside functions), followed transitively, with every parent package's __init__.py."""
+    return _import_closure(SOURCE_ROOT_NAME, tuple(sorted(modules)), str(io_module.SOURCE_ROOT))
+
+
+SOURCE_ROOT_NAME = "blindspots"
+
+
+@functools.cache
+def _import_closure(package: str, modules: tuple[str, ...], root_text: str) -> frozenset[str]:
+    root = Path(root_text)
+
+    def file_of(name: str) -> Path | None:
+        base = root.joinpath(*name.split(".")[1:])
+        return next((f for f in (base / "__init__.py", base.with_suffix(".py")) if f.is_file()), None)
+
+    seen: set[str] = set()
+    todo = list(modules)
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # a.b.c loads a and a.b first
+            parent = ".".join(parts[:i])
+            if parent in seen or file_of(parent) is None:
+                continue
+            seen.add(parent)
+            f = file_of(parent)
+            assert f is not None
+            here = parent if f.name == "__init__.py" else parent.rsplit(".", 1)[0]
+            for node in _module_level(ast.parse(f.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    todo += [a.name for a in node.names if a.name.split(".")[0] == package]
+                elif isinstance(node, ast.ImportFrom):
+                    base = node.module or ""
+                    if node.level:
+                        anchor = here.split(".")[: len(here.split(".")) - node.level + 1]
+                        base = ".".join(anchor + ([base] if base else []))
+                    if base.split(".")[0] != package:
+                        continue
+                    todo.append(base)
+                    todo += [f"{base}.{a.name}" for a in node.names if file_of(f"{base}.{a.name}") is not None]
+    return frozenset(f.relative_to(root).as_posix() for f in map(file_of, seen) if f is not None)
+
+
+def _module_level(tree: ast.Module) -> list[ast.stmt]:
+    """The statements run when a module is imported: its body, into if/try/with/class blocks, not into functions."""
+    out: list[ast.stmt] = []
+    todo: list[ast.stmt] = list(tree.body)
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for block in ("body", "orelse", "finalbody", "handlers"):
+            todo += [n for n in getattr(node, block, []) if isinstance(n, (ast.stmt, ast.ExceptHandler))]
+    return [n for n in out if isinstance(n, ast.stmt)]
 
 
 @dataclass
@@ -69,6 +147,7 @@ class StageRunner:
     root: Path
     log: list[StageRecord] = field(default_factory=list)
     announce: Callable[[str], None] = print
+    sources: Mapping[str, StageSource] = field(default_factory=dict)  # by the start of a stage's name
 
     def __post_init__(self) -> None:
         self.root = output_folder(self.root, "output folder")
@@ -83,7 +162,14 @@ class StageRunner:
 
     def folder(self, name: str, inputs: dict[str, Any]) -> Path:
         """The stage's folder: its name and a hash of its inputs and of the code (a code fix recomputes it)."""
-        return self.stage_dir / f"{safe_name(name)}-{stable_hash({'inputs': inputs, 'source': stage_source_hash()})}"
+        source = self.source_hash(name)
+        return self.stage_dir / f"{safe_name(name)}-{stable_hash({'inputs': inputs, 'source': source})}"
+
+    def source_hash(self, name: str) -> str:
+        """The stage's source hash: of the parts its kind runs (the longest `sources` prefix of its name), or of the
+        whole package for a stage of no declared kind."""
+        kinds = [k for k in self.sources if name.startswith(k)]
+        return stage_source_hash(self.sources[max(kinds, key=len)] if kinds else None)
 
     def run(self, name: str, inputs: dict[str, Any], compute: Callable[[Path], dict[str, Any]]) -> tuple[dict[str, Any], Path]:
         """Return (result, folder) of a stage; compute(tmp_folder) -> result only if not done before."""
@@ -106,7 +192,7 @@ class StageRunner:
         result = compute(tmp)
         wall = time.perf_counter() - t0
         result = {**result, "_stage": {"name": name, "inputs": inputs, "wall_s": round(wall, 3),
-                                       "source_sha256": stage_source_hash(), "files": _file_hashes(tmp)}}
+                                       "source_sha256": self.source_hash(name), "files": _file_hashes(tmp)}}
         result = as_stored_json(result)
         result["_stage"]["result_sha256"] = result_hash(result)
         write_json_atomic(tmp / RESULT, result)
@@ -303,6 +389,8 @@ class Experiment:
     Under torchrun (`world` of several processes) only rank 0 holds the output folder's StageRunner and writes;
     the other ranks hold a silent runner on a scratch folder and take part in collective stages (`stage`)."""
 
+    stage_sources: Mapping[str, StageSource] = {}  # what each kind of its stages runs; others: the whole package
+
     def __init__(self, out: Path, profile: Any, seed: int = 0, device: str = "cpu", progress: bool = True,
                  announce: Callable[[str], None] = print, world: World | None = None) -> None:
         self.world = world or World()
@@ -310,7 +398,7 @@ class Experiment:
             self._scratch = tempfile.TemporaryDirectory(prefix=f"blindspots-rank{self.world.rank}-")
             out, progress, announce = Path(self._scratch.name), False, _silent
         self.out, self.profile, self.seed, self.device, self.progress = out, profile, seed, device, progress
-        self.runner = StageRunner(out, announce=announce)
+        self.runner = StageRunner(out, announce=announce, sources=self.stage_sources)
         self.models: dict[str, dict[str, Any]] = {}
         self.attacks: dict[str, tuple[dict[str, Any], Path]] = {}
         self.timings: dict[str, float] = {}
