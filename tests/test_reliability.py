@@ -211,6 +211,33 @@ def test_damaged_file_in_a_finished_stage_is_recomputed(tmp_path: Path, damage: 
     assert rerun.log[0].status == "cached"
 
 
+def test_gc_removes_the_stage_folders_the_latest_run_did_not_use(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    old = StageRunner(tmp_path, announce=lambda s: None)
+    _, superseded = old.run("attack", {"n": 100}, _test_images)  # e.g. a stage of an earlier code or profile
+    del old
+    latest = StageRunner(tmp_path, announce=lambda s: None)
+    _, current = latest.run("attack", {"n": 200}, _test_images)
+    blindspots.io.write_json_atomic(tmp_path / "results.json", {"stages": [vars(r) for r in latest.log]})
+    del latest
+    past = (tmp_path / "results.json").stat().st_mtime - 10
+    for folder in (superseded, current):
+        os.utime(folder, (past, past))
+    unfinished = StageRunner(tmp_path, announce=lambda s: None).run("attack", {"n": 300}, _test_images)[1]
+    os.utime(unfinished, (past + 20, past + 20))  # a later run, killed before it wrote results.json
+    (tmp_path / "stages" / ".broken").mkdir()
+    assert cli_main(["gc", str(tmp_path), "--dry-run"]) == 0 and superseded.exists()
+    assert cli_main(["gc", str(tmp_path)]) == 0
+    assert f"removed 1 superseded stage folder(s)\n  {superseded.name}" in capsys.readouterr().out
+    assert not superseded.exists() and current.exists() and unfinished.exists()
+    assert (tmp_path / "stages" / ".broken").exists()
+    rerun = StageRunner(tmp_path, announce=lambda s: None)
+    rerun.run("attack", {"n": 200}, _test_images)
+    assert rerun.log[0].status == "cached"
+    _one_line_error(["gc", str(tmp_path / "nothing-here")], capsys, "is not a folder")
+    _one_line_error(["gc", str(tmp_path / "stages")], capsys, "results.json does not exist")
+
+
 def test_checkpoint_json_without_weights_hash_is_refused(tmp_path: Path) -> None:
     tm = train("FC10(1)", train_subset=1000, progress=False, store=tmp_path)
     tensors = load_file(str(tm.path))

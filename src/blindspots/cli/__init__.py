@@ -13,7 +13,7 @@ from ..errors import BlindspotsError
 from .common import check_args
 
 # Modules of this package that each add their subcommands.
-COMMAND_MODULES = ("data", "models", "attack", "analysis", "reproduce", "audit")
+COMMAND_MODULES = ("data", "models", "attack", "analysis", "reproduce", "audit", "gc")
 
 
 def build_parser() -> argparse.ArgumentParser:

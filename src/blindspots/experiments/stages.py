@@ -326,6 +326,36 @@ def holding_output(path: str | os.PathLike[str], what: str = "--out") -> Iterato
         _release(key)
 
 
+def superseded_stages(root: str | os.PathLike[str]) -> list[Path]:
+    """Stage folders under root/stages/ that the latest finished run (the `stages` list of root/results.json) did not
+    use and that are older than that results.json (a later, unfinished run's stages are kept); .broken/ and
+    in-progress temp folders are never listed."""
+    results = Path(root) / "results.json"
+    try:
+        listed = json.loads(results.read_text(encoding="utf-8"))["stages"]
+        used = {f"{safe_name(s['name'])}-{s['key']}" for s in listed}
+        written = results.stat().st_mtime
+    except FileNotFoundError:
+        raise OutputError(f"{results} does not exist: no finished run says which stages are current; "
+                          "run the command to its end first.") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise OutputError(f"{results} is unreadable or lists no stages; rerun the command that wrote it.") from None
+    stage_dir = Path(root) / "stages"
+    if not stage_dir.is_dir():
+        return []
+    return sorted(f for f in stage_dir.iterdir() if f.is_dir() and not f.name.startswith(".") and f.name not in used
+                  and f.stat().st_mtime <= written)
+
+
+def collect_garbage(root: str | os.PathLike[str]) -> list[Path]:
+    """Remove the superseded stage folders of root (see superseded_stages), holding root's lock; returns them."""
+    with holding_output(root, "folder") as folder:
+        gone = superseded_stages(folder)
+        for f in gone:
+            shutil.rmtree(f)
+    return gone
+
+
 def _silent(line: str) -> None:
     """The announce of a non-zero rank: rank 0 speaks for the run."""
 
