@@ -37,6 +37,7 @@ from ..parallel import World, run_stage
 from ..report.document import stage_time_line
 
 RESULT = "result.json"
+PACKAGE = __name__.split(".")[0]
 LOCK = ".blindspots.lock"
 BROKEN = ".broken"  # stage folders with a missing, damaged or altered result.json or file are moved here
 # Stage results depend on all the package's code except the report and the command line, which are re-rendered
@@ -72,10 +73,7 @@ class StageSource:
 def import_closure(modules: tuple[str, ...]) -> frozenset[str]:
     """Package-relative files of the blindspots modules that importing `modules` loads: their module-level imports
     (not those inside functions), followed transitively, with every parent package's __init__.py."""
-    return _import_closure(SOURCE_ROOT_NAME, tuple(sorted(modules)), str(io_module.SOURCE_ROOT))
-
-
-SOURCE_ROOT_NAME = "blindspots"
+    return _import_closure(PACKAGE, tuple(sorted(modules)), str(io_module.SOURCE_ROOT))
 
 
 @functools.cache
