@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -21,6 +24,7 @@ from blindspots.cli import main as cli_main
 from blindspots.data import load_mnist
 from blindspots.errors import CheckpointError, OutputError, SpecError
 from blindspots.experiments.stages import STAGE_SOURCE_EXCLUDE, Experiment, StageRunner, timing_line
+from blindspots.experiments.szegedy2014.experiment import STAGE_SOURCES as SZEGEDY_SOURCES
 from blindspots.io import home, source_hash
 from blindspots.models import load_model, predict, train
 from blindspots.models.checkpoint import models_dir
@@ -67,6 +71,50 @@ def test_code_changes_rename_checkpoints_and_stages(tmp_path: Path, monkeypatch:
     assert __version__ == "0.2.0"
 
 
+def test_a_stage_is_keyed_by_the_source_it_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Szegedy's training and §3 unit stages are keyed by what they run: an attack change leaves them (and their
+    folders) alone and re-keys the attack stages (keyed by the whole package less the report)."""
+    runner = StageRunner(tmp_path / "run", announce=lambda s: None, sources=SZEGEDY_SOURCES)
+
+    def keys(root: Path) -> tuple[str, str, str]:
+        monkeypatch.setattr(blindspots.io, "SOURCE_ROOT", root)
+        return tuple(runner.folder(name, {"n": 5}).name for name in ("train FC100", "units CNN relu3", "attack FC100"))
+
+    base = keys(_package_copy(tmp_path, "base"))
+    assert keys(_package_copy(tmp_path, "same")) == base
+    for edit, changed in (("attacks/lbfgs.py", (False, False, True)), ("analysis/spectral.py", (False, True, True)),
+                          ("experiments/szegedy2014/units.py", (False, True, True)),
+                          ("experiments/szegedy2014/tables.py", (True, False, True)),
+                          ("models/train.py", (True, True, True)), ("experiments/stages.py", (True, True, True)),
+                          ("experiments/szegedy2014/report.py", (False, False, False))):
+        after = keys(_package_copy(tmp_path, edit.replace("/", "_"), edit))
+        assert tuple(a != b for a, b in zip(after, base)) == changed, edit
+
+
+def test_stage_sources_cover_what_their_stages_load() -> None:
+    """Keeps SZEGEDY_SOURCES honest: a fresh interpreter imports the stage machinery, trains FC100-100-10 on 200
+    images and runs the §3 unit analysis on it (the work of both kinds of stage); every blindspots module then
+    loaded must lie in those kinds' parts (or be left out of every stage key, like the report)."""
+    code = """
+import json, sys
+import blindspots.experiments.stages
+from blindspots.models import train
+from blindspots.analysis.units import default_layers, unit_analysis
+from blindspots.data import load_mnist
+tm = train("FC100-100-10", train_subset=200, epochs=1, progress=False)
+test = load_mnist("test", subset=100)
+unit_analysis(tm.model, default_layers(tm.model)[0], test.images, test.labels, k=4, n_directions=5, n_chance=50)
+print(json.dumps(sorted(m.__file__ for n, m in sys.modules.items() if n.startswith("blindspots") and m.__file__)))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    loaded = {Path(f).relative_to(PACKAGE).as_posix() for f in json.loads(out.stdout.strip().splitlines()[-1])}
+    covered = set(SZEGEDY_SOURCES["train "].parts()) | set(SZEGEDY_SOURCES["units "].parts())
+    excluded = {f for f in loaded if any(f == e or f.startswith(e + "/") for e in STAGE_SOURCE_EXCLUDE)}
+    assert loaded - excluded <= covered, sorted(loaded - excluded - covered)
+    assert not any(f.startswith("attacks/") for f in covered)  # so an attack change cannot re-key them
+
+
 def test_a_fix_to_the_training_code_retrains_instead_of_reusing(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(blindspots.io, "SOURCE_ROOT", _package_copy(tmp_path, "before"))
@@ -107,6 +155,89 @@ def test_damaged_stage_result_is_recomputed_and_announced(tmp_path: Path, damage
     assert third.log[0].status == "cached"
 
 
+def _test_images(folder: Path) -> dict[str, float]:
+    """A stage that writes a file and returns a number computed from it."""
+    x = load_mnist("test", subset=200).images
+    save_file({"x": x}, str(folder / "images.safetensors"))
+    return {"mean_distortion": float(x.mean())}
+
+
+def _redo_lines(said: list[str]) -> list[str]:
+    return [line for line in said if "[redo]" in line]
+
+
+def test_altered_number_in_a_finished_result_is_recomputed(tmp_path: Path) -> None:
+    first, folder = StageRunner(tmp_path, announce=lambda s: None).run("attack", {"n": 200}, _test_images)
+    done = folder / "result.json"
+    record = json.loads(done.read_text())
+    assert record["_stage"]["files"] == {"images.safetensors": blindspots.io.file_digest(
+        folder / "images.safetensors", "sha256")}
+    record["mean_distortion"] = 0.9609  # still valid JSON, same keys: only the hash can tell
+    done.write_text(json.dumps(record, indent=2))
+    said: list[str] = []
+    runner = StageRunner(tmp_path, announce=said.append)
+    assert not runner.cached("attack", {"n": 200}) and folder.exists()  # asking moves nothing
+    again, folder2 = runner.run("attack", {"n": 200}, _test_images)
+    assert folder2 == folder and runner.log[0].status == "computed"
+    assert again["mean_distortion"] == first["mean_distortion"] != 0.9609
+    redo = _redo_lines(said)
+    assert len(redo) == 1 and "result.json altered since the stage finished" in redo[0], said
+    assert StageRunner(tmp_path, announce=lambda s: None).cached("attack", {"n": 200})
+
+
+@pytest.mark.parametrize("damage", ["truncated", "replaced", "missing", "unreadable"])
+def test_damaged_file_in_a_finished_stage_is_recomputed(tmp_path: Path, damage: str) -> None:
+    first, folder = StageRunner(tmp_path, announce=lambda s: None).run("attack", {"n": 200}, _test_images)
+    target = folder / "images.safetensors"
+    original = target.read_bytes()
+    if damage == "truncated":
+        target.write_bytes(original[: len(original) // 2])
+    elif damage == "replaced":  # a valid file of the same shape: x doubled
+        save_file({"x": (load_file(str(target))["x"] * 2).contiguous()}, str(target))
+    elif damage == "missing":
+        target.unlink()
+    else:
+        target.unlink()
+        target.mkdir()  # reading it fails with an OSError (IsADirectoryError)
+    said: list[str] = []
+    runner = StageRunner(tmp_path, announce=said.append)
+    again, folder2 = runner.run("attack", {"n": 200}, _test_images)
+    assert runner.log[0].status == "computed" and again["mean_distortion"] == first["mean_distortion"]
+    assert (folder2 / "images.safetensors").read_bytes() == original
+    redo = _redo_lines(said)
+    assert len(redo) == 1 and "images.safetensors" in redo[0] and "moved it to stages/.broken/" in redo[0], said
+    rerun = StageRunner(tmp_path, announce=lambda s: None)
+    rerun.run("attack", {"n": 200}, _test_images)
+    assert rerun.log[0].status == "cached"
+
+
+def test_gc_removes_the_stage_folders_the_latest_run_did_not_use(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    old = StageRunner(tmp_path, announce=lambda s: None)
+    _, superseded = old.run("attack", {"n": 100}, _test_images)  # e.g. a stage of an earlier code or profile
+    del old
+    latest = StageRunner(tmp_path, announce=lambda s: None)
+    _, current = latest.run("attack", {"n": 200}, _test_images)
+    blindspots.io.write_json_atomic(tmp_path / "results.json", {"stages": [vars(r) for r in latest.log]})
+    del latest
+    past = (tmp_path / "results.json").stat().st_mtime - 10
+    for folder in (superseded, current):
+        os.utime(folder, (past, past))
+    unfinished = StageRunner(tmp_path, announce=lambda s: None).run("attack", {"n": 300}, _test_images)[1]
+    os.utime(unfinished, (past + 20, past + 20))  # a later run, killed before it wrote results.json
+    (tmp_path / "stages" / ".broken").mkdir()
+    assert cli_main(["gc", str(tmp_path), "--dry-run"]) == 0 and superseded.exists()
+    assert cli_main(["gc", str(tmp_path)]) == 0
+    assert f"removed 1 superseded stage folder(s)\n  {superseded.name}" in capsys.readouterr().out
+    assert not superseded.exists() and current.exists() and unfinished.exists()
+    assert (tmp_path / "stages" / ".broken").exists()
+    rerun = StageRunner(tmp_path, announce=lambda s: None)
+    rerun.run("attack", {"n": 200}, _test_images)
+    assert rerun.log[0].status == "cached"
+    _one_line_error(["gc", str(tmp_path / "nothing-here")], capsys, "is not a folder")
+    _one_line_error(["gc", str(tmp_path / "stages")], capsys, "results.json does not exist")
+
+
 def test_checkpoint_json_without_weights_hash_is_refused(tmp_path: Path) -> None:
     tm = train("FC10(1)", train_subset=1000, progress=False, store=tmp_path)
     tensors = load_file(str(tm.path))
@@ -138,6 +269,11 @@ def test_second_run_into_the_same_folder_is_refused_and_live_temps_are_kept(tmp_
         assert cli_main(["reproduce", "szegedy2014", "--profile", "quick", "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("blindspots: error: ") and f"pid {holder.pid}" in err and err.count("\n") == 1
+        before = sorted(p.name for p in out.iterdir())
+        assert cli_main(["attack", "FC10(1)", "--method", "fgsm", "--n", "5", "--out", str(out)]) == 2
+        err = capsys.readouterr().err  # `attack --out` takes the same lock
+        assert "is in use by another blindspots run" in err and f"pid {holder.pid}" in err and err.count("\n") == 1
+        assert sorted(p.name for p in out.iterdir()) == before
     finally:
         holder.kill()
         holder.wait()
@@ -159,6 +295,58 @@ def _one_line_error(argv: list[str], capsys: pytest.CaptureFixture[str], match: 
     err = capsys.readouterr().err
     assert err.startswith("blindspots: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     assert match in err, err
+
+
+def test_a_failed_attack_leaves_no_out_folder_it_created(cli_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = cli_home / "new" / "attack"
+    argv = ["attack", "FC10(1)", "--train-subset", "1000", "--method", "fgsm", "--n", "20", "--out", str(out)]
+    _one_line_error(argv, capsys, "has not been trained yet")  # fails after taking --out
+    assert not out.exists()
+    kept = cli_home / "mine"
+    kept.mkdir()
+    _one_line_error(argv[:-1] + [str(kept)], capsys, "has not been trained yet")
+    assert [p.name for p in kept.iterdir()] == [".blindspots.lock"]  # a folder the user made is left (with the lock)
+    train("FC10(1)", train_subset=1000, progress=False)
+    assert cli_main(argv + ["--no-progress"]) == 0
+    assert {"adversarial.safetensors", "summary.json", "examples.png"} <= {p.name for p in out.iterdir()}
+
+
+def test_ctrl_c_while_the_parser_is_built_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """A real SIGINT delivered the moment build_parser starts (where the first seconds of a command go)."""
+    from blindspots import cli
+
+    def interrupt(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code is cli.build_parser.__code__:
+            sys.setprofile(None)
+            signal.raise_signal(signal.SIGINT)
+
+    sys.setprofile(interrupt)
+    try:
+        code = cli_main(["models"])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped main() as a traceback")
+    finally:
+        sys.setprofile(None)
+    err = capsys.readouterr().err
+    assert code == 130 and err.startswith("blindspots: interrupted") and err.count("\n") == 1, err
+
+
+def test_a_full_disk_is_one_line_and_a_non_zero_exit(cli_home: Path) -> None:
+    """The command line run with a real file-size limit (the kernel refuses writes past 16 KB, as on a full disk):
+    training FC10 fails writing its 31 KB checkpoint, with one line and exit status 1, never a traceback."""
+
+    def small_disk() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16_000, 16_000))
+
+    proc = subprocess.run([sys.executable, "-m", "blindspots", "train", "FC10(1)", "--train-subset", "500"],
+                          capture_output=True, text=True, preexec_fn=small_disk, timeout=600,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    err = proc.stderr.strip().splitlines()  # a progress bar, then the error
+    assert err[-1].startswith("blindspots: error: no space left") and "Traceback" not in proc.stderr, proc.stderr
+    assert not any(line.startswith("blindspots") for line in err[:-1]), proc.stderr
+    assert not list((cli_home / "home" / "models").glob("*.safetensors"))  # nothing half-written left as a checkpoint
 
 
 @pytest.mark.parametrize("device,match", [("tpu", "not a torch device"), ("", "--device is empty"),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from blindspots.attacks import gaussian_noise, load_adversarial
 from blindspots.data import load_mnist
@@ -158,3 +159,31 @@ def test_adversarial_sets_reverify_from_disk(run: tuple[Path, dict, dict[str, fl
         assert torch.equal(pred, t["pred"])
         assert float(t["x_adv"].min()) >= 0.0 and float(t["x_adv"].max()) <= 1.0
         assert meta["success_rate"] > 0.9
+
+
+def test_altered_or_damaged_attack_stages_are_recomputed(run: tuple[Path, dict, dict[str, float]]) -> None:
+    """Issue 20: an edited mean_distortion and an adversarial set replaced by its clean images (x_adv = x) or cut to
+    half its size are caught by the hashes the stages recorded, moved to .broken/ and recomputed."""
+    out, _, _ = run
+    edited, replaced, cut = sorted((out / "stages").glob("attack*"))[:3]
+    names = [json.loads((f / "result.json").read_text())["_stage"]["name"] for f in (edited, replaced, cut)]
+    truth = json.loads((edited / "result.json").read_text())["mean_distortion"]
+    record = json.loads((edited / "result.json").read_text())
+    record["mean_distortion"] = 0.9609
+    (edited / "result.json").write_text(json.dumps(record))
+    t = load_adversarial(replaced / "adversarial.safetensors")
+    save_file({**{k: v.contiguous() for k, v in t.items()}, "x_adv": t["x"].clone()},
+              str(replaced / "adversarial.safetensors"))
+    blob = (cut / "adversarial.safetensors").read_bytes()
+    (cut / "adversarial.safetensors").write_bytes(blob[: len(blob) // 2])
+    said: list[str] = []
+    results = reproduce(out, "quick", n_attack=N_ATTACK, progress=False, announce=said.append)
+    redo = [line for line in said if "[redo]" in line]
+    assert len(redo) == 3, said
+    recomputed = {s["name"] for s in results["stages"] if s["status"] == "computed"}
+    assert set(names) <= recomputed
+    assert json.loads((edited / "result.json").read_text())["mean_distortion"] == pytest.approx(truth, rel=1e-6)
+    for folder in (replaced, cut):
+        t = load_adversarial(folder / "adversarial.safetensors")
+        assert bool((t["x_adv"] != t["x"]).any())
+    assert len(list((out / "stages" / ".broken").iterdir())) == 3

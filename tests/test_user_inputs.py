@@ -222,13 +222,29 @@ def test_check_outputs_accepts_logits_and_log_probabilities_and_refuses_probabil
     ("one_output", {}, r"returns 1 output per image; return one logit per class"),
     ("image_output", {}, r"maps \(64, 1, 28, 28\) images to \(64, 10, 1, 1\).*flatten"),
     ("Pair", {}, r"returns a tuple, not a tensor"),
-    ("tiny", {"n_classes": 12}, r"returns 10 classes but the data has 12"),
-    ("tiny", {"labels": torch.tensor([3, 10])}, r"label 10 but the model returns only 10 classes"),
+    ("tiny", {"n_classes": 12}, r"labels out of range: labels are ≥ 10 \(up to 11\).*labels must be 0\.\.9"),
+    ("tiny", {"labels": torch.tensor([3, 10])}, r"labels out of range: 1 of 2 labels are ≥ 10 \(up to 10\)"),
+    ("tiny", {"n_classes": 20, "labels": torch.arange(10, 20)}, r"labels out of range: 10 of 10 labels are ≥ 10"),
 ])
 def test_check_outputs_refuses_outputs_attacks_would_misread(nets: SimpleNamespace, factory: str, kwargs: dict,
                                                              match: str) -> None:
     with pytest.raises(InputError, match=match):
         check_outputs(load_user_model(f"{nets.file}:{factory}").module, nets.test.images, **kwargs)
+
+
+def test_audit_of_labels_10_to_19_says_labels_out_of_range(nets: SimpleNamespace, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 20: real MNIST test images with their labels shifted to 10..19, audited through the command line."""
+    from blindspots.cli import main
+
+    x, y = _mnist_test_arrays()
+    np.savez(tmp_path / "shifted.npz", x=x[:200, None], y=y[:200] + 10)
+    out = tmp_path / "audit"
+    rc = main(["audit", "--model", f"{nets.file}:tiny", "--weights", str(nets.weights),
+               "--data", str(tmp_path / "shifted.npz"), "--images", "50", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "labels out of range" in err and "classes but the data has" not in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
 
 
 def test_check_outputs_refuses_non_finite_outputs(nets: SimpleNamespace) -> None:

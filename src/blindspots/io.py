@@ -130,6 +130,11 @@ def write_json_atomic(target: str | os.PathLike[str], obj: Any, sort_keys: bool 
     return write_text_atomic(target, text + "\n")
 
 
+def as_stored_json(obj: Any) -> Any:
+    """`obj` as write_json_atomic stores it and json reads it back (tuples as lists, NaN as None, numpy as Python)."""
+    return json.loads(json.dumps(_finite(obj), default=_json_default, allow_nan=False))
+
+
 def _finite(obj: Any) -> Any:
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None

@@ -18,6 +18,7 @@ from ..attacks import (ATTACKS, AttackResult, Misclassification, TargetedMisclas
 from ..attacks.lbfgs import BACKENDS
 from ..data import SPLIT_SEED, load_mnist
 from ..errors import InputError
+from ..experiments.stages import holding_output
 from ..io import file_digest, write_json_atomic
 from ..models import load_model, predict_logits
 from .common import add_data_dir, add_device, add_model_args, add_threads, print_json, set_threads
@@ -133,13 +134,24 @@ def _attack(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor, y
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..report.figures import examples_grid
-
     if args.n < 1:
         raise InputError(f"--n must be at least 1, got {args.n}.")
     if args.epochs is not None and args.epochs < 1:
         raise InputError(f"--epochs must be at least 1, got {args.epochs}; omit it to use the recipe's epochs.")
     set_threads(args.threads)
+    with holding_output(args.out) as out:  # the lock reproduce takes; a folder this made is removed if this fails
+        summary, line = _attack_into(args, out)
+    if args.json:
+        print_json(summary)
+    else:
+        print(line)
+    return 0
+
+
+def _attack_into(args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], str]:
+    """Attack, write the files into `out`; returns summary.json's content and the line to print."""
+    from ..report.figures import examples_grid
+
     tm = load_model(args.spec, split=args.model_split, seed=args.model_seed, epochs=args.epochs,
                     train_subset=args.train_subset, dataset=args.dataset, device=args.device)
     data = load_mnist(args.split, dataset=args.dataset, subset=args.n, data_dir=args.data_dir)
@@ -147,8 +159,6 @@ def _run(args: argparse.Namespace) -> int:
     x, y = data.images.to(device), data.labels.to(device)
     result = _attack(args, tm.model, x, y, n_classes=int(predict_logits(tm.model, x[:1]).shape[1]))
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     adv_path = save_adversarial(out / "adversarial.safetensors", result)
     assert result.clean_error is not None
     summary: dict[str, Any] = {
@@ -175,11 +185,7 @@ def _run(args: argparse.Namespace) -> int:
     examples_grid(result.x.cpu()[order], x_show.cpu()[order], result.labels.cpu()[order], pred.cpu()[order],
                   out / "examples.png", title=f"{tm.meta['spec']}: {what}")
 
-    if args.json:
-        print_json(summary)
-    else:
-        rate = summary["success_rate"]
-        rates = ", ".join(f"{r:.1%}" for r in rate) if isinstance(rate, list) else f"{rate:.1%}"
-        print(f"{tm.meta['spec']} {result.attack} on {len(data)} {args.split} images: success {rates}, "
-              f"{result.wall_time:.1f} s -> {out}")
-    return 0
+    rate = summary["success_rate"]
+    rates = ", ".join(f"{r:.1%}" for r in rate) if isinstance(rate, list) else f"{rate:.1%}"
+    return summary, (f"{tm.meta['spec']} {result.attack} on {len(data)} {args.split} images: success {rates}, "
+                     f"{result.wall_time:.1f} s -> {out}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..errors import DeviceError, InputError, SpecError
@@ -69,7 +70,9 @@ def check_args(args: argparse.Namespace) -> None:
     if epochs is not None and epochs < 1:
         raise SpecError(f"--epochs must be at least 1, got {epochs}; leave it out for the recipe's own.")
     if getattr(args, "out", None) is not None:
+        existed = Path(args.out).is_dir()
         output_folder(args.out, "--out")
+        args.out_created = not existed  # main removes it again if the command fails before writing into it
 
 
 def add_data_dir(p: argparse.ArgumentParser) -> None:

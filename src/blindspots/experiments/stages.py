@@ -3,36 +3,43 @@
 A stage computes into a private temp folder; its result JSON is written last and the folder is then
 renamed into place in one atomic step. So a run killed at any moment (even SIGKILL) leaves either a
 finished stage or a temp folder that a later run deletes: never a half-written stage that looks done. A
-stage folder whose result.json is missing or damaged is moved aside and recomputed. One run at a time holds
-an output folder (a lock file), so a second run into the same folder stops with a clear error.
+finished stage records the sha256 of every file it wrote and of its result; a stage folder whose result.json
+is missing or damaged, or whose files or result no longer match those hashes, is moved aside and recomputed.
+One run at a time holds an output folder (a lock file), so a second run into the same folder stops with a
+clear error.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
-
 import fcntl
+import functools
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from torch import nn
 
+from .. import io as io_module
 from ..errors import CheckpointError, OutputError, SpecError
-from ..io import output_folder, safe_name, source_hash, stable_hash, write_json_atomic
+from ..io import as_stored_json, file_digest, output_folder, safe_name, source_hash, stable_hash, write_json_atomic
 from ..parallel import World, run_stage
 from ..report.document import stage_time_line
 
 RESULT = "result.json"
+PACKAGE = __name__.split(".")[0]
 LOCK = ".blindspots.lock"
-BROKEN = ".broken"  # stage folders with a missing or damaged result.json are moved here
+BROKEN = ".broken"  # stage folders with a missing, damaged or altered result.json or file are moved here
 # Stage results depend on all the package's code except the report and the command line, which are re-rendered
 # from the stage results on every run (the audit's and the papers' report, findings and figures code too: a
 # reworded report or a redrawn figure never retrains a model).
@@ -41,9 +48,82 @@ STAGE_SOURCE_EXCLUDE = ("report", "cli", "audit/report.py", "audit/figures.py", 
                         "experiments/goodfellow2015/figures.py")
 
 
-def stage_source_hash() -> str:
-    """Hash of the package source that stage results depend on (part of every stage key)."""
-    return source_hash(exclude=STAGE_SOURCE_EXCLUDE)
+def stage_source_hash(source: StageSource | None = None) -> str:
+    """Hash of the package source a stage's result depends on (part of its key): `source`'s parts, or the whole
+    package for a stage of no declared kind; never the parts in STAGE_SOURCE_EXCLUDE."""
+    if source is None:
+        return source_hash(exclude=STAGE_SOURCE_EXCLUDE)
+    return source_hash(*source.parts(), exclude=STAGE_SOURCE_EXCLUDE)
+
+
+@dataclass(frozen=True)
+class StageSource:
+    """What one kind of stage runs: `modules` (dotted names) with everything they import when loaded, and `files`
+    (package-relative, e.g. the experiment module holding the stage's compute, hashed by their bytes alone). The
+    stage machinery itself is always part of it. tests/test_reliability.py checks that running such a stage loads
+    no blindspots module outside these parts."""
+
+    modules: tuple[str, ...]
+    files: tuple[str, ...] = ()
+
+    def parts(self) -> tuple[str, ...]:
+        return tuple(sorted(set(self.files) | import_closure((*self.modules, __name__))))
+
+
+def import_closure(modules: tuple[str, ...]) -> frozenset[str]:
+    """Package-relative files of the blindspots modules that importing `modules` loads: their module-level imports
+    (not those inside functions), followed transitively, with every parent package's __init__.py."""
+    return _import_closure(PACKAGE, tuple(sorted(modules)), str(io_module.SOURCE_ROOT))
+
+
+@functools.cache
+def _import_closure(package: str, modules: tuple[str, ...], root_text: str) -> frozenset[str]:
+    root = Path(root_text)
+
+    def file_of(name: str) -> Path | None:
+        base = root.joinpath(*name.split(".")[1:])
+        return next((f for f in (base / "__init__.py", base.with_suffix(".py")) if f.is_file()), None)
+
+    seen: set[str] = set()
+    todo = list(modules)
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # a.b.c loads a and a.b first
+            parent = ".".join(parts[:i])
+            if parent in seen or file_of(parent) is None:
+                continue
+            seen.add(parent)
+            f = file_of(parent)
+            assert f is not None
+            here = parent if f.name == "__init__.py" else parent.rsplit(".", 1)[0]
+            for node in _module_level(ast.parse(f.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    todo += [a.name for a in node.names if a.name.split(".")[0] == package]
+                elif isinstance(node, ast.ImportFrom):
+                    base = node.module or ""
+                    if node.level:
+                        anchor = here.split(".")[: len(here.split(".")) - node.level + 1]
+                        base = ".".join(anchor + ([base] if base else []))
+                    if base.split(".")[0] != package:
+                        continue
+                    todo.append(base)
+                    todo += [f"{base}.{a.name}" for a in node.names if file_of(f"{base}.{a.name}") is not None]
+    return frozenset(f.relative_to(root).as_posix() for f in map(file_of, seen) if f is not None)
+
+
+def _module_level(tree: ast.Module) -> list[ast.stmt]:
+    """The statements run when a module is imported: its body, into if/try/with/class blocks, not into functions."""
+    out: list[ast.stmt] = []
+    todo: list[ast.stmt] = list(tree.body)
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for block in ("body", "orelse", "finalbody", "handlers"):
+            todo += [n for n in getattr(node, block, []) if isinstance(n, (ast.stmt, ast.ExceptHandler))]
+    return [n for n in out if isinstance(n, ast.stmt)]
 
 
 @dataclass
@@ -65,6 +145,7 @@ class StageRunner:
     root: Path
     log: list[StageRecord] = field(default_factory=list)
     announce: Callable[[str], None] = print
+    sources: Mapping[str, StageSource] = field(default_factory=dict)  # by the start of a stage's name
 
     def __post_init__(self) -> None:
         self.root = output_folder(self.root, "output folder")
@@ -79,7 +160,14 @@ class StageRunner:
 
     def folder(self, name: str, inputs: dict[str, Any]) -> Path:
         """The stage's folder: its name and a hash of its inputs and of the code (a code fix recomputes it)."""
-        return self.stage_dir / f"{safe_name(name)}-{stable_hash({'inputs': inputs, 'source': stage_source_hash()})}"
+        source = self.source_hash(name)
+        return self.stage_dir / f"{safe_name(name)}-{stable_hash({'inputs': inputs, 'source': source})}"
+
+    def source_hash(self, name: str) -> str:
+        """The stage's source hash: of the parts its kind runs (the longest `sources` prefix of its name), or of the
+        whole package for a stage of no declared kind."""
+        kinds = [k for k in self.sources if name.startswith(k)]
+        return stage_source_hash(self.sources[max(kinds, key=len)] if kinds else None)
 
     def run(self, name: str, inputs: dict[str, Any], compute: Callable[[Path], dict[str, Any]]) -> tuple[dict[str, Any], Path]:
         """Return (result, folder) of a stage; compute(tmp_folder) -> result only if not done before."""
@@ -102,7 +190,9 @@ class StageRunner:
         result = compute(tmp)
         wall = time.perf_counter() - t0
         result = {**result, "_stage": {"name": name, "inputs": inputs, "wall_s": round(wall, 3),
-                                       "source_sha256": stage_source_hash()}}
+                                       "source_sha256": self.source_hash(name), "files": _file_hashes(tmp)}}
+        result = as_stored_json(result)
+        result["_stage"]["result_sha256"] = result_hash(result)
         write_json_atomic(tmp / RESULT, result)
         if final.exists():  # a concurrent run finished first; keep its result
             shutil.rmtree(tmp, ignore_errors=True)
@@ -129,17 +219,50 @@ class StageRunner:
         return None
 
 
+def result_hash(result: Mapping[str, Any]) -> str:
+    """sha256 of a stage result as stored (key order ignored), less the hash itself."""
+    stage = {k: v for k, v in result["_stage"].items() if k != "result_sha256"}
+    body = json.dumps({**result, "_stage": stage}, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _file_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file a stage wrote into its folder, by path relative to it (result.json aside)."""
+    return {f.relative_to(folder).as_posix(): file_digest(f, "sha256")
+            for f in sorted(folder.rglob("*")) if f.is_file() and f.relative_to(folder).as_posix() != RESULT}
+
+
 def _stored(final: Path) -> tuple[dict[str, Any] | None, str]:
-    """A stage folder's stored result, or None and why it cannot be used."""
+    """A stage folder's stored result, or None and why it cannot be used: result.json missing, unreadable or not a
+    stage record, or the result or any file the stage wrote no longer matching the sha256 recorded when it finished."""
     try:
         result = json.loads((final / RESULT).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None, "has no result.json"
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, ValueError):
         return None, "has a truncated or unreadable result.json"
-    if isinstance(result, dict) and isinstance(result.get("_stage"), dict):
-        return result, ""
-    return None, "has a result.json that is not a stage record"
+    stage = result.get("_stage") if isinstance(result, dict) else None
+    if not isinstance(stage, dict):
+        return None, "has a result.json that is not a stage record"
+    files = stage.get("files")
+    if not isinstance(stage.get("result_sha256"), str) or not isinstance(files, dict):
+        return None, "has a result.json without the sha256 record of a finished stage"
+    try:
+        altered = result_hash(result) != stage["result_sha256"]
+    except (TypeError, ValueError):
+        altered = True
+    if altered:
+        return None, "has a result.json altered since the stage finished (its sha256 differs)"
+    for rel, digest in sorted(files.items()):
+        path = final / rel
+        try:
+            if file_digest(path, "sha256") != digest:
+                return None, f"has a file {rel} altered since the stage finished (its sha256 differs)"
+        except FileNotFoundError:
+            return None, f"lacks the file {rel} the stage wrote"
+        except OSError:
+            return None, f"has an unreadable file {rel}"
+    return result, ""
 
 
 def _alive(pid: int) -> bool:
@@ -187,6 +310,48 @@ def _release(key: str) -> None:
     if entry[1] <= 0:
         del _HELD[key]
         os.close(entry[0])
+
+
+@contextmanager
+def holding_output(path: str | os.PathLike[str], what: str = "--out") -> Iterator[Path]:
+    """`path` as an output folder held for the block with the lock a reproduction holds: a second command into it
+    stops with an error naming the other's pid."""
+    folder = output_folder(path, what)
+    key = _acquire(folder)
+    try:
+        yield folder
+    finally:
+        _release(key)
+
+
+def superseded_stages(root: str | os.PathLike[str]) -> list[Path]:
+    """Stage folders under root/stages/ that the latest finished run (the `stages` list of root/results.json) did not
+    use and that are older than that results.json (a later, unfinished run's stages are kept); .broken/ and
+    in-progress temp folders are never listed."""
+    results = Path(root) / "results.json"
+    try:
+        listed = json.loads(results.read_text(encoding="utf-8"))["stages"]
+        used = {f"{safe_name(s['name'])}-{s['key']}" for s in listed}
+        written = results.stat().st_mtime
+    except FileNotFoundError:
+        raise OutputError(f"{results} does not exist: no finished run says which stages are current; "
+                          "run the command to its end first.") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise OutputError(f"{results} is unreadable or lists no stages; rerun the command that wrote it.") from None
+    stage_dir = Path(root) / "stages"
+    if not stage_dir.is_dir():
+        return []
+    return sorted(f for f in stage_dir.iterdir() if f.is_dir() and not f.name.startswith(".") and f.name not in used
+                  and f.stat().st_mtime <= written)
+
+
+def collect_garbage(root: str | os.PathLike[str]) -> list[Path]:
+    """Remove the superseded stage folders of root (see superseded_stages), holding root's lock; returns them."""
+    with holding_output(root, "folder") as folder:
+        gone = superseded_stages(folder)
+        for f in gone:
+            shutil.rmtree(f)
+    return gone
 
 
 def _silent(line: str) -> None:
@@ -252,6 +417,8 @@ class Experiment:
     Under torchrun (`world` of several processes) only rank 0 holds the output folder's StageRunner and writes;
     the other ranks hold a silent runner on a scratch folder and take part in collective stages (`stage`)."""
 
+    stage_sources: Mapping[str, StageSource] = {}  # what each kind of its stages runs; others: the whole package
+
     def __init__(self, out: Path, profile: Any, seed: int = 0, device: str = "cpu", progress: bool = True,
                  announce: Callable[[str], None] = print, world: World | None = None) -> None:
         self.world = world or World()
@@ -259,7 +426,7 @@ class Experiment:
             self._scratch = tempfile.TemporaryDirectory(prefix=f"blindspots-rank{self.world.rank}-")
             out, progress, announce = Path(self._scratch.name), False, _silent
         self.out, self.profile, self.seed, self.device, self.progress = out, profile, seed, device, progress
-        self.runner = StageRunner(out, announce=announce)
+        self.runner = StageRunner(out, announce=announce, sources=self.stage_sources)
         self.models: dict[str, dict[str, Any]] = {}
         self.attacks: dict[str, tuple[dict[str, Any], Path]] = {}
         self.timings: dict[str, float] = {}

@@ -235,12 +235,15 @@ def check_outputs(model: nn.Module, images: torch.Tensor, n_classes: int | None 
     if bool(bad.any()):
         raise InputError(f"{int(bad.sum())} of {out.numel()} outputs are NaN or infinite on the first {x.shape[0]} "
                          "images; check the model, its weights and the input scaling (--bounds, --mean/--std).")
+    top = max(int(labels.max()) if labels is not None and labels.numel() else -1, (n_classes or 0) - 1)
+    if top >= c:
+        n_out = int((labels >= c).sum()) if labels is not None else None
+        count = f"{n_out} of {labels.numel()} labels are" if n_out else "labels are"
+        raise InputError(f"labels out of range: {count} ≥ {c} (up to {top}), but the model returns {c} classes, "
+                         f"so labels must be 0..{c - 1}; fix the labels (or give the model matching this data).")
     if n_classes is not None and c != n_classes:
         raise InputError(f"the model returns {c} classes but the data has {n_classes}; give the model matching "
                          "this data (or data matching the model).")
-    if labels is not None and int(labels.max()) >= c:
-        raise InputError(f"the data has label {int(labels.max())} but the model returns only {c} classes; give "
-                         "the model matching this data.")
     out = out.double()
     sums, lse = out.sum(1), out.logsumexp(1)
     stats = {"n_classes": c, "batch": int(x.shape[0]), "min": float(out.min()), "max": float(out.max()),

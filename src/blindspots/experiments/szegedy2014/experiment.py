@@ -33,7 +33,7 @@ from ... import __version__
 from ...io import write_json_atomic
 from ...parallel import World
 from ...report.document import Section, write_report
-from ..stages import Experiment, pick_profile
+from ..stages import Experiment, StageSource, pick_profile
 from .adv_training import pool_sizes
 from .report import build_report
 from .sections import (
@@ -71,10 +71,21 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+# What the training stages and §3's unit stages run (the other stages are keyed by the whole package): a change to
+# an attack or to §4.3 never retrains the zoo or redoes §3. tests/test_reliability.py runs both kinds of work in a
+# fresh interpreter and checks that nothing outside these parts is loaded.
+STAGE_SOURCES = {
+    "train ": StageSource(modules=("blindspots.models",), files=("experiments/szegedy2014/tables.py",)),
+    "units ": StageSource(modules=("blindspots.analysis.units", "blindspots.models"),
+                          files=("experiments/szegedy2014/units.py", "experiments/szegedy2014/common.py")),
+}
+
+
 class Szegedy2014(TableStages, Experiment):
     """The experiment: holds the profile, the stage runner, and the trained models."""
 
     profile: Profile
+    stage_sources = STAGE_SOURCES
 
     def __init__(self, out: Path, profile: Profile, seed: int = 0, device: str = "cpu",
                  progress: bool = True, announce: Any = print, world: World | None = None) -> None:
