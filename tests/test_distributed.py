@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from blindspots.models import train
-from blindspots.parallel import World, broadcast_object, run_stage, sharded_map
+from blindspots.parallel import World, broadcast_object, sharded_map
+from blindspots.stages import run_stage
 
 SCRIPT = r'''
 import json, sys
@@ -26,9 +27,10 @@ torch.set_num_threads(1)
 from safetensors.torch import save_file
 from blindspots.attacks import Misclassification, run_attack
 from blindspots.data import load_mnist
-from blindspots.experiments.stages import StageRunner
+from blindspots.stages import StageRunner
 from blindspots.models.checkpoint import load_checkpoint
-from blindspots.parallel import barrier, broadcast_object, init_from_env, run_stage, sharded_map, shutdown
+from blindspots.parallel import barrier, broadcast_object, init_from_env, sharded_map, shutdown
+from blindspots.stages import run_stage
 
 checkpoint, out = sys.argv[1], Path(sys.argv[2])
 world = init_from_env("cpu")
@@ -132,7 +134,7 @@ def test_one_process_helpers_are_plain(tmp_path: Path) -> None:
     assert torch.equal(out["v"], torch.arange(10)) and list(out) == ["v", "sq"]
     assert sharded_map(fn, 0, 4) == {}
     assert broadcast_object({"a": 1}) == {"a": 1}
-    from blindspots.experiments.stages import StageRunner
+    from blindspots.stages import StageRunner
 
     runner = StageRunner(tmp_path / "r", announce=lambda s: None)
     result, folder = run_stage(runner, World(), "s", {"k": 1}, lambda f: {"x": 1})

@@ -3,7 +3,6 @@ logistic regression, and the analytic FGSM perturbation of linear models. All fa
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest

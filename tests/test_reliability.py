@@ -23,7 +23,8 @@ from blindspots import __version__
 from blindspots.cli import main as cli_main
 from blindspots.data import load_mnist
 from blindspots.errors import CheckpointError, OutputError, SpecError
-from blindspots.experiments.stages import STAGE_SOURCE_EXCLUDE, Experiment, StageRunner, timing_line
+from blindspots.experiments.stages import Experiment, timing_line
+from blindspots.stages import STAGE_SOURCE_EXCLUDE, StageRunner
 from blindspots.experiments.szegedy2014.experiment import STAGE_SOURCES as SZEGEDY_SOURCES
 from blindspots.io import home, source_hash
 from blindspots.models import load_model, predict, train
@@ -85,7 +86,7 @@ def test_a_stage_is_keyed_by_the_source_it_runs(tmp_path: Path, monkeypatch: pyt
     for edit, changed in (("attacks/lbfgs.py", (False, False, True)), ("analysis/spectral.py", (False, True, True)),
                           ("experiments/szegedy2014/units.py", (False, True, True)),
                           ("experiments/szegedy2014/tables.py", (True, False, True)),
-                          ("models/train.py", (True, True, True)), ("experiments/stages.py", (True, True, True)),
+                          ("models/train.py", (True, True, True)), ("stages.py", (True, True, True)),
                           ("experiments/szegedy2014/report.py", (False, False, False))):
         after = keys(_package_copy(tmp_path, edit.replace("/", "_"), edit))
         assert tuple(a != b for a, b in zip(after, base)) == changed, edit
@@ -97,7 +98,7 @@ def test_stage_sources_cover_what_their_stages_load() -> None:
     loaded must lie in those kinds' parts (or be left out of every stage key, like the report)."""
     code = """
 import json, sys
-import blindspots.experiments.stages
+import blindspots.stages
 from blindspots.models import train
 from blindspots.analysis.units import default_layers, unit_analysis
 from blindspots.data import load_mnist
@@ -260,7 +261,7 @@ def _sleeper(code: str) -> subprocess.Popen[str]:
 def test_second_run_into_the_same_folder_is_refused_and_live_temps_are_kept(tmp_path: Path,
                                                                           capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
-    holder = _sleeper("import sys, time; from pathlib import Path; from blindspots.experiments.stages import "
+    holder = _sleeper("import sys, time; from pathlib import Path; from blindspots.stages import "
                       f"StageRunner; r = StageRunner(Path({str(out)!r}), announce=print); print('ready', flush=True); "
                       "time.sleep(120)")
     try:

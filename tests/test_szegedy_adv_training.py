@@ -13,7 +13,7 @@ import torch
 
 from blindspots.data import load_mnist
 from blindspots.errors import SpecError
-from blindspots.experiments.stages import StageRunner
+from blindspots.stages import StageRunner
 from blindspots.experiments.szegedy2014.adv_curves import curve_verdict
 from blindspots.experiments.szegedy2014.adv_training import (POOL_SIZES, PoolSizes, adversarial_training_section,
                                                              pool_report, pool_sizes)

@@ -15,7 +15,7 @@ import torch
 
 from blindspots.analysis import empirical_ratio, lipschitz_bound
 from blindspots.attacks import load_adversarial
-from blindspots.experiments.stages import StageRunner
+from blindspots.stages import StageRunner
 from blindspots.experiments.szegedy2014.sections import (SIZES, sizes_for, spectral_report, spectral_section,
                                                      units_report, units_section)
 from blindspots.models import train

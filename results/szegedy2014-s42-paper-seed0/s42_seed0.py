@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from blindspots.experiments.stages import StageRunner
+from blindspots.stages import StageRunner
 from blindspots.experiments.szegedy2014.adv_report import pool_report
 from blindspots.experiments.szegedy2014.adv_training import adversarial_training_section, pool_sizes
 from blindspots.io import write_json_atomic

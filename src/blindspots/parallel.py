@@ -2,20 +2,17 @@
 the result is identical to one process: images are cut into fixed global chunks, chunk i is computed by rank
 i % world size with randomness seeded by its chunk index, and every rank gets all chunks back in order.
 
-Nothing is pickled: chunks travel as safetensors bytes and broadcast objects as JSON. Only rank 0 writes files
-(`run_stage`: rank 0 holds the StageRunner and its lock; the other ranks compute into throw-away folders).
+Nothing is pickled: chunks travel as safetensors bytes and broadcast objects as JSON. Communication only: the stage
+layer (blindspots.stages.run_stage) decides that rank 0 holds the StageRunner, its lock and every file.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load as st_load
@@ -159,31 +156,4 @@ def broadcast_object(obj: object, world: World | None = None) -> object:
     return json.loads(data.cpu().numpy().tobytes().decode())
 
 
-def run_stage(runner: Any, world: World | None, name: str, inputs: dict[str, Any],
-              compute: Callable[[Path], dict[str, Any]], *, collective: bool = True) -> tuple[dict[str, Any], Path]:
-    """A resumable stage under torchrun: rank 0's StageRunner (`runner`; ignored on the other ranks, which hold no
-    lock) decides whether the stage is cached; if not, every rank runs compute(folder) (a collective compute, e.g.
-    one built on sharded_map; the other ranks get a throw-away folder) or, with collective=False, rank 0 alone does,
-    and rank 0 stores it. Every rank returns rank 0's (result, stage folder). One process: runner.run."""
-    if world is None or not world.distributed:
-        return runner.run(name, inputs, compute)
-    cached = bool(broadcast_object(runner.cached(name, inputs) if world.is_main else None, world))
-    if world.is_main:
-        def guarded(folder: Path) -> dict[str, Any]:
-            if cached and collective:  # the cache vanished since the check: the other ranks are not computing
-                raise RuntimeError(f"stage {name!r} was cached a moment ago and no longer is; rerun")
-            return compute(folder)
-
-        result, folder = runner.run(name, inputs, guarded)
-        payload: object = {"result": result, "folder": str(folder)}
-    else:
-        if not cached and collective:
-            with tempfile.TemporaryDirectory(prefix="blindspots-rank") as tmp:
-                compute(Path(tmp))
-        payload = None
-    shared = broadcast_object(payload, world)
-    assert isinstance(shared, dict)
-    return shared["result"], Path(shared["folder"])
-
-
-__all__ = ["World", "init_from_env", "shutdown", "sharded_map", "barrier", "broadcast_object", "run_stage"]
+__all__ = ["World", "init_from_env", "shutdown", "sharded_map", "barrier", "broadcast_object"]

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from .. import parallel
-from ..experiments.stages import StageRunner
+from ..stages import StageRunner, run_stage
 from .config import CHUNK
 
 Compute = Callable[[Path | None], dict[str, Any]]
@@ -44,7 +44,7 @@ class AuditRunner:
         calls sharded_map); else rank 0 alone computes. compute(folder) may write files into folder, which is None
         on ranks other than 0 (they write nothing)."""
         main = self.world.is_main
-        return parallel.run_stage(self.stages, self.world, name, inputs,
+        return run_stage(self.stages, self.world, name, inputs,
                                   lambda folder: compute(folder if main else None), collective=collective)
 
     def map(self, fn: Callable[[int, slice], dict[str, torch.Tensor]], n: int, desc: str) -> dict[str, torch.Tensor]:

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def remove_if_unused(folder: Path) -> None:
     """Remove an output folder a failed command created, if it holds nothing but empty folders and the lock file."""
-    from ..experiments.stages import LOCK
+    from ..stages import LOCK
 
     try:
         files = [p for p in folder.rglob("*") if not p.is_dir()]

@@ -18,7 +18,7 @@ from ..attacks import (ATTACKS, AttackResult, Misclassification, TargetedMisclas
 from ..attacks.lbfgs import BACKENDS
 from ..data import SPLIT_SEED, load_mnist
 from ..errors import InputError
-from ..experiments.stages import holding_output
+from ..stages import holding_output
 from ..io import file_digest, write_json_atomic
 from ..models import load_model, predict_logits
 from .common import add_data_dir, add_device, add_model_args, add_threads, print_json, set_threads

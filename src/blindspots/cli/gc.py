@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _gc(args: argparse.Namespace) -> int:
     from ..errors import OutputError
-    from ..experiments.stages import collect_garbage, holding_output, superseded_stages
+    from ..stages import collect_garbage, holding_output, superseded_stages
 
     if not Path(args.dir).is_dir():
         raise OutputError(f"{args.dir} is not a folder; name a run folder (reproduce's or audit's --out).")

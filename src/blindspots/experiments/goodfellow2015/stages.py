@@ -1,4 +1,4 @@
-"""The stages of `reproduce goodfellow2015`, each cached by a key of its inputs (see experiments.stages):
+"""The stages of `reproduce goodfellow2015`, each cached by a key of its inputs (see blindspots.stages):
 train the models (maxout nets by the early-stopping protocol, one stage per phase and seed), FGSM on each at
 a list of ε, re-verification from disk, transfer, rubbish inputs; then results.json and the report."""
 

@@ -28,7 +28,7 @@ from ...models.checkpoint import load_checkpoint, save_checkpoint
 from ...models.train import default_recipe, fit
 from ...report.document import Section
 from ...training.pool import PoolConfig, train_with_pool
-from ..stages import StageRunner
+from ...stages import StageRunner
 from .adv_curves import CurveProbe, curve_verdict, plot_curves
 from .adv_report import ARM_TITLES, ARMS, PLAIN, POOLED, pool_report
 from .common import POOL_SPEC, _digest, _rel

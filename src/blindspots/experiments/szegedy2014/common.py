@@ -13,7 +13,7 @@ from typing import Any, Union
 from torch import Tensor
 
 from ...models import TrainedModel, train
-from ..stages import StageRunner
+from ...stages import StageRunner
 
 UNIT_MODELS = ("CNN", "FC100-100-10")
 SPECTRAL_MODELS = ("CNN", "FC100-100-10", "FC200-200-10", "FC10(1e-4)")

@@ -33,7 +33,8 @@ from ... import __version__
 from ...io import write_json_atomic
 from ...parallel import World
 from ...report.document import Section, write_report
-from ..stages import Experiment, StageSource, pick_profile
+from ...stages import StageSource
+from ..stages import Experiment, pick_profile
 from .adv_training import pool_sizes
 from .report import build_report
 from .sections import (

@@ -28,7 +28,7 @@ from ...models import TrainedModel
 from ...report.document import Section, Table
 from ...report.format import num, pct, span
 from ...report.reference import paper_value, published
-from ..stages import StageRunner
+from ...stages import StageRunner
 from .common import (
     ALEXNET_LAYERS,
     SPECTRAL_MODELS,

@@ -13,7 +13,7 @@ from ...models import TrainedModel
 from ...report.document import Figure, Section, Table
 from ...report.format import num, plus_minus
 from ...report.unit_figures import plot_unit_grid
-from ..stages import StageRunner
+from ...stages import StageRunner
 from .common import (
     UNIT_MODELS,
     SectionSizes,
