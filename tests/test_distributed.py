@@ -114,11 +114,13 @@ def test_two_gloo_processes_match_one_process_bitwise(tmp_path: Path, checkpoint
     assert [p.name for p in stages if not p.name.startswith(".")] == [Path(ranks[0]["folder"]).name]
     assert not [p for p in stages if p.name.startswith(".tmp")]
     # a rerun under torchrun finds rank 0's stage cached: nobody recomputes, both ranks get the stored result
-    (two / "run" / "stages" / Path(ranks[0]["folder"]).name / "t.safetensors").unlink()
+    # (a recomputed stage would be a new folder renamed into place: its file would be written anew)
+    stage_file = two / "run" / "stages" / Path(ranks[0]["folder"]).name / "t.safetensors"
+    stamp = (stage_file.stat().st_ino, stage_file.stat().st_mtime_ns)
     torchrun()
     again = [json.loads((two / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert again[0]["result"] == again[1]["result"] == ranks[0]["result"]
-    assert not (Path(ranks[0]["folder"]) / "t.safetensors").exists(), "a cached stage must not be recomputed"
+    assert (stage_file.stat().st_ino, stage_file.stat().st_mtime_ns) == stamp, "a cached stage must not be recomputed"
 
 
 def test_one_process_helpers_are_plain(tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
+from blindspots.errors import SpecError
 import torch
 
 from blindspots.analysis import empirical_ratio, lipschitz_bound
@@ -121,3 +123,28 @@ def test_sizes_for_a_profile() -> None:
     assert paper.name == "paper" and paper.train_subset is None and paper.unit_images is None  # all 10,000
     assert paper.n_directions >= standard.n_directions and paper.n_pairs >= 10 * standard.n_pairs
     assert paper.lbfgs == {}  # L-BFGS's full c search
+    with pytest.raises(SpecError, match="no §3/§4.3 preset"):  # no silent fallback to "standard"
+        sizes_for("huge")
+
+
+def test_a_profile_carries_every_size_and_takes_overrides() -> None:
+    """The profile is one object: §3/§4.3 and §4.2 sizes travel in it (no lookup by name), the CLI's --set reaches
+    nested fields, and `--profile paper --set parts=s42 --set s42.seeds=1` runs exactly the §4.2 trainings and
+    evaluation of results/szegedy2014-s42-paper-seed0 (its script's sizes: the same stage inputs, so the same keys)."""
+    from dataclasses import replace
+
+    from blindspots.experiments.stages import pick_profile
+    from blindspots.experiments.szegedy2014 import PROFILES
+    from blindspots.experiments.szegedy2014.adv_training import pool_sizes
+
+    quick = PROFILES["quick"]
+    assert quick.sections is not None and quick.sections.train_subset == quick.train_subset == 10_000
+    assert quick.s42 == pool_sizes("quick") and quick.parts == ("tables", "units", "spectral", "s42")
+    smaller = pick_profile(PROFILES, "quick", None, {"train_subset": "2000", "sections.n_pairs": "7"})
+    assert smaller.sections.train_subset == smaller.sections.cnn_train_subset == 2000 and smaller.sections.n_pairs == 7
+    one = pick_profile(PROFILES, "paper", None, {"parts": "s42", "s42.seeds": "1"})
+    assert one.parts == ("s42",) and one.s42 == replace(pool_sizes("paper"), seeds=1)
+    for bad, match in (({"s42.sedes": "1"}, "no field 'sedes'"), ({"tables.x": "1"}, "no group 'tables'"),
+                       ({"parts": "s42,zz"}, "choose among"), ({"s42.seeds": "two"}, "expected a value")):
+        with pytest.raises(SpecError, match=match):
+            pick_profile(PROFILES, "quick", None, bad)

@@ -2,7 +2,11 @@
 input, at the hidden layers, at all layers) of FC100-100-10 on all 60,000 training images for the FC recipe's 40
 epochs, seed 0, evaluated on the whole test set, with learning curves.
 
-Why a script and not `blindspots reproduce szegedy2014 --profile paper`: the paper profile runs three seeds and
+The same run is now a command: `blindspots reproduce szegedy2014 --profile paper --set parts=s42 --set s42.seeds=1`
+(tests/test_szegedy_sections.py checks that it has this script's sizes, so the same stage inputs and keys); this
+script stays because the committed results.json and report were made by it, and it re-renders them.
+
+Why a script at the time and not `blindspots reproduce szegedy2014 --profile paper`: the paper profile runs three seeds and
 the whole paper; on 2 shared cores its §4.2 alone costs about 4 core-hours (measured here: 26 CPU-s per input-pool
 epoch, about 50 per all-layer epoch), more than one session. This runs exactly the paper preset's trainings and
 evaluation (the same stage functions and keys, `PoolSizes` "paper" with seeds=1) and renders the same report

@@ -45,16 +45,28 @@ def pick_profile(profiles: Mapping[str, P], name: str, n_attack: int | None = No
             raise SpecError(f"--n-attack must be between 1 and {MNIST_TEST} (the MNIST test set), got {n_attack}.")
         prof = replace(prof, n_attack=n_attack)  # type: ignore[type-var]
     for key, text in (overrides or {}).items():
-        prof = replace(prof, **{key: _profile_value(prof, key, text)})  # type: ignore[type-var]
+        prof = _override(prof, key.split("."), text, key)
     return prof
 
 
-def _profile_value(prof: Any, key: str, text: str) -> Any:
-    """`text` read as the type of the profile field `key` (its annotation, or its current value's type)."""
+def _override(obj: Any, path: list[str], text: str, key: str) -> Any:
+    """`obj` with the field at `path` (a nested profile field for a dotted key, e.g. s42.seeds) set from `text`."""
+    if len(path) == 1:
+        return replace(obj, **{path[0]: _profile_value(obj, path[0], text, key)})
+    fields = {f.name for f in dataclasses.fields(obj)}
+    inner = getattr(obj, path[0], None) if path[0] in fields else None
+    if inner is None or not dataclasses.is_dataclass(inner):
+        raise SpecError(f"--set {key}=…: the profile has no group {path[0]!r}; groups: "
+                        f"{', '.join(f for f in fields if dataclasses.is_dataclass(getattr(obj, f)))}.")
+    return replace(obj, **{path[0]: _override(inner, path[1:], text, key)})
+
+
+def _profile_value(prof: Any, key: str, text: str, full: str | None = None) -> Any:
+    """`text` read as the type of the profile field `key` (its annotation)."""
     fields = {f.name: f for f in dataclasses.fields(prof)}
     if key not in fields or key == "name":
         names = ", ".join(f for f in fields if f != "name")
-        raise SpecError(f"--set {key}=…: the profile has no field {key!r}; fields: {names}.")
+        raise SpecError(f"--set {full or key}=…: no field {key!r} there; fields: {names}.")
     kind = str(fields[key].type)
     t = text.strip()
     try:
@@ -72,7 +84,7 @@ def _profile_value(prof: Any, key: str, text: str) -> Any:
             return float(t)
         return t
     except ValueError:
-        raise SpecError(f"--set {key}={text}: expected a value of type {kind}.") from None
+        raise SpecError(f"--set {full or key}={text}: expected a value of type {kind}.") from None
 
 
 class Experiment:

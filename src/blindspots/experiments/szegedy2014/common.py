@@ -12,6 +12,7 @@ from typing import Any, Union
 
 from torch import Tensor
 
+from ...errors import SpecError
 from ...models import TrainedModel, train
 from ...stages import StageRunner
 
@@ -59,11 +60,13 @@ SIZES: dict[str, SectionSizes] = {
 SIZES["paper"] = replace(SIZES["standard"], name="paper", n_directions=100, n_pairs=1000, lbfgs={})
 
 
-def sizes_for(profile: str, *, train_subset: int | None, epochs: int | None) -> SectionSizes:
-    """The preset of a `reproduce` profile ("full" runs as "standard", "paper" as "paper") with the FC models and the CNN trained on
-    that profile's data, so the store's Table 1 checkpoints are reused."""
-    base = SIZES.get(profile, SIZES["standard"])
-    return replace(base, name=profile, train_subset=train_subset, epochs=epochs, cnn_train_subset=train_subset)
+def sizes_for(profile: str, *, train_subset: int | None = None, epochs: int | None = None) -> SectionSizes:
+    """The §3/§4.3 preset of a `reproduce` profile ("full" runs as "standard"), with the FC models and the CNN
+    trained on that profile's data, so the store's Table 1 checkpoints are reused. An unknown name is an error."""
+    key = "standard" if profile == "full" else profile
+    if key not in SIZES:
+        raise SpecError(f"no §3/§4.3 preset for profile {profile!r}; choose one of {', '.join(SIZES)} or 'full'.")
+    return replace(SIZES[key], name=profile, train_subset=train_subset, epochs=epochs, cnn_train_subset=train_subset)
 
 
 # ---------------------------------------------------------------------------------------------- helpers

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +30,17 @@ import numpy as np
 import torch
 
 from ... import __version__
+from ...errors import SpecError
 from ...io import write_json_atomic
 from ...parallel import World
 from ...report.document import Section, write_report
 from ...stages import StageSource
 from ..stages import Experiment, pick_profile
-from .adv_training import pool_sizes
+from .adv_training import PoolSizes, pool_sizes
 from .report import build_report
 from .sections import (
     SPECTRAL_MODELS,
+    SectionSizes,
     adversarial_training_section,
     sizes_for,
     spectral_section,
@@ -47,9 +49,15 @@ from .sections import (
 from .tables import MAGNIFY_SIGMA, TABLE1_MODELS, ModelRef, TableStages, eta_loop, model_refs
 
 
+PARTS = ("tables", "units", "spectral", "s42")  # Tables 1-3, §3, §4.3, §4.2
+
+
 @dataclass(frozen=True)
 class Profile:
-    """How big a run is: training data, attacked images and the L-BFGS budget."""
+    """Everything about how big a run is, in one object: training data, attacked images and the L-BFGS budget of
+    Tables 1–3; `sections` the sizes of §3 and §4.3 (their FC models and CNN follow train_subset and epochs, so the
+    Table 1 checkpoints are reused); `s42` the §4.2 ablation's; `parts` which of PARTS run. Any field can be set
+    from the command line: `--set s42.seeds=1 --set parts=s42`."""
 
     name: str
     train_subset: int | None
@@ -57,6 +65,19 @@ class Profile:
     lbfgs: dict[str, Any] = field(default_factory=dict)
     epochs: int | None = None  # None: each recipe's own
     description: str = ""
+    sections: SectionSizes | None = None  # None: the preset of the same name
+    s42: PoolSizes | None = None  # None: the preset of the same name
+    parts: tuple[str, ...] = PARTS
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.parts) - set(PARTS))
+        if unknown or not self.parts:
+            raise SpecError(f"parts {', '.join(unknown) or '(none)'}: choose among {', '.join(PARTS)}.")
+        sections = self.sections or sizes_for(self.name)
+        object.__setattr__(self, "sections", replace(sections, train_subset=self.train_subset, epochs=self.epochs,
+                                                     cnn_train_subset=self.train_subset))
+        if self.s42 is None:
+            object.__setattr__(self, "s42", pool_sizes(self.name))
 
 
 PROFILES: dict[str, Profile] = {
@@ -96,28 +117,33 @@ class Szegedy2014(TableStages, Experiment):
     def run(self) -> dict[str, Any]:
         t_start = time.perf_counter()
         refs = model_refs()
-        stage_t = time.perf_counter()
-        for ref in eta_loop(refs, "train models", self.runner.announce, self.progress):
-            self.models[ref.label] = self._train_stage(ref)
-        self.timings["train"] = time.perf_counter() - stage_t
-        stage_t = time.perf_counter()
-        for ref in eta_loop(refs, "attack models", self.runner.announce, self.progress):
-            self.attacks[ref.label] = self._attack_stage(ref)
-        self.timings["attack"] = time.perf_counter() - stage_t
+        t1_refs, t3_refs = refs[: len(TABLE1_MODELS)], refs[len(TABLE1_MODELS):]
+        tables = "tables" in self.profile.parts
+        if tables:
+            stage_t = time.perf_counter()
+            for ref in eta_loop(refs, "train models", self.runner.announce, self.progress):
+                self.models[ref.label] = self._train_stage(ref)
+            self.timings["train"] = time.perf_counter() - stage_t
+            stage_t = time.perf_counter()
+            for ref in eta_loop(refs, "attack models", self.runner.announce, self.progress):
+                self.attacks[ref.label] = self._attack_stage(ref)
+            self.timings["attack"] = time.perf_counter() - stage_t
         if not self.world.is_main:  # under torchrun the ranks share the attacks; rank 0 runs the rest alone
             return {}
-        stage_t = time.perf_counter()
-        t1_refs, t3_refs = refs[: len(TABLE1_MODELS)], refs[len(TABLE1_MODELS):]
-        table2 = self._transfer_table(t1_refs, t1_refs, gaussian_base=t1_refs[3])
-        table3 = self._transfer_table(t3_refs, t3_refs, gaussian_base=t3_refs[0], magnified=True,
-                                      sigmas=(MAGNIFY_SIGMA,))
-        self.timings["transfer"] = time.perf_counter() - stage_t
-        sections = self._sections(t1_refs)
+        table1 = table2 = table3 = None
+        if tables:
+            stage_t = time.perf_counter()
+            table2 = self._transfer_table(t1_refs, t1_refs, gaussian_base=t1_refs[3])
+            table3 = self._transfer_table(t3_refs, t3_refs, gaussian_base=t3_refs[0], magnified=True,
+                                          sigmas=(MAGNIFY_SIGMA,))
+            self.timings["transfer"] = time.perf_counter() - stage_t
+            table1 = self._table1(t1_refs)
+        sections = [None if s is None else s[0] for s in self._sections(t1_refs)]
         results = {
             "experiment": "szegedy2014", "profile": asdict(self.profile), "seed": self.seed,
-            "table1": self._table1(t1_refs), "table2": table2, "table3": table3,
-            "section3_units": sections[0][0], "section4_3_spectral": sections[1][0],
-            "section4_2_adversarial_training": sections[2][0],
+            "table1": table1, "table2": table2, "table3": table3,
+            "section3_units": sections[0], "section4_3_spectral": sections[1],
+            "section4_2_adversarial_training": sections[2],
             "models": self.models, "attacks": {k: self._attack_summary(k) for k in self.attacks},
             "stages": [asdict(r) for r in self.runner.log],
             "facts": self._facts(), "wall_time_s": {k: round(v, 2) for k, v in self.timings.items()},
@@ -128,18 +154,22 @@ class Szegedy2014(TableStages, Experiment):
         write_report(build_report(results), self.out)  # from results.json alone
         return results
 
-    def _sections(self, t1_refs: list[ModelRef]) -> list[tuple[dict[str, Any], Section]]:
+    def _sections(self, t1_refs: list[ModelRef]) -> list[tuple[dict[str, Any], Section] | None]:
         """§3 units, §4.3 spectral bounds (checked on Table 1's own adversarial pairs), §4.2 adversarial training."""
         p = self.profile
-        sizes = sizes_for(p.name, train_subset=p.train_subset, epochs=p.epochs)
+        sizes, s42 = p.sections, p.s42
+        assert sizes is not None and s42 is not None
         kw = {"seed": self.seed, "device": self.device, "progress": self.progress}
         pairs = {ref.spec: self.attacks[ref.label][1] / "adversarial.safetensors" for ref in t1_refs
-                 if ref.spec in SPECTRAL_MODELS}
-        out = []
-        for name, run in (("units", lambda: units_section(self.runner, sizes, **kw)),
-                          ("spectral", lambda: spectral_section(self.runner, sizes, pairs=pairs, **kw)),
-                          ("adversarial training",
-                           lambda: adversarial_training_section(self.runner, pool_sizes(p.name), **kw))):
+                 if ref.spec in SPECTRAL_MODELS and ref.label in self.attacks}
+        out: list[tuple[dict[str, Any], Section] | None] = []
+        for part, name, run in (("units", "units", lambda: units_section(self.runner, sizes, **kw)),
+                                ("spectral", "spectral", lambda: spectral_section(self.runner, sizes, pairs=pairs, **kw)),
+                                ("s42", "adversarial training",
+                                 lambda: adversarial_training_section(self.runner, s42, **kw))):
+            if part not in p.parts:
+                out.append(None)
+                continue
             t0 = time.perf_counter()
             out.append(run())
             self.timings[name] = time.perf_counter() - t0

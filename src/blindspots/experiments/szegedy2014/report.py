@@ -30,7 +30,7 @@ def _pct_span(rates: list[float]) -> str:
 
 def build_report(results: dict[str, Any]) -> Report:
     """The whole report from results.json's content alone (so a committed report.md can be checked against it)."""
-    t1, t2, t3 = results["table1"], results["table2"], results["table3"]
+    t1, t2, t3 = results.get("table1"), results.get("table2"), results.get("table3")
     facts = results["facts"]
     intro = [
         "Reproduction of Szegedy et al., Intriguing properties of neural networks (ICLR 2014): Tables 1-3, "
@@ -41,13 +41,14 @@ def build_report(results: dict[str, Any]) -> Report:
         "data file (several are from public write-ups of the paper, marked secondary there). Every number of ours "
         "is in results.json and recomputable from the saved models and adversarial sets under stages/.",
     ]
-    sections = [_table1_section(t1), _transfer_section("Table 2 — cross-model generalisation", t2, "table2"),
-                _transfer_section("Table 3 — cross-training-set generalisation", t3, "table3")]
+    sections = [] if t1 is None else [
+        _table1_section(t1), _transfer_section("Table 2 — cross-model generalisation", t2, "table2"),
+        _transfer_section("Table 3 — cross-training-set generalisation", t3, "table3")]
     for key, rebuild in (("section3_units", units_report), ("section4_3_spectral", spectral_report),
                          ("section4_2_adversarial_training", pool_report)):
         if results.get(key) is not None:
             sections.append(rebuild(results[key]))
-    sections += [_figures_section(results), _facts_section(results)]
+    sections += ([_figures_section(results)] if results["attacks"] else []) + [_facts_section(results)]
     return Report("blindspots — Szegedy et al. 2014 reproduced", intro, sections)
 
 
@@ -147,7 +148,7 @@ def _facts_section(results: dict[str, Any]) -> Section:
 def terminal_summary(results: dict[str, Any]) -> str:
     """A compact text table for the end of a run: Table 1, ours (paper)."""
     lines = [f"{'model':<14} {'test err':>16} {'av. min. distortion':>22} {'success':>8}"]
-    for name, r in results["table1"].items():
+    for name, r in (results.get("table1") or {}).items():
         pt = paper_value("szegedy2014", "table1", name, "test_error")
         pd = paper_value("szegedy2014", "table1", name, "distortion")
         lines.append(f"{name:<14} {_ours_paper(r['test_error'], pt):>16} "
