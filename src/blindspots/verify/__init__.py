@@ -14,7 +14,8 @@ solver glue (milp.py).
 """
 
 from .certify import METHODS, certified, certified_radius, margin_bounds
+from .exact import EXACT_NORMS, ExactResult, attack_upper_bounds, exact_minimal, lp_margin_bounds
 from .network import Network, UnsupportedLayerError, network
 
-__all__ = ["METHODS", "certified", "certified_radius", "margin_bounds", "Network", "UnsupportedLayerError",
-           "network"]
+__all__ = ["METHODS", "certified", "certified_radius", "margin_bounds", "EXACT_NORMS", "ExactResult",
+           "attack_upper_bounds", "exact_minimal", "lp_margin_bounds", "Network", "UnsupportedLayerError", "network"]
