@@ -28,7 +28,7 @@ from . import crown
 from .certify import certified_radius
 from .inputs import InputSet
 from .milp import INF, Encoding, Program, encode, solution_input, start
-from .network import Network, network
+from .network import Activation, Network, UnsupportedLayerError, network
 
 EXACT_NORMS = ("linf", "l1")
 TIE_TOLERANCE = 1e-4  # logit units: a re-verified solution may sit this far on the label's side of a tie
@@ -231,6 +231,10 @@ def exact_minimal(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf",
     if x.dim() < 2 or y.shape != (x.shape[0],):
         raise InputError(f"images [N, ...] and labels [N] expected, got {tuple(x.shape)} and {tuple(y.shape)}.")
     net = network(model, tuple(x.shape[1:]))
+    smooth = [op.name for op in net.ops if isinstance(op, Activation) and op.kind != "relu"]
+    if smooth:
+        raise UnsupportedLayerError(f"the exact minimal perturbation needs a piecewise-linear net (ReLU, maxout, "
+                                    f"max-pooling); layer '{smooth[0]}' is not. Use certified_radius for it.")
     x, y = x.detach().cpu(), y.detach().cpu()
     n = x.shape[0]
     incumbents = torch.full(x.shape, math.nan, dtype=torch.float64)
