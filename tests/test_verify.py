@@ -93,7 +93,7 @@ def test_tighter_relaxations_give_tighter_bounds_and_all_are_sound(net, images):
 
 def test_certified_radius_le_exact_le_every_attack_linf(net, images):
     x, y = images
-    exact = exact_minimal(net, x, y, norm="linf", time_limit=60)
+    exact = exact_minimal(net, x, y, norm="linf", time_limit=300)  # wall clock: generous on a loaded machine
     assert exact.status == ["optimal"] * len(y)
     # re-verified: adversarial (a tie within tolerance), in the box, at the distance claimed
     assert bool(((exact.x_adv >= 0) & (exact.x_adv <= 1)).all())

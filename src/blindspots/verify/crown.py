@@ -31,7 +31,7 @@ def relaxation(op: Activation | MaxPieces, l: Tensor, u: Tensor, alpha: Tensor |
 
 
 def backward(net: Network, upto: int, a: Tensor, relaxations: dict[int, relax.Relaxation]) -> tuple[Tensor, Tensor]:
-    """a [N, S, *out of op upto-1] -> (a' [N, S, *input], c [N, S]) with a·y ≥ a'·x + c for every x whose
+    """a [N or 1, S, *out of op upto-1] -> (a' [N or 1, S, *input], c [N or 1, S]) with a·y ≥ a'·x + c for every x whose
     operation inputs lie within the bounds behind `relaxations` (op index -> relaxation, every tensor
     [N, 1 or S, ...]: one relaxation for all specs, or one per spec as α-CROWN's)."""
     n, s = a.shape[:2]
@@ -76,7 +76,8 @@ def layer_bounds(net: Network, inputs: InputSet, chunk: int = 512) -> tuple[Boun
             rows = torch.arange(start, min(size, start + chunk))
             eye = torch.zeros((len(rows), size), dtype=torch.float64)
             eye[torch.arange(len(rows)), rows] = 1.0
-            spec = torch.cat([eye, -eye]).reshape(1, 2 * len(rows), *shape).expand(n, -1, *shape)
+            # one spec for all images (batch axis 1): it stays shared until the first relaxation multiplies it
+            spec = torch.cat([eye, -eye]).reshape(1, 2 * len(rows), *shape)
             b = lower_bound(net, k, spec, inputs, relaxations)
             parts.append((b[:, :len(rows)], -b[:, len(rows):]))
         l = torch.cat([p[0] for p in parts], 1).reshape(n, *shape)

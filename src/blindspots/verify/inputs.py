@@ -43,9 +43,11 @@ class InputSet:
         """a [N, S, *shape] -> [N, S]: a lower bound of min over the set of a·x'."""
         lo, hi = self.box()
         a = a.flatten(2)
-        box = (a.clamp(min=0) * lo.flatten(1)[:, None]).sum(-1) + (a.clamp(max=0) * hi.flatten(1)[:, None]).sum(-1)
+        mid, rad = ((lo + hi) / 2).flatten(1)[:, :, None], ((hi - lo) / 2).flatten(1)[:, :, None]
+        # A⁺·lo + A⁻·hi = A·mid − |A|·rad, as batched matrix products (no [N, S, D] temporaries but |A|)
+        box = (a @ mid - a.abs() @ rad)[..., 0]
         if self.norm == "linf":
             return box
-        centre = (a * self.x.flatten(1)[:, None]).sum(-1)
+        centre = (a @ self.x.flatten(1)[:, :, None])[..., 0]
         dual = a.norm(dim=-1) if self.norm == "l2" else a.abs().amax(dim=-1)  # the dual norm of the ball's
         return torch.maximum(box, centre - self.eps[:, None] * dual)

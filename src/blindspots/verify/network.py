@@ -46,6 +46,7 @@ class Affine:
     in_shape: tuple[int, ...] = ()
     out_shape: tuple[int, ...] = ()
     weight: Tensor | None = None
+    reshape_only: bool = False  # a Flatten: the transpose is a reshape
     _bias: Tensor | None = field(default=None, repr=False)
 
     @property
@@ -61,6 +62,8 @@ class Affine:
         n, s = a.shape[:2]
         if self.weight is not None and len(self.in_shape) == 1:
             return a.reshape(n, s, -1) @ self.weight
+        if self.reshape_only:
+            return a.reshape(n, s, *self.in_shape)
         with torch.enable_grad():
             z = torch.zeros((n * s, *self.in_shape), dtype=a.dtype, requires_grad=True)
             out = self.fn(z)
@@ -145,7 +148,7 @@ def _avgpool2d(name: str, m: nn.AvgPool2d) -> list[Op]:
 
 
 def _flatten(name: str, m: nn.Flatten) -> list[Op]:
-    return [Affine(name, m, m)]
+    return [Affine(name, m, m, reshape_only=m.start_dim == 1 and m.end_dim == -1)]
 
 
 def _normalized(name: str, m: Normalized) -> list[Op]:
