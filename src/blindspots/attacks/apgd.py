@@ -182,7 +182,7 @@ def apgd(a: Prepared, *, norm: str = "linf", loss: str = "ce", steps: int = 100,
                 done[idx[ok]] = True
             if bool(done.all()):
                 break
-    return Run(x_adv, measures=a.measure(x, x_adv, crit, per_budget=True), attack=f"apgd-{loss}-{norm}")
+    return Run(x_adv, measures=a.assess(x, x_adv, crit, per_budget=True), attack=f"apgd-{loss}-{norm}")
 
 
 __all__ = ["apgd", "apgd_loss", "checkpoints", "APGD_NORMS", "APGD_LOSSES"]

@@ -18,7 +18,6 @@ import functools
 import inspect
 import math
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -140,6 +139,17 @@ def check_images(images: object, name: str = "images", bounds: Bounds = (0.0, 1.
     return images
 
 
+PROBABILITIES = ("the model returns probabilities (non-negative, each row sums to 1): return logits: drop the final "
+                 "softmax; attacks need logits (the softmax flattens their gradients).")
+
+
+def looks_like_probabilities(logits: Tensor) -> bool:
+    """Outputs [N, C >= 2] that are non-negative with every row summing to 1 (within 1e-4): a softmax already
+    applied. Attacks and the audit's model check refuse them alike (`PROBABILITIES`)."""
+    out = logits.detach().double()
+    return out.shape[1] > 1 and bool((out >= 0).all()) and float((out.sum(1) - 1).abs().max()) <= 1e-4
+
+
 CACHE_ELEMENTS = 1 << 18  # floats per chunk of x_adv − x: 1 MiB, inside a core's L2
 PROBE = 16  # images run through the model to validate inputs when the caller needs no clean logits
 
@@ -169,12 +179,8 @@ def prepare(model: nn.Module, images: object, criterion: object, batch_size: int
                          f"for {probe.shape[0]} images.")
     if not bool(torch.isfinite(logits).all()):
         raise InputError("the model returns NaN or infinite logits on these images; check the model and inputs.")
-    probs_like = bool((logits >= 0).all() and (logits <= 1).all()
-                      and torch.allclose(logits.sum(1), torch.ones_like(logits[:, 0]), atol=1e-3))
-    if probs_like and logits.shape[1] > 1:
-        warnings.warn("the model's outputs look like probabilities (softmax already applied); attacks expect "
-                      "logits, and gradients through a saturated softmax can hide adversarial examples.",
-                      stacklevel=3)
+    if looks_like_probabilities(logits):
+        raise InputError(PROBABILITIES)
     criterion.validate(x.shape[0], logits.shape[1])
     return x, criterion.to(device), logits
 
@@ -246,9 +252,10 @@ def check_int(name: str, value: object, minimum: int = 1) -> int:
 Measures = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]  # success, pred, confidence, RMS, L2, L∞
 
 
-def measure(model: nn.Module, x: Tensor, x_adv: Tensor, criterion: Criterion, *, per_budget: bool = False,
+def assess(model: nn.Module, x: Tensor, x_adv: Tensor, criterion: Criterion, *, per_budget: bool = False,
             batch_size: int = 2000, workspace: Tensor | None = None) -> Measures:
-    """Every per-sample field of a result: a fresh forward pass on x_adv, and its distortions from x."""
+    """Every per-sample field of a result: a fresh forward pass on x_adv, and its distortions from x. (The
+    size of one result's perturbations in one norm is AttackResult.measure.)"""
     success, pred, confidence = recheck(model, x_adv, criterion, per_budget=per_budget, batch_size=batch_size)
     return (success, pred, confidence, *distortions(x, x_adv, workspace))
 
@@ -266,12 +273,12 @@ def build_result(model: nn.Module, x: Tensor, x_adv: Tensor, criterion: Criterio
                  extras: dict[str, Tensor] | None = None, batch_size: int = 2000,
                  measures: Measures | None = None, clean_logits: Tensor | None = None,
                  bounds: Bounds = (0.0, 1.0)) -> AttackResult:
-    """Assemble an AttackResult, re-verifying every x_adv with a fresh forward pass (`measure`); an attack
-    that already ran `measure` on its final x_adv, chunk by chunk, may pass the measures instead.
+    """Assemble an AttackResult, re-verifying every x_adv with a fresh forward pass (`assess`); an attack
+    that already ran `assess` on its final x_adv, chunk by chunk, may pass the measures instead.
     clean_logits (of x, for the clean_error flags) are computed here if not given."""
     model = as_model(model)
     if measures is None:
-        measures = measure(model, x, x_adv, criterion, per_budget=budgets is not None, batch_size=batch_size)
+        measures = assess(model, x, x_adv, criterion, per_budget=budgets is not None, batch_size=batch_size)
     if clean_logits is None:
         with attack_mode(model):
             clean_logits = logits_of(model, x, batch_size)
@@ -353,17 +360,17 @@ class Prepared:
     batch_size: int
     uncounted: nn.Module = field(repr=False)
 
-    def measure(self, x: Tensor, x_adv: Tensor, criterion: Criterion, *, per_budget: bool = False,
-                workspace: Tensor | None = None) -> Measures:
-        """`measure` (the re-verification) by the uncounted model: its passes are not the attack's cost."""
-        return measure(self.uncounted, x, x_adv, criterion, per_budget=per_budget, batch_size=self.batch_size,
+    def assess(self, x: Tensor, x_adv: Tensor, criterion: Criterion, *, per_budget: bool = False,
+               workspace: Tensor | None = None) -> Measures:
+        """`assess` (the re-verification) by the uncounted model: its passes are not the attack's cost."""
+        return assess(self.uncounted, x, x_adv, criterion, per_budget=per_budget, batch_size=self.batch_size,
                        workspace=workspace)
 
 
 @dataclass
 class Run:
     """What an attack's run returns: the final images ([N, ...], or [K, N, ...] at K budgets), extras, and
-    optionally the measures of x_adv (a run that re-verified chunk by chunk, by `Prepared.measure`), the clean
+    optionally the measures of x_adv (a run that re-verified chunk by chunk, by `Prepared.assess`), the clean
     logits of every image (a run declared with clean_logits=False that computed them), the result's name where
     it depends on the parameters ("pgd-l2"), and facts recorded in params beside the bound arguments."""
 

@@ -67,7 +67,7 @@ def fgsm(a: Prepared, *, batch_size: int = 1000, bounds: Bounds = (0.0, 1.0)) ->
         clean.append(logits)
         for j, e in enumerate(eps):
             adv = torch.add(xb, step, alpha=e, out=x_adv[j, sl]).clamp_(*bounds)
-            for field, t in zip(parts, a.measure(xb, adv, cb, workspace=workspace)):
+            for field, t in zip(parts, a.assess(xb, adv, cb, workspace=workspace)):
                 field[j].append(t)
     measures = tuple(torch.stack([torch.cat(per_batch) for per_batch in field]) for field in parts)
     return Run(x_adv, measures=measures, clean_logits=torch.cat(clean),  # type: ignore[arg-type]

@@ -131,4 +131,4 @@ def pgd(a: Prepared, *, norm: str = "linf", steps: int = 40, step_size: float | 
                 better = margin < best_margin[sl]
                 x_adv[k, sl][better] = adv[better]
                 best_margin[sl] = torch.where(better, margin, best_margin[sl])
-    return Run(x_adv, measures=a.measure(x, x_adv, crit, per_budget=True), attack=f"pgd-{norm}")
+    return Run(x_adv, measures=a.assess(x, x_adv, crit, per_budget=True), attack=f"pgd-{norm}")

@@ -112,5 +112,5 @@ def square(a: Prepared, *, n_queries: int = 1000, p_init: float = 0.8, seed: int
                 sl = slice(i, i + batch_size)
                 x_adv[k, sl], queries[k, sl] = _run(a.model, x[sl], crit.subset(sl), e, n_queries=n_queries,
                                                     p_init=p_init, gen=gen, bounds=bounds, batch_size=batch_size)
-    return Run(x_adv, measures=a.measure(x, x_adv, crit, per_budget=True), extras={"queries": queries.to(x.device)},
+    return Run(x_adv, measures=a.assess(x, x_adv, crit, per_budget=True), extras={"queries": queries.to(x.device)},
                params={"norm": "linf", "loss": "margin"})

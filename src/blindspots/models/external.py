@@ -21,6 +21,7 @@ from safetensors.torch import load
 from torch import nn
 
 from ..errors import CheckpointError, InputError, SpecError
+from ..attacks.base import PROBABILITIES, looks_like_probabilities
 from ..io import user_path
 from .spec import parse_spec
 from .store import train
@@ -251,9 +252,8 @@ def check_outputs(model: nn.Module, images: torch.Tensor, n_classes: int | None 
              "logsumexp_max_abs": float(lse.abs().max()),
              "distinct_predictions": int(out.argmax(1).unique().numel()),
              "deterministic": bool(torch.equal(out, again.double()))}
-    if bool((out >= 0).all()) and float((sums - 1).abs().max()) <= 1e-4:
-        raise InputError("the model returns probabilities (non-negative, each row sums to 1): return logits: drop "
-                         "the final softmax; attacks need logits (the softmax flattens their gradients).")
+    if looks_like_probabilities(out):
+        raise InputError(PROBABILITIES)
     kind = "log-probabilities" if bool((out <= 1e-6).all()) and stats["logsumexp_max_abs"] <= 1e-4 else "logits"
     return {"kind": kind, **stats}
 
