@@ -21,7 +21,6 @@ from safetensors.torch import load
 from torch import nn
 
 from ..errors import CheckpointError, InputError, SpecError
-from ..attacks.base import PROBABILITIES, looks_like_probabilities
 from ..io import user_path
 from .spec import parse_spec
 from .store import train
@@ -252,7 +251,10 @@ def check_outputs(model: nn.Module, images: torch.Tensor, n_classes: int | None 
              "logsumexp_max_abs": float(lse.abs().max()),
              "distinct_predictions": int(out.argmax(1).unique().numel()),
              "deterministic": bool(torch.equal(out, again.double()))}
-    if looks_like_probabilities(out):
+    # imported here, not at module level: the model packages' stage keys must not follow the attacks
+    from ..attacks.base import PROBABILITIES, looks_like_probabilities
+
+    if looks_like_probabilities(out):  # the attacks' own refusal, word for word
         raise InputError(PROBABILITIES)
     kind = "log-probabilities" if bool((out <= 1e-6).all()) and stats["logsumexp_max_abs"] <= 1e-4 else "logits"
     return {"kind": kind, **stats}
