@@ -15,6 +15,8 @@ Every x_adv is judged by a fresh forward pass here (`predict_logits`), clipped t
 output leaves [0, 1] is flagged. Printed per model: success rate, median L2 over the images every method
 succeeded on and over all images (failures as inf), wall time, and ours against the best peer (the peer
 with the lowest median over all images): the ratio of medians, per-image ratio quantiles, the time ratio.
+For ours and lbfgs also the model's forward and backward passes per image (`result.passes_per_image()`,
+counted by the attack entry point): the cost independent of the machine.
 
 Everything runs single-threaded (OMP_NUM_THREADS=1, torch.set_num_threads(1)) so that the comparison is
 per core and fair on a shared machine. The peers are an optional extra: pip install -e '.[peers]'
@@ -46,6 +48,7 @@ from blindspots.models import predict_logits, train  # noqa: E402
 MODELS = ("FC100-100-10", "FC200-200-10", "AE400-10", "CNN")
 METHODS = ("ours", "ddn", "alma", "fab", "cw", "fb-fmn", "fb-deepfool")
 Attack = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+PASSES: dict[str, tuple[float, float]] = {}  # ours and lbfgs: model passes per image (forward, backward)
 
 
 def stub_peer_imports() -> None:
@@ -63,10 +66,14 @@ def stub_peer_imports() -> None:
 def attacks(cw_steps: int) -> dict[str, Attack]:
     """Every method as f(model, x, y) -> x_adv; peers are imported only when asked for."""
     def ours(model, x, y):
-        return minimal_l2_attack(model, x, Misclassification(y)).x_adv
+        res = minimal_l2_attack(model, x, Misclassification(y))
+        PASSES["ours"] = res.passes_per_image()
+        return res.x_adv
 
     def lbfgs(model, x, y):
-        return lbfgs_attack(model, x, Misclassification(y)).x_adv
+        res = lbfgs_attack(model, x, Misclassification(y))
+        PASSES["lbfgs"] = res.passes_per_image()
+        return res.x_adv
 
     def adv_lib(name: str, **kw):
         def run(model, x, y):
@@ -120,13 +127,15 @@ def bench_model(spec: str, n: int, methods: list[str], table: dict[str, Attack])
         note = "" if in_box else "   (x_adv leaves [0, 1]: counted as failures)"
         print(f"  ran {name:12s} {times[name]:8.1f} s{note}", flush=True)
     common = torch.stack([torch.isfinite(v) for v in l2s.values()]).all(0)
-    print(f"  {'method':12s}{'success':>9s}{'median L2':>11s}{'(common)':>10s}{'mean L2':>9s}{'time s':>9s}")
+    print(f"  {'method':12s}{'success':>9s}{'median L2':>11s}{'(common)':>10s}{'mean L2':>9s}{'time s':>9s}"
+          f"{'fwd/img':>9s}{'bwd/img':>9s}")
     for name in methods:
         v = l2s[name]
         ok = torch.isfinite(v)
         mean = float(v[ok].mean()) if ok.any() else math.nan
+        fwd, bwd = (f"{p:9.1f}" for p in PASSES[name]) if name in PASSES else (f"{'-':>9s}",) * 2
         print(f"  {name:12s}{float(ok.float().mean()):9.3f}{float(v.median()):11.4f}{float(v[common].median()):10.4f}"
-              f"{mean:9.4f}{times[name]:9.1f}")
+              f"{mean:9.4f}{times[name]:9.1f}{fwd}{bwd}")
     peers = [m for m in methods if m not in ("ours", "lbfgs")]
     if "ours" not in methods or not peers:
         return

@@ -10,7 +10,9 @@ when there). All three attack the same model on the same test images:
   projection, one forward pass for success) — the floor ours should stay within 1.1× of;
 - torchattacks.PGD (its own random start from torch's global generator), success by one forward pass.
 
-Times are the best of --repeats rounds, the three interleaved in each round (single-threaded by default:
+Printed beside each time: model passes per image, forward and backward (ours counted by the attack entry
+point, `result.passes_per_image()`; the loop's and torchattacks' by construction; the final success check
+left out for all three), a cost that does not depend on the machine. Without torchattacks installed its row is left out. Times are the best of --repeats rounds, the three interleaved in each round (single-threaded by default:
 a shared machine punishes thread pools).
 Agreement with the loop: our default loss (the criterion's "logodds") has a gradient parallel to the loop's
 cross-entropy gradient, so the sign steps agree except where float32 rounding decides the sign of a
@@ -75,8 +77,12 @@ def hand_loop(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return x_adv, success
 
 
+PASSES: dict[str, tuple[float, float]] = {}  # ours: model passes per image (forward, backward), from the result
+
+
 def ours(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     res = pgd(model, x, Misclassification(y), [EPS], steps=STEPS, step_size=ALPHA, seed=SEED, batch_size=x.shape[0])
+    PASSES["ours"] = res.passes_per_image()
     return res.x_adv[0], res.success[0]
 
 
@@ -110,28 +116,40 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["FC100-100-10", "CNN"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torchattacks = import_torchattacks()
+    try:
+        torchattacks: types.ModuleType | None = import_torchattacks()
+    except ImportError:
+        torchattacks = None  # the peer is left out
     data = load_mnist("test", subset=args.n)
     x, y = data.images, data.labels
     print(f"PGD L∞, ε = {EPS}, {STEPS} steps of {ALPHA}, random start, untargeted; {args.n} MNIST test images; "
-          f"torch {torch.__version__}, torchattacks {torchattacks.__version__}, {args.threads} thread(s), "
+          f"torch {torch.__version__}, torchattacks "
+          f"{torchattacks.__version__ if torchattacks else 'not installed (left out)'}, {args.threads} thread(s), "
           f"best of {args.repeats}")
     for spec in args.models:
         model = train(spec, progress=False).model
         clean = float((predict(model, x) != y).float().mean())
-        best = best_times({"ours": lambda: ours(model, x, y), "loop": lambda: hand_loop(model, x, y),  # noqa: B023
-                           "peer": lambda: peer(model, x, y, torchattacks)}, args.repeats)  # noqa: B023
-        (t_ours, (a_ours, s_ours)), (t_loop, (a_loop, s_loop)), (t_peer, (_, s_peer)) = best.values()
+        runs = {"ours": lambda: ours(model, x, y), "hand loop": lambda: hand_loop(model, x, y)}  # noqa: B023
+        if torchattacks is not None:
+            runs["torchattacks"] = lambda: peer(model, x, y, torchattacks)  # noqa: B023
+        best = best_times(runs, args.repeats)
+        t_ours, (a_ours, s_ours) = best["ours"]
+        t_loop, (a_loop, s_loop) = best["hand loop"]
         same_pixels = float((a_ours == a_loop).float().mean())
         same_success = float((s_ours == s_loop).float().mean())
+        # model passes per image: ours counted by the attack entry point; the loop's and torchattacks' by
+        # construction (STEPS forward+backward); the final success check is left out for all three
+        passes = {"ours": PASSES["ours"], "hand loop": (float(STEPS), float(STEPS)),
+                  "torchattacks": (float(STEPS), float(STEPS))}
         print(f"\n{spec} (clean test error on these images {clean:.2%})")
-        print(f"  {'':14}{'time s':>9}{'success':>9}{'ours / it':>11}")
-        for name, t, s in (("ours", t_ours, s_ours), ("hand loop", t_loop, s_loop), ("torchattacks", t_peer, s_peer)):
-            print(f"  {name:14}{t:9.3f}{float(s.float().mean()):9.2%}{t_ours / t:11.3f}")
+        print(f"  {'':14}{'time s':>9}{'success':>9}{'ours / it':>11}{'fwd/img':>9}{'bwd/img':>9}")
+        for name, (t, (_, s)) in best.items():
+            print(f"  {name:14}{t:9.3f}{float(s.float().mean()):9.2%}{t_ours / t:11.3f}"
+                  f"{passes[name][0]:9.1f}{passes[name][1]:9.1f}")
         print(f"  ours vs loop: {same_pixels:.4%} of pixels identical, success agrees on {same_success:.2%} of images")
-        print(f"  targets: ours <= 1.1x the loop: {'met' if t_ours <= 1.1 * t_loop else 'NOT met'}; "
-              f"ours <= torchattacks: {'met' if t_ours <= t_peer else 'NOT met'}")
-
+        print(f"  targets: ours <= 1.1x the loop: {'met' if t_ours <= 1.1 * t_loop else 'NOT met'}"
+              + (f"; ours <= torchattacks: {'met' if t_ours <= best['torchattacks'][0] else 'NOT met'}"
+                 if "torchattacks" in best else ""))
 
 if __name__ == "__main__":
     main()

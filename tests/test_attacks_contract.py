@@ -1,6 +1,6 @@
 """The contract's edges (issues 11 and 13): bounds and the normalisation wrapper, plain functions and
 float64 models as models, the class count read from the model, bad arguments refused with one clear line,
-per-row L-BFGS history, the native kernel's verified cache, threadpoolctl, the deprecated names, the CLI."""
+per-row L-BFGS history, the native kernel's verified cache, threadpoolctl, softmax outputs refused, the CLI, the one entry point."""
 
 from __future__ import annotations
 
@@ -166,12 +166,18 @@ def test_single_thread_uses_threadpoolctl() -> None:
     assert "/proc/self/maps" not in Path(threads.__file__).read_text()
 
 
-def test_renamed_names_are_gone(linear: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> None:
-    from blindspots.attacks import base
+def test_softmax_outputs_are_refused_by_attacks_and_the_model_check(linear: nn.Module,
+                                                                    data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    from blindspots.models.external import check_outputs
 
-    res = deepfool(linear, *data[:1], Misclassification(data[1]))
-    assert not hasattr(res, "distortion") and res.rms.shape == (data[0].shape[0],)
-    assert not hasattr(base, "evaluate") and hasattr(base, "recheck")
+    x, y = data
+    soft = nn.Sequential(linear, nn.Softmax(dim=1))
+    with pytest.raises(InputError, match="drop the final softmax") as attack_error:
+        fgsm(soft, x, Misclassification(y), [0.1])
+    with pytest.raises(InputError, match="drop the final softmax") as check_error:
+        check_outputs(soft, x)
+    assert str(attack_error.value) == str(check_error.value)
+    assert fgsm(nn.Sequential(linear, nn.LogSoftmax(dim=1)), x, Misclassification(y), [0.1]).success.shape == (1, 16)
 
 
 def test_cli_runs_every_new_method(tmp_path: Path, linear: nn.Module, capsys: pytest.CaptureFixture[str]) -> None:
@@ -224,3 +230,38 @@ def test_criterion_losses_have_exact_parallel_gradients(targeted: bool) -> None:
     z32 = z.detach().float().requires_grad_(True)
     (g32,) = torch.autograd.grad(crit.loss(z32, "logodds").sum(), z32)
     assert bool((g32.abs().sum(1) > 0.5).all())  # e_y − q: unit-scale in every row, saturated or not
+
+
+def test_entry_point_counts_passes_and_records_params(linear: nn.Module,
+                                                      data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """The one entry point (attacks.base.attack): model passes counted per image, whatever the batch size, the
+    entry's own input check and re-verification left out; params are the bound arguments; signatures are the
+    registry's."""
+    import inspect
+
+    from blindspots.attacks import ATTACKS, noise_attack
+    from blindspots.attacks.base import PassCounter
+
+    x, y = data
+    n = x.shape[0]
+    f = fgsm(linear, x, Misclassification(y), [0.1, 0.2])
+    assert (f.n_forward, f.n_backward) == (n, n)  # one forward+backward gives the sign; the K re-checks are free
+    for batch in (1000, 5):
+        p = pgd(linear, x, Misclassification(y), [0.1, 0.3], steps=3, batch_size=batch)
+        assert (p.n_forward, p.n_backward) == (2 * 3 * n, 2 * 3 * n) and p.passes_per_image() == (6.0, 6.0)
+    p2 = pgd(linear, x, Misclassification(y), [0.1], steps=3, restarts=2)
+    assert (p2.n_forward, p2.n_backward) == (2 * (3 + 1) * n, 2 * 3 * n)  # each restart's margin: one more forward
+    assert (noise_attack(linear, x, Misclassification(y), [0.1]).n_forward) == 0
+    d = deepfool(linear, x, Misclassification(y), candidates=3)
+    assert d.n_forward > 0 and d.n_backward == 3 * d.n_forward  # one gradient per candidate class
+    counter = PassCounter(linear)
+    counter(x.requires_grad_(True)).sum().backward()
+    assert (counter.forward_passes, counter.backward_passes) == (n, n)
+
+    assert p.params == {"epsilons": [0.1, 0.3], "norm": "linf", "steps": 3, "step_size": None, "restarts": 1,
+                        "random_start": True, "schedule": "constant", "loss": "logodds", "seed": 0, "batch_size": 5,
+                        "bounds": [0.0, 1.0]}
+    assert list(inspect.signature(pgd).parameters)[:4] == ["model", "images", "criterion", "epsilons"]
+    assert ATTACKS["lbfgs-all-targets"].params == ATTACKS["lbfgs"].params
+    with pytest.raises(InputError, match="tries every other label"):
+        ATTACKS["lbfgs-all-targets"](linear, x, TargetedMisclassification((y + 1) % 10, y))

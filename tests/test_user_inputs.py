@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from blindspots.data import EvalData, load_eval_data, load_mnist, locate, parse_floats
+from blindspots.cli.common import parse_floats
+from blindspots.data import EvalData, load_eval_data, load_mnist, locate
 from blindspots.errors import CheckpointError, DataError, InputError, SpecError
 from blindspots.models import check_outputs, load_user_model, predict_logits
 

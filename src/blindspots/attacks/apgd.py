@@ -17,16 +17,14 @@ only the images still robust. Random starts come from one CPU generator seeded w
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..errors import InputError
-from .base import (AttackResult, Bounds, as_model, attack_mode, build_result, check_bounds, check_budgets,
-                   check_choice, check_int, measure, prepare)
+from .base import Bounds, Prepared, Run, attack, check_choice, check_int
 from .criteria import Criterion
 
 APGD_NORMS = ("linf", "l2")
@@ -139,56 +137,52 @@ def _run(model: nn.Module, x0: Tensor, crit: Criterion, eps: float, start: Tenso
     return torch.where(found.view(view), x_adv, x_best), found
 
 
-def apgd(model: nn.Module, images: Tensor, criterion: Criterion, epsilons: Sequence[float], *, norm: str = "linf",
-         loss: str = "ce", steps: int = 100, restarts: int = 1, rho: float = 0.75, momentum: float = 0.75,
-         eot: int = 1, seed: int = 0, batch_size: int = 1000, bounds: Bounds = (0.0, 1.0)) -> AttackResult:
+def _check(args: dict[str, Any]) -> None:
+    check_choice("norm", args["norm"], APGD_NORMS)
+    check_choice("loss", args["loss"], APGD_LOSSES)
+    for name in ("steps", "restarts", "eot", "batch_size"):
+        check_int(name, args[name])
+    check_int("seed", args["seed"], 0)
+    rho, momentum = args["rho"], args["momentum"]
+    if not (0 < rho <= 1 and 0 < momentum <= 1):
+        raise InputError(f"rho and momentum must lie in (0, 1], got rho={rho!r}, momentum={momentum!r}.")
+
+
+@attack("apgd", budgets="epsilons", check=_check)
+def apgd(a: Prepared, *, norm: str = "linf", loss: str = "ce", steps: int = 100, restarts: int = 1, rho: float = 0.75,
+         momentum: float = 0.75, eot: int = 1, seed: int = 0, batch_size: int = 1000,
+         bounds: Bounds = (0.0, 1.0)) -> Run:
     """APGD at each ε: a fixed-budget result, x_adv [K, N, ...] and success [K, N] (fresh forward pass).
 
     A TargetedMisclassification criterion makes it targeted (with loss="dlr" it needs the labels too)."""
-    eps = check_budgets(epsilons, "epsilons")
-    check_choice("norm", norm, APGD_NORMS)
-    check_choice("loss", loss, APGD_LOSSES)
-    for name, value in (("steps", steps), ("restarts", restarts), ("eot", eot), ("batch_size", batch_size)):
-        check_int(name, value)
-    check_int("seed", seed, 0)
-    if not (0 < rho <= 1 and 0 < momentum <= 1):
-        raise InputError(f"rho and momentum must lie in (0, 1], got rho={rho!r}, momentum={momentum!r}.")
-    bounds = check_bounds(bounds)
-    t0 = time.perf_counter()
-    model = as_model(model)
-    with attack_mode(model):
-        x, crit, clean_logits = prepare(model, images, criterion, batch_size, bounds=bounds)
-        if loss == "dlr" and clean_logits.shape[1] < (4 if crit.targets is not None else 3):
-            raise InputError(f"the DLR loss needs at least {4 if crit.targets is not None else 3} classes; "
-                             f"the model has {clean_logits.shape[1]}: use loss='ce'.")
-        gen = torch.Generator().manual_seed(seed)
-        x_adv = x.unsqueeze(0).repeat(len(eps), *([1] * x.dim()))
-        for k, e in enumerate(eps):
-            done = crit.is_adversarial(clean_logits)
-            for _ in range(restarts):
-                if e == 0:
-                    break
-                if norm == "linf":
-                    start = (torch.rand(x.shape, generator=gen) * 2 - 1).to(x) * e
-                else:
-                    d = torch.randn(x.shape, generator=gen).to(x)
-                    start = d / d.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, *([1] * (x.dim() - 1))) * e
-                todo = (~done).nonzero().flatten()
-                for i in range(0, todo.numel(), batch_size):
-                    idx = todo[i:i + batch_size]
-                    adv, ok = _run(model, x[idx], crit.subset(idx), e, start[idx], norm=norm, loss=loss,
-                                   steps=steps, rho=rho, momentum=momentum, eot=eot, bounds=bounds)
-                    keep = ok | (x_adv[k, idx] == x[idx]).flatten(1).all(1)  # a success, or the first run's best
-                    x_adv[k, idx[keep]] = adv[keep]
-                    done[idx[ok]] = True
-                if bool(done.all()):
-                    break
-        measures = measure(model, x, x_adv, crit, per_budget=True, batch_size=batch_size)
-    params = {"epsilons": list(eps), "norm": norm, "loss": loss, "steps": steps, "restarts": restarts, "rho": rho,
-              "momentum": momentum, "eot": eot, "seed": seed, "bounds": list(bounds)}
-    return build_result(model, x, x_adv, crit, attack=f"apgd-{loss}-{norm}", params=params, budgets=eps,
-                        wall_time=time.perf_counter() - t0, measures=measures, clean_logits=clean_logits,
-                        bounds=bounds)
+    model, x, crit, eps, clean_logits = a.model, a.x, a.criterion, a.budgets, a.clean_logits
+    assert eps is not None
+    if loss == "dlr" and clean_logits.shape[1] < (4 if crit.targets is not None else 3):
+        raise InputError(f"the DLR loss needs at least {4 if crit.targets is not None else 3} classes; "
+                         f"the model has {clean_logits.shape[1]}: use loss='ce'.")
+    gen = torch.Generator().manual_seed(seed)
+    x_adv = x.unsqueeze(0).repeat(len(eps), *([1] * x.dim()))
+    for k, e in enumerate(eps):
+        done = crit.is_adversarial(clean_logits)
+        for _ in range(restarts):
+            if e == 0:
+                break
+            if norm == "linf":
+                start = (torch.rand(x.shape, generator=gen) * 2 - 1).to(x) * e
+            else:
+                d = torch.randn(x.shape, generator=gen).to(x)
+                start = d / d.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, *([1] * (x.dim() - 1))) * e
+            todo = (~done).nonzero().flatten()
+            for i in range(0, todo.numel(), batch_size):
+                idx = todo[i:i + batch_size]
+                adv, ok = _run(model, x[idx], crit.subset(idx), e, start[idx], norm=norm, loss=loss,
+                               steps=steps, rho=rho, momentum=momentum, eot=eot, bounds=bounds)
+                keep = ok | (x_adv[k, idx] == x[idx]).flatten(1).all(1)  # a success, or the first run's best
+                x_adv[k, idx[keep]] = adv[keep]
+                done[idx[ok]] = True
+            if bool(done.all()):
+                break
+    return Run(x_adv, measures=a.assess(x, x_adv, crit, per_budget=True), attack=f"apgd-{loss}-{norm}")
 
 
 __all__ = ["apgd", "apgd_loss", "checkpoints", "APGD_NORMS", "APGD_LOSSES"]

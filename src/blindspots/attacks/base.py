@@ -1,6 +1,12 @@
 """The contract every attack follows: validated inputs, eval mode with frozen parameters, and a result
 whose success is always re-computed by a fresh forward pass of the model on the final images.
 
+`attack` (Foolbox 3's fixed entry point, as a decorator) owns that contract: an attack module writes only its
+run, `run(a: Prepared, *, params) -> Run`, and the decorator makes the public function
+`(model, images, criterion[, budgets], *, params) -> AttackResult` around it, which checks the arguments,
+holds the model in attack mode, prepares inputs, counts the model's forward and backward passes (adv_lib's
+cost measure), re-verifies the final images and records the bound arguments as the result's params.
+
 Models: any nn.Module returning logits [N, C] (C, the class count, is read from its output), or a plain
 function x -> logits (wrapped). Images lie in `bounds` (default (0, 1)); a model trained on normalised
 inputs is attacked in pixel space through `Normalized(model, mean, std)`.
@@ -8,10 +14,13 @@ inputs is attacked in pixel space through `Normalized(model, mean, std)`.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
-import warnings
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -130,6 +139,17 @@ def check_images(images: object, name: str = "images", bounds: Bounds = (0.0, 1.
     return images
 
 
+PROBABILITIES = ("the model returns probabilities (non-negative, each row sums to 1): return logits: drop the final "
+                 "softmax; attacks need logits (the softmax flattens their gradients).")
+
+
+def looks_like_probabilities(logits: Tensor) -> bool:
+    """Outputs [N, C >= 2] that are non-negative with every row summing to 1 (within 1e-4): a softmax already
+    applied. Attacks and the audit's model check refuse them alike (`PROBABILITIES`)."""
+    out = logits.detach().double()
+    return out.shape[1] > 1 and bool((out >= 0).all()) and float((out.sum(1) - 1).abs().max()) <= 1e-4
+
+
 CACHE_ELEMENTS = 1 << 18  # floats per chunk of x_adv − x: 1 MiB, inside a core's L2
 PROBE = 16  # images run through the model to validate inputs when the caller needs no clean logits
 
@@ -159,12 +179,8 @@ def prepare(model: nn.Module, images: object, criterion: object, batch_size: int
                          f"for {probe.shape[0]} images.")
     if not bool(torch.isfinite(logits).all()):
         raise InputError("the model returns NaN or infinite logits on these images; check the model and inputs.")
-    probs_like = bool((logits >= 0).all() and (logits <= 1).all()
-                      and torch.allclose(logits.sum(1), torch.ones_like(logits[:, 0]), atol=1e-3))
-    if probs_like and logits.shape[1] > 1:
-        warnings.warn("the model's outputs look like probabilities (softmax already applied); attacks expect "
-                      "logits, and gradients through a saturated softmax can hide adversarial examples.",
-                      stacklevel=3)
+    if looks_like_probabilities(logits):
+        raise InputError(PROBABILITIES)
     criterion.validate(x.shape[0], logits.shape[1])
     return x, criterion.to(device), logits
 
@@ -236,9 +252,10 @@ def check_int(name: str, value: object, minimum: int = 1) -> int:
 Measures = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]  # success, pred, confidence, RMS, L2, L∞
 
 
-def measure(model: nn.Module, x: Tensor, x_adv: Tensor, criterion: Criterion, *, per_budget: bool = False,
+def assess(model: nn.Module, x: Tensor, x_adv: Tensor, criterion: Criterion, *, per_budget: bool = False,
             batch_size: int = 2000, workspace: Tensor | None = None) -> Measures:
-    """Every per-sample field of a result: a fresh forward pass on x_adv, and its distortions from x."""
+    """Every per-sample field of a result: a fresh forward pass on x_adv, and its distortions from x. (The
+    size of one result's perturbations in one norm is AttackResult.measure.)"""
     success, pred, confidence = recheck(model, x_adv, criterion, per_budget=per_budget, batch_size=batch_size)
     return (success, pred, confidence, *distortions(x, x_adv, workspace))
 
@@ -256,12 +273,12 @@ def build_result(model: nn.Module, x: Tensor, x_adv: Tensor, criterion: Criterio
                  extras: dict[str, Tensor] | None = None, batch_size: int = 2000,
                  measures: Measures | None = None, clean_logits: Tensor | None = None,
                  bounds: Bounds = (0.0, 1.0)) -> AttackResult:
-    """Assemble an AttackResult, re-verifying every x_adv with a fresh forward pass (`measure`); an attack
-    that already ran `measure` on its final x_adv, chunk by chunk, may pass the measures instead.
+    """Assemble an AttackResult, re-verifying every x_adv with a fresh forward pass (`assess`); an attack
+    that already ran `assess` on its final x_adv, chunk by chunk, may pass the measures instead.
     clean_logits (of x, for the clean_error flags) are computed here if not given."""
     model = as_model(model)
     if measures is None:
-        measures = measure(model, x, x_adv, criterion, per_budget=budgets is not None, batch_size=batch_size)
+        measures = assess(model, x, x_adv, criterion, per_budget=budgets is not None, batch_size=batch_size)
     if clean_logits is None:
         with attack_mode(model):
             clean_logits = logits_of(model, x, batch_size)
@@ -288,3 +305,157 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
     if value not in choices:
         raise InputError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}.")
     return str(value)
+
+
+VERIFY_ULPS = 64  # a kept example clears the criterion by this many float steps of the logits' scale
+
+
+def tolerance(logits: Tensor) -> Tensor:
+    """The margin a kept example must clear [N]: VERIFY_ULPS float steps of the row's largest logit. Right at
+    the boundary the margin is ~0, and a success that a fresh pass in another batch (other rounding) would not
+    confirm must not be kept as the minimum."""
+    return VERIFY_ULPS * torch.finfo(logits.dtype).eps * logits.detach().abs().amax(dim=1).clamp(min=1)
+
+
+def verified(logits: Tensor, criterion: Criterion) -> Tensor:
+    """[N]: the criterion holds with the margin `tolerance` (a negative margin loss is the criterion itself)."""
+    return criterion.loss(logits.detach(), "margin") < -tolerance(logits)
+
+
+class PassCounter(nn.Module):
+    """The model, counting images run forward and backward through it (a batch of B images counts B; a backward
+    pass counts each time a gradient reaches the output, so k gradients of one output count k)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.forward_passes = 0
+        self.backward_passes = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.model(x)
+        n = int(x.shape[0])
+        self.forward_passes += n
+        if isinstance(out, Tensor) and out.requires_grad:
+            out.register_hook(functools.partial(self._backward, n))
+        return out
+
+    def _backward(self, n: int, grad: Tensor) -> None:
+        self.backward_passes += n
+
+
+@dataclass
+class Prepared:
+    """What the entry point hands an attack's run: the model (eval mode, parameters frozen, passes counted),
+    the images on its device and dtype, the criterion there, the clean logits (of the first PROBE images only
+    for an attack declared with clean_logits=False), the checked budgets (None for a minimal attack) and
+    bounds, and the batch size for plain forward passes."""
+
+    model: nn.Module
+    x: Tensor
+    criterion: Criterion
+    clean_logits: Tensor
+    budgets: tuple[float, ...] | None
+    bounds: Bounds
+    batch_size: int
+    uncounted: nn.Module = field(repr=False)
+
+    def assess(self, x: Tensor, x_adv: Tensor, criterion: Criterion, *, per_budget: bool = False,
+               workspace: Tensor | None = None) -> Measures:
+        """`assess` (the re-verification) by the uncounted model: its passes are not the attack's cost."""
+        return assess(self.uncounted, x, x_adv, criterion, per_budget=per_budget, batch_size=self.batch_size,
+                       workspace=workspace)
+
+
+@dataclass
+class Run:
+    """What an attack's run returns: the final images ([N, ...], or [K, N, ...] at K budgets), extras, and
+    optionally the measures of x_adv (a run that re-verified chunk by chunk, by `Prepared.assess`), the clean
+    logits of every image (a run declared with clean_logits=False that computed them), the result's name where
+    it depends on the parameters ("pgd-l2"), and facts recorded in params beside the bound arguments."""
+
+    x_adv: Tensor
+    extras: dict[str, Tensor] = field(default_factory=dict)
+    measures: Measures | None = None
+    clean_logits: Tensor | None = None
+    attack: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def _recorded(value: Any) -> Any:
+    """A bound argument as it is recorded in params (JSON-ready): tuples as lists, a tensor by its shape."""
+    if isinstance(value, Tensor):
+        return f"tensor {list(value.shape)}"
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+POSITIONAL = inspect.Parameter.POSITIONAL_OR_KEYWORD
+
+
+def attack(name: str, *, budgets: str | None = None, check: Callable[[dict[str, Any]], None] | None = None,
+           clean_logits: bool = True, params_of: Callable[..., Any] | None = None
+           ) -> Callable[[Callable[..., Run]], Callable[..., AttackResult]]:
+    """Make an attack's run into its public function (the one entry point every attack shares).
+
+    name: the result's `attack` (a run may override it); budgets: the name of the budgets argument of a
+    fixed-budget attack ("epsilons", "sigmas"), None for a minimal attack; check(arguments): validates the
+    bound arguments before any pass of the model (the budgets and `bounds` are checked here); clean_logits:
+    False to run only PROBE images for validation; params_of: take the keyword-only parameters from that
+    function instead of the run's (the run then takes **params).
+
+    The public function checks, holds the model in `attack_mode`, `prepare`s the inputs, calls
+    run(Prepared, **params) with the model wrapped in a PassCounter, re-verifies its x_adv by a fresh forward
+    pass (unless the run did) and returns the AttackResult, with params = the bound arguments (budgets and
+    bounds as lists, a tensor by its shape) updated by the run's own, and n_forward / n_backward = the images
+    the run passed forward / backward through the model (the entry's own input check and re-verification
+    are not counted)."""
+
+    def wrap(run: Callable[..., Run]) -> Callable[..., AttackResult]:
+        keywords = [p for p in inspect.signature(params_of or run).parameters.values()
+                    if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        positional = [inspect.Parameter("model", POSITIONAL, annotation="nn.Module"),
+                      inspect.Parameter("images", POSITIONAL, annotation="Tensor"),
+                      inspect.Parameter("criterion", POSITIONAL, annotation="Criterion")]
+        if budgets is not None:
+            positional.append(inspect.Parameter(budgets, POSITIONAL, annotation="Sequence[float]"))
+        signature = inspect.Signature(positional + keywords, return_annotation="AttackResult")
+
+        @functools.wraps(run)
+        def entry(*args: Any, **kwargs: Any) -> AttackResult:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            params = dict(bound.arguments)
+            model, images, criterion = params.pop("model"), params.pop("images"), params.pop("criterion")
+            given = check_budgets(params.pop(budgets), budgets) if budgets is not None else None
+            if check is not None:
+                check(dict(bound.arguments))
+            if "bounds" in params:
+                params["bounds"] = check_bounds(params["bounds"])
+            bounds = params.get("bounds", (0.0, 1.0))
+            batch = params["batch_size"] if isinstance(params.get("batch_size"), int) else 2000
+            t0 = time.perf_counter()
+            plain = as_model(model)
+            with attack_mode(plain):
+                x, crit, logits = prepare(plain, images, criterion, batch, clean_logits=clean_logits, bounds=bounds)
+                counter = PassCounter(plain)
+                out = run(Prepared(counter, x, crit, logits, given, bounds, batch, plain), **params)
+            wall_time = time.perf_counter() - t0
+            recorded = ({budgets: list(given or ())} if budgets is not None else {})
+            recorded.update({k: _recorded(v) for k, v in params.items()})
+            recorded.update(out.params)
+            result = build_result(plain, x, out.x_adv, crit, attack=out.attack or name, params=recorded,
+                                  wall_time=wall_time, budgets=given, extras=out.extras, batch_size=batch,
+                                  measures=out.measures, clean_logits=out.clean_logits if out.clean_logits is not None
+                                  else logits if clean_logits else None, bounds=bounds)
+            result.n_forward, result.n_backward = counter.forward_passes, counter.backward_passes
+            return result
+
+        entry.__signature__ = signature  # type: ignore[attr-defined]
+        entry.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()} | \
+            {"return": "AttackResult"}
+        entry.run = run  # type: ignore[attr-defined]
+        return entry
+
+    return wrap

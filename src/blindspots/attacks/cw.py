@@ -18,16 +18,14 @@ c_init = 1000).
 
 from __future__ import annotations
 
-import time
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .base import (AttackResult, Bounds, as_model, attack_mode, build_result, check_bounds, check_choice, check_int,
-                   check_nonnegative, check_positive, prepare)
+from .base import Bounds, Prepared, Run, attack, check_choice, check_int, check_nonnegative, check_positive, verified
 from .criteria import Criterion
 from .csearch import CSearch
-from .lbfgs import verified
 
 PARAMETRISATIONS = ("tanh", "projected")
 TANH_SHRINK = 1 - 1e-6  # keeps atanh finite at the bounds
@@ -70,35 +68,31 @@ def _solve(model: nn.Module, x0: Tensor, image_shape: torch.Size, criterion: Cri
     return torch.where(found.unsqueeze(1), best_x, last), found
 
 
-def cw_l2(model: nn.Module, images: Tensor, criterion: Criterion, *, steps: int = 100, lr: float = 0.1,
-          confidence: float = 0.0, c_init: float = 1.0, search_steps: int = 5, bracket_steps: int = 5,
-          parametrisation: str = "tanh", batch_size: int = 1000, bounds: Bounds = (0.0, 1.0)) -> AttackResult:
+def _check(args: dict[str, Any]) -> None:
+    check_int("steps", args["steps"])
+    check_positive("lr", args["lr"])
+    check_nonnegative("confidence", args["confidence"])
+    check_positive("c_init", args["c_init"])
+    check_int("search_steps", args["search_steps"], 0)
+    check_int("bracket_steps", args["bracket_steps"], 0)
+    check_int("batch_size", args["batch_size"])
+    check_choice("parametrisation", args["parametrisation"], PARAMETRISATIONS)
+
+
+@attack("cw-l2", check=_check)
+def cw_l2(a: Prepared, *, steps: int = 100, lr: float = 0.1, confidence: float = 0.0, c_init: float = 1.0,
+          search_steps: int = 5, bracket_steps: int = 5, parametrisation: str = "tanh", batch_size: int = 1000,
+          bounds: Bounds = (0.0, 1.0)) -> Run:
     """Minimal C&W-L2: x_adv [N, ...]; extras "c" (this module's c = 1/c' that produced it, NaN on failure)
     and "solves"."""
-    check_int("steps", steps)
-    check_positive("lr", lr)
-    check_nonnegative("confidence", confidence)
-    check_positive("c_init", c_init)
-    check_int("search_steps", search_steps, 0)
-    check_int("bracket_steps", bracket_steps, 0)
-    check_int("batch_size", batch_size)
-    check_choice("parametrisation", parametrisation, PARAMETRISATIONS)
-    bounds = check_bounds(bounds)
-    t0 = time.perf_counter()
-    model = as_model(model)
-    with attack_mode(model):
-        x, crit, clean_logits = prepare(model, images, criterion, batch_size, bounds=bounds)
-        flat = x.reshape(x.shape[0], -1)
-        clean = crit.is_adversarial(clean_logits)
-        search = CSearch(flat, ~clean, c_init=c_init, search_steps=search_steps, bracket_steps=bracket_steps)
-        while bool(search.todo.any()):
-            rows = search.todo.nonzero().squeeze(1)[:batch_size]
-            xs, ok = _solve(model, flat[rows], x.shape[1:], crit.subset(rows), search.c[rows], steps=steps, lr=lr,
-                            confidence=confidence, parametrisation=parametrisation, bounds=bounds)
-            search.record(rows, xs, ok, torch.full_like(rows, steps))
-        out = search.outputs()
-    params = {"steps": steps, "lr": lr, "confidence": confidence, "c_init": c_init, "search_steps": search_steps,
-              "bracket_steps": bracket_steps, "parametrisation": parametrisation, "bounds": list(bounds)}
-    return build_result(model, x, out["x_adv"].view_as(x), crit, attack="cw-l2", params=params,
-                        wall_time=time.perf_counter() - t0, extras={"c": out["c"], "solves": out["solves"]},
-                        clean_logits=clean_logits, bounds=bounds, batch_size=batch_size)
+    x, crit = a.x, a.criterion
+    flat = x.reshape(x.shape[0], -1)
+    clean = crit.is_adversarial(a.clean_logits)
+    search = CSearch(flat, ~clean, c_init=c_init, search_steps=search_steps, bracket_steps=bracket_steps)
+    while bool(search.todo.any()):
+        rows = search.todo.nonzero().squeeze(1)[:batch_size]
+        xs, ok = _solve(a.model, flat[rows], x.shape[1:], crit.subset(rows), search.c[rows], steps=steps, lr=lr,
+                        confidence=confidence, parametrisation=parametrisation, bounds=bounds)
+        search.record(rows, xs, ok, torch.full_like(rows, steps))
+    out = search.outputs()
+    return Run(out["x_adv"].view_as(x), extras={"c": out["c"], "solves": out["solves"]})

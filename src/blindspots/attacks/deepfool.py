@@ -14,13 +14,12 @@ m (< 0 where it holds): r = (|m| + 1e-4) / ‖∇m‖² · (−∇m), the paper'
 
 from __future__ import annotations
 
-import time
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .base import (AttackResult, Bounds, as_model, attack_mode, build_result, check_bounds, check_int,
-                   check_nonnegative, prepare)
+from .base import Bounds, Prepared, Run, attack, check_int, check_nonnegative
 from .criteria import Criterion
 
 NUDGE = 1e-4  # the paper's small constant added to each step, so the boundary is crossed, not touched
@@ -55,50 +54,47 @@ def _step_margin(model: nn.Module, x: Tensor, criterion: Criterion) -> tuple[Ten
     return -(g * scale.view(-1, *([1] * (g.dim() - 1)))), logits.detach()
 
 
-def deepfool(model: nn.Module, images: Tensor, criterion: Criterion, *, steps: int = 50, overshoot: float = 0.02,
-             candidates: int | None = None, batch_size: int = 1000, bounds: Bounds = (0.0, 1.0)) -> AttackResult:
+def _check(args: dict[str, Any]) -> None:
+    check_int("steps", args["steps"])
+    check_nonnegative("overshoot", args["overshoot"])
+    check_int("batch_size", args["batch_size"])
+    if args["candidates"] is not None:
+        check_int("candidates", args["candidates"], 2)
+
+
+@attack("deepfool", check=_check)
+def deepfool(a: Prepared, *, steps: int = 50, overshoot: float = 0.02, candidates: int | None = None,
+             batch_size: int = 1000, bounds: Bounds = (0.0, 1.0)) -> Run:
     """Minimal L2 DeepFool: x_adv [N, ...]; extras "iterations" (steps taken per image)."""
-    check_int("steps", steps)
-    check_nonnegative("overshoot", overshoot)
-    check_int("batch_size", batch_size)
-    if candidates is not None:
-        check_int("candidates", candidates, 2)
-    bounds = check_bounds(bounds)
-    t0 = time.perf_counter()
-    model = as_model(model)
-    with attack_mode(model):
-        x, crit, clean_logits = prepare(model, images, criterion, batch_size, bounds=bounds)
-        n, n_classes = x.shape[0], clean_logits.shape[1]
-        k = n_classes if candidates is None else min(candidates, n_classes)
-        multiclass = crit.targets is None and crit.labels is not None
-        classes = None
-        if multiclass:
-            assert crit.labels is not None
-            others = clean_logits.scatter(1, crit.labels.unsqueeze(1), float("-inf")).topk(k - 1, dim=1).indices
-            classes = torch.cat([crit.labels.unsqueeze(1), others], dim=1)
-        x_adv = x.clone()
-        iterations = torch.zeros(n, dtype=torch.long, device=x.device)
-        for i in range(0, n, batch_size):
-            sl = slice(i, i + batch_size)
-            x0, cb = x[sl], crit.subset(sl)
-            r_tot = torch.zeros_like(x0)
-            active = torch.arange(x0.shape[0], device=x.device)
-            for _ in range(steps + 1):
-                point = (x0[active] + (1 + overshoot) * r_tot[active]).clamp_(*bounds)
-                if multiclass:
-                    assert classes is not None
-                    r, logits = _step_multiclass(model, point, classes[sl][active])
-                else:
-                    r, logits = _step_margin(model, point, cb.subset(active))
-                done = cb.subset(active).is_adversarial(logits)
-                x_adv[sl][active[done]] = point[done]
-                active, r = active[~done], r[~done]
-                if active.numel() == 0 or int(iterations[sl][active].max()) >= steps:
-                    x_adv[sl][active] = point[~done]
-                    break
-                r_tot[active] += r
-                iterations[sl][active] += 1
-    params = {"steps": steps, "overshoot": overshoot, "candidates": k, "bounds": list(bounds)}
-    return build_result(model, x, x_adv, crit, attack="deepfool", params=params, wall_time=time.perf_counter() - t0,
-                        extras={"iterations": iterations}, clean_logits=clean_logits, bounds=bounds,
-                        batch_size=batch_size)
+    model, x, crit, clean_logits = a.model, a.x, a.criterion, a.clean_logits
+    n, n_classes = x.shape[0], clean_logits.shape[1]
+    k = n_classes if candidates is None else min(candidates, n_classes)
+    multiclass = crit.targets is None and crit.labels is not None
+    classes = None
+    if multiclass:
+        assert crit.labels is not None
+        others = clean_logits.scatter(1, crit.labels.unsqueeze(1), float("-inf")).topk(k - 1, dim=1).indices
+        classes = torch.cat([crit.labels.unsqueeze(1), others], dim=1)
+    x_adv = x.clone()
+    iterations = torch.zeros(n, dtype=torch.long, device=x.device)
+    for i in range(0, n, batch_size):
+        sl = slice(i, i + batch_size)
+        x0, cb = x[sl], crit.subset(sl)
+        r_tot = torch.zeros_like(x0)
+        active = torch.arange(x0.shape[0], device=x.device)
+        for _ in range(steps + 1):
+            point = (x0[active] + (1 + overshoot) * r_tot[active]).clamp_(*bounds)
+            if multiclass:
+                assert classes is not None
+                r, logits = _step_multiclass(model, point, classes[sl][active])
+            else:
+                r, logits = _step_margin(model, point, cb.subset(active))
+            done = cb.subset(active).is_adversarial(logits)
+            x_adv[sl][active[done]] = point[done]
+            active, r = active[~done], r[~done]
+            if active.numel() == 0 or int(iterations[sl][active].max()) >= steps:
+                x_adv[sl][active] = point[~done]
+                break
+            r_tot[active] += r
+            iterations[sl][active] += 1
+    return Run(x_adv, extras={"iterations": iterations}, params={"candidates": k})

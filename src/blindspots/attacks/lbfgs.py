@@ -35,7 +35,6 @@ tolerances (BLAS pinned to one thread while it runs).
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import numpy as np
@@ -43,23 +42,15 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .base import (AttackResult, Bounds, as_model, attack_mode, build_result, check_bounds, check_choice, check_int,
-                   check_nonnegative, check_positive, logits_of, prepare)
+from ..errors import InputError
+from .base import (AttackResult, Bounds, Prepared, Run, attack, check_choice, check_int, check_nonnegative,
+                   check_positive, logits_of, verified)
 from .boxlbfgs import Objective, minimize_box_lbfgs
 from .criteria import LOSSES, Criterion, Misclassification, TargetedMisclassification
 from .csearch import CSearch
 from .threads import single_thread
 
 BACKENDS = ("batched", "scipy")
-VERIFY_ULPS = 64
-
-
-def verified(logits: Tensor, criterion: Criterion) -> Tensor:
-    """Success with a margin of VERIFY_ULPS float steps of the logits' scale: right at the boundary c the
-    margin is ~0, and a success that a fresh pass in another batch (other rounding) would not confirm
-    must not be kept as the minimum. (A negative margin loss is the criterion itself.)"""
-    tol = VERIFY_ULPS * torch.finfo(logits.dtype).eps * logits.detach().abs().amax(dim=1).clamp(min=1)
-    return criterion.loss(logits.detach(), "margin") < -tol
 
 
 def make_objective(model: nn.Module, x0: Tensor, image_shape: torch.Size, criterion: Criterion,
@@ -107,11 +98,23 @@ def _scipy_solve(objective: Objective, x0: Tensor, rows: Tensor, *, history: int
     return torch.stack(xs), torch.tensor(its, device=x0.device)
 
 
-def lbfgs_attack(model: nn.Module, images: Tensor, criterion: Criterion, *, backend: str = "batched",
-                 c_init: float = 1.0, search_steps: int = 10, bracket_steps: int = 5, max_iter: int = 100,
-                 history: int = 10, gtol: float = 1e-5, ftol: float = 1e-6, loss: str = "ce",
-                 batch_size: int | None = None, progress: bool = False,
-                 bounds: Bounds = (0.0, 1.0)) -> AttackResult:
+def _check(args: dict[str, Any]) -> None:
+    check_choice("backend", args["backend"], BACKENDS)
+    check_choice("loss", args["loss"], LOSSES)
+    check_positive("c_init", args["c_init"])
+    check_nonnegative("gtol", args["gtol"])
+    check_nonnegative("ftol", args["ftol"])
+    for name, low in (("search_steps", 0), ("bracket_steps", 0), ("max_iter", 1), ("history", 1)):
+        check_int(name, args[name], low)
+    if args["batch_size"] is not None:
+        check_int("batch_size", args["batch_size"], 1)
+
+
+@attack("lbfgs", check=_check)
+def lbfgs_attack(a: Prepared, *, backend: str = "batched", c_init: float = 1.0, search_steps: int = 10,
+                 bracket_steps: int = 5, max_iter: int = 100, history: int = 10, gtol: float = 1e-5,
+                 ftol: float = 1e-6, loss: str = "ce", batch_size: int | None = None, progress: bool = False,
+                 bounds: Bounds = (0.0, 1.0)) -> Run:
     """Minimal-perturbation box-constrained L-BFGS attack (Szegedy et al. 2014, section 4.1).
 
     Returns a minimal AttackResult: x_adv [N, ...] is the smallest successful x + r found (or, where the
@@ -123,42 +126,19 @@ def lbfgs_attack(model: nn.Module, images: Tensor, criterion: Criterion, *, back
     one finishes its whole c search). Default 128 on CPU, where a working set that small keeps each
     pass's per-row vectors in L2 cache (measured on FC100-100-10: 1000 rows ~1.3x slower), 4096 on GPU.
     """
-    check_choice("backend", backend, BACKENDS)
-    check_choice("loss", loss, LOSSES)
-    check_positive("c_init", c_init)
-    check_nonnegative("gtol", gtol)
-    check_nonnegative("ftol", ftol)
-    bounds = check_bounds(bounds)
-    for name, value, low in (("search_steps", search_steps, 0), ("bracket_steps", bracket_steps, 0),
-                             ("max_iter", max_iter, 1), ("history", history, 1)):
-        check_int(name, value, low)
-    if batch_size is not None:
-        check_int("batch_size", batch_size, 1)
-    params = {"backend": backend, "c_init": c_init, "search_steps": search_steps,
-              "bracket_steps": bracket_steps, "max_iter": max_iter, "history": history, "gtol": gtol,
-              "ftol": ftol, "norm_term": "c*||r||_2^2", "loss": loss, "bounds": list(bounds)}
-    t0 = time.perf_counter()
-    model = as_model(model)
-    with attack_mode(model):
-        x, criterion, clean_logits = prepare(model, images, criterion, bounds=bounds)
-        n = x.shape[0]
-        image_shape = x.shape[1:]
-        flat = x.reshape(n, -1)
-        clean = criterion.is_adversarial(clean_logits)
-        if batch_size is None:
-            batch_size = 4096 if x.device.type == "cuda" else 128
-        bar = tqdm(total=int((~clean).sum()), desc=f"L-BFGS ({backend})", unit="img", disable=not progress,
-                   leave=False)
-        out = _attack_rows(model, flat, image_shape, criterion, ~clean, backend=backend, c_init=c_init,
-                           search_steps=search_steps, bracket_steps=bracket_steps, max_iter=max_iter,
-                           history=history, gtol=gtol, ftol=ftol, loss=loss, bar=bar, working_set=batch_size,
-                           bounds=bounds)
-        bar.close()
-        x_adv = out["x_adv"].view_as(x)
-    extras = {"c": out["c"], "iterations": out["iterations"], "solves": out["solves"],
-              "clean_adversarial": clean}
-    return build_result(model, x, x_adv, criterion, attack="lbfgs", params=params,
-                        wall_time=time.perf_counter() - t0, extras=extras, clean_logits=clean_logits, bounds=bounds)
+    x, criterion = a.x, a.criterion
+    n = x.shape[0]
+    flat = x.reshape(n, -1)
+    clean = criterion.is_adversarial(a.clean_logits)
+    if batch_size is None:
+        batch_size = 4096 if x.device.type == "cuda" else 128
+    bar = tqdm(total=int((~clean).sum()), desc=f"L-BFGS ({backend})", unit="img", disable=not progress, leave=False)
+    out = _attack_rows(a.model, flat, x.shape[1:], criterion, ~clean, backend=backend, c_init=c_init,
+                       search_steps=search_steps, bracket_steps=bracket_steps, max_iter=max_iter, history=history,
+                       gtol=gtol, ftol=ftol, loss=loss, bar=bar, working_set=batch_size, bounds=bounds)
+    bar.close()
+    extras = {"c": out["c"], "iterations": out["iterations"], "solves": out["solves"], "clean_adversarial": clean}
+    return Run(out["x_adv"].view_as(x), extras=extras, params={"norm_term": "c*||r||_2^2"})
 
 
 def _attack_rows(model: nn.Module, x0: Tensor, image_shape: torch.Size, criterion: Criterion, todo: Tensor, *,
@@ -201,39 +181,38 @@ def _attack_rows(model: nn.Module, x0: Tensor, image_shape: torch.Size, criterio
     return search.outputs()
 
 
-def lbfgs_all_targets(model: nn.Module, images: Tensor, labels: Tensor, **kwargs: Any) -> AttackResult:
-    """Targeted L-BFGS towards each of the other labels; keeps the smallest successful perturbation.
-
-    The result is judged by Misclassification(labels). extras: "best_target" (the class reached, −1 on
-    failure), "distortion_per_target" [N, C] (RMS per target; inf where that target failed, NaN at the
-    true label), and "c" / "iterations" of the kept run.
-    """
-    t0 = time.perf_counter()
-    crit = Misclassification(labels)
-    model = as_model(model)
-    with attack_mode(model):
-        x, crit_checked, logits = prepare(model, images, crit, bounds=kwargs.get("bounds", (0.0, 1.0)))
-    assert crit_checked.labels is not None
-    y = crit_checked.labels
-    n, n_classes = x.shape[0], logits.shape[1]
+@attack("lbfgs-all-targets", check=_check, params_of=lbfgs_attack)
+def lbfgs_all_targets_run(a: Prepared, **params: Any) -> Run:
+    """L-BFGS towards every label other than the criterion's (a Misclassification); see lbfgs_all_targets."""
+    if a.criterion.targets is not None or a.criterion.labels is None:
+        raise InputError("lbfgs-all-targets tries every other label itself: pass the criterion "
+                         "Misclassification(labels).")
+    x, y = a.x, a.criterion.labels
+    n, n_classes = x.shape[0], a.clean_logits.shape[1]
     offsets = torch.arange(1, n_classes, device=x.device)
     targets = (y.unsqueeze(0) + offsets.unsqueeze(1)) % n_classes  # [C-1, N]
     stacked = x.unsqueeze(0).expand(n_classes - 1, *x.shape).reshape(-1, *x.shape[1:])
     crit_t = TargetedMisclassification(targets.reshape(-1), y.repeat(n_classes - 1))
-    res = lbfgs_attack(model, stacked, crit_t, **kwargs)
+    res = lbfgs_attack(a.model, stacked, crit_t, **params)
     dist = torch.where(res.success, res.rms, torch.full_like(res.rms, math.inf))
     dist = dist.view(n_classes - 1, n)
     best = dist.argmin(dim=0)
     cols = torch.arange(n, device=x.device)
     pick = best * n + cols
-    x_adv = res.x_adv[pick]
     per_target = torch.full((n, n_classes), math.nan, device=x.device)
     per_target.scatter_(1, targets.T, dist.T)
     found = torch.isfinite(dist[best, cols])
     extras = {"best_target": torch.where(found, targets[best, cols], torch.full_like(best, -1)),
               "distortion_per_target": per_target, "c": res.extras["c"][pick],
               "iterations": res.extras["iterations"].view(n_classes - 1, n).sum(0)}
-    params = dict(res.params, mode="all-targets")
-    return build_result(model, x, x_adv, crit_checked, attack="lbfgs-all-targets", params=params,
-                        wall_time=time.perf_counter() - t0, extras=extras, clean_logits=logits,
-                        bounds=res.bounds)
+    return Run(res.x_adv[pick], extras=extras, params=dict(res.params, mode="all-targets"))
+
+
+def lbfgs_all_targets(model: nn.Module, images: Tensor, labels: Tensor, **kwargs: Any) -> AttackResult:
+    """Targeted L-BFGS towards each of the other labels; keeps the smallest successful perturbation.
+
+    kwargs: lbfgs_attack's parameters. The result is judged by Misclassification(labels). extras:
+    "best_target" (the class reached, −1 on failure), "distortion_per_target" [N, C] (RMS per target; inf
+    where that target failed, NaN at the true label), and "c" / "iterations" of the kept run.
+    """
+    return lbfgs_all_targets_run(model, images, Misclassification(labels), **kwargs)

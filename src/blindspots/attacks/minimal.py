@@ -25,25 +25,24 @@ FC100-100-10: 9% of images not reached in 60 steps); pass its x_adv as `init` to
 `init` (e.g. box L-BFGS's x_adv) adds a lane that starts there with the rival of the moment; the result is
 never larger than a verified adversarial init.
 
-Adversarial means the criterion's margin is below −tol, tol = VERIFY_ULPS float steps of the logits'
-scale (as in the L-BFGS attack), so a fresh forward pass in another batch confirms every kept example.
+Adversarial means the criterion's margin is below −tol, tol = base.VERIFY_ULPS float steps of the
+logits' scale (`base.tolerance`, as in the L-BFGS and C&W attacks), so a fresh forward pass in another batch
+confirms every kept example.
 """
 
 from __future__ import annotations
 
 import math
-import time
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from .base import AttackResult, attack_mode, build_result, check_images, check_int, check_positive, prepare
-from .criteria import Criterion
+from .base import Prepared, Run, attack, check_images, check_int, check_positive, tolerance
 from .projection import project_halfspace_box
 
-VERIFY_ULPS = 64
 PRUNE_AT, PRUNE_RATIO = 10, 1.1  # after 10 steps, lanes over 1.1x their image's best so far stop
 MAX_OVERSHOOT = 1.0  # κ never exceeds this length (the adaptive growth stops there)
 HIGHEST, SMOOTH = -1, -2  # rival codes: the highest other class at each step; log-sum-exp over the others
@@ -66,11 +65,6 @@ def criterion_margin(logits: Tensor, own: Tensor, sign: Tensor) -> Tensor:
     mine = logits.gather(1, own.unsqueeze(1)).squeeze(1)
     other = logits.scatter(1, own.unsqueeze(1), float("-inf")).amax(dim=1)
     return sign * (mine - other)
-
-
-def tolerance(logits: Tensor) -> Tensor:
-    """The margin a kept example must clear: VERIFY_ULPS float steps of the row's largest logit."""
-    return VERIFY_ULPS * torch.finfo(logits.dtype).eps * logits.detach().abs().amax(dim=1).clamp(min=1)
 
 
 def lane_margin_grad(model: nn.Module, z: Tensor, shape: torch.Size, lanes: Lanes) -> tuple[Tensor, Tensor, Tensor]:
@@ -168,10 +162,25 @@ def bisect_to_boundary(model: nn.Module, x: Tensor, x_adv: Tensor, shape: torch.
     return (x + hi.unsqueeze(1) * r).clamp_(0, 1)
 
 
-def minimal_l2_attack(model: nn.Module, images: Tensor, criterion: Criterion, *, steps: int = 60, lanes: int = 3,
-                      overshoot: float = 0.01, adapt: float = 2.0, damping: float = 0.1, bisect_steps: int = 14,
-                      init: Tensor | None = None, batch_size: int | None = None,
-                      progress: bool = False) -> AttackResult:
+def _check(args: dict[str, Any]) -> None:
+    check_int("steps", args["steps"], 0)
+    check_int("lanes", args["lanes"], 1)
+    check_positive("overshoot", args["overshoot"])
+    damping, adapt = args["damping"], args["adapt"]
+    if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not 0 < damping <= 1:
+        raise InputError(f"damping must be in (0, 1] (the last step's fraction of the way to the projection), "
+                         f"got {damping!r}.")
+    check_int("bisect_steps", args["bisect_steps"], 0)
+    if isinstance(adapt, bool) or not isinstance(adapt, (int, float)) or not (math.isfinite(adapt) and adapt >= 1):
+        raise InputError(f"adapt must be a finite number >= 1 (1 keeps the overshoot fixed), got {adapt!r}.")
+    if args["batch_size"] is not None:
+        check_int("batch_size", args["batch_size"], 1)
+
+
+@attack("minimal-l2", check=_check)
+def minimal_l2_attack(a: Prepared, *, steps: int = 60, lanes: int = 3, overshoot: float = 0.01, adapt: float = 2.0,
+                      damping: float = 0.1, bisect_steps: int = 14, init: Tensor | None = None,
+                      batch_size: int | None = None, progress: bool = False) -> Run:
     """Minimal L2 adversarial examples inside the box [0, 1] by boundary projection (see the module doc).
 
     steps: projections per lane; lanes: rival classes tried per image (untargeted; a targeted criterion
@@ -184,54 +193,36 @@ def minimal_l2_attack(model: nn.Module, images: Tensor, criterion: Criterion, *,
     Returns a minimal AttackResult (x_adv [N, ...]); extras "lane" (0.. for the rival lanes, the last one for
     the init lane, −1 where nothing adversarial was found) and "clean_adversarial".
     """
-    check_int("steps", steps, 0)
-    check_int("lanes", lanes, 1)
-    check_positive("overshoot", overshoot)
-    if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not 0 < damping <= 1:
-        raise InputError(f"damping must be in (0, 1] (the last step's fraction of the way to the projection), "
-                         f"got {damping!r}.")
-    check_int("bisect_steps", bisect_steps, 0)
-    if isinstance(adapt, bool) or not isinstance(adapt, (int, float)) or not (math.isfinite(adapt) and adapt >= 1):
-        raise InputError(f"adapt must be a finite number >= 1 (1 keeps the overshoot fixed), got {adapt!r}.")
-    if batch_size is not None:
-        check_int("batch_size", batch_size, 1)
-    params = {"steps": steps, "lanes": lanes, "overshoot": overshoot, "adapt": float(adapt), "damping": damping,
-              "bisect_steps": bisect_steps, "init": init is not None}
-    t0 = time.perf_counter()
-    with attack_mode(model):
-        x, criterion, clean_logits = prepare(model, images, criterion)
-        assert criterion is not None
-        n, shape = x.shape[0], x.shape[1:]
-        flat = x.reshape(n, -1)
-        start = None
-        if init is not None:
-            start = check_images(init, "init")
-            if start.shape != x.shape:
-                raise InputError(f"init has shape {tuple(start.shape)} but images have {tuple(x.shape)}; pass one "
-                                 f"starting point per image (e.g. lbfgs_attack(...).x_adv).")
-            start = start.detach().to(device=x.device, dtype=x.dtype).reshape(n, -1)
-        targeted = criterion.targets is not None
-        own_all = criterion.targets if targeted else criterion.labels
-        assert own_all is not None
-        clean = criterion.is_adversarial(clean_logits)
-        x_adv = flat.clone()
-        lane_of = torch.full((n,), -1, dtype=torch.long, device=x.device)
-        todo = (~clean).nonzero().squeeze(1)
-        if batch_size is None:
-            batch_size = 4096 if x.device.type == "cuda" else 128
-        bar = tqdm(total=int(todo.numel()), desc="minimal L2", unit="img", disable=not progress, leave=False)
-        for i in range(0, todo.numel(), batch_size):
-            rows = todo[i:i + batch_size]
-            adv, lane = _attack_chunk(model, flat[rows], shape, own_all[rows], targeted, lanes=lanes, steps=steps,
-                                      overshoot=overshoot, adapt=float(adapt), damping=damping,
-                                      bisect_steps=bisect_steps,
-                                      init=None if start is None else start[rows])
-            x_adv[rows] = adv
-            lane_of[rows] = lane
-            bar.update(int(rows.numel()))
-        bar.close()
-    return build_result(model, x, x_adv.view_as(x), criterion, attack="minimal-l2", params=params,
-                        wall_time=time.perf_counter() - t0, extras={"lane": lane_of, "clean_adversarial": clean})
+    model, x, criterion = a.model, a.x, a.criterion
+    n, shape = x.shape[0], x.shape[1:]
+    flat = x.reshape(n, -1)
+    start = None
+    if init is not None:
+        start = check_images(init, "init")
+        if start.shape != x.shape:
+            raise InputError(f"init has shape {tuple(start.shape)} but images have {tuple(x.shape)}; pass one "
+                             f"starting point per image (e.g. lbfgs_attack(...).x_adv).")
+        start = start.detach().to(device=x.device, dtype=x.dtype).reshape(n, -1)
+    targeted = criterion.targets is not None
+    own_all = criterion.targets if targeted else criterion.labels
+    assert own_all is not None
+    clean = criterion.is_adversarial(a.clean_logits)
+    x_adv = flat.clone()
+    lane_of = torch.full((n,), -1, dtype=torch.long, device=x.device)
+    todo = (~clean).nonzero().squeeze(1)
+    if batch_size is None:
+        batch_size = 4096 if x.device.type == "cuda" else 128
+    bar = tqdm(total=int(todo.numel()), desc="minimal L2", unit="img", disable=not progress, leave=False)
+    for i in range(0, todo.numel(), batch_size):
+        rows = todo[i:i + batch_size]
+        adv, lane = _attack_chunk(model, flat[rows], shape, own_all[rows], targeted, lanes=lanes, steps=steps,
+                                  overshoot=overshoot, adapt=float(adapt), damping=damping,
+                                  bisect_steps=bisect_steps, init=None if start is None else start[rows])
+        x_adv[rows] = adv
+        lane_of[rows] = lane
+        bar.update(int(rows.numel()))
+    bar.close()
+    return Run(x_adv.view_as(x), extras={"lane": lane_of, "clean_adversarial": clean})
 
 
 def _attack_chunk(model: nn.Module, x: Tensor, shape: torch.Size, own: Tensor, targeted: bool, *, lanes: int,

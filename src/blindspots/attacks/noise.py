@@ -9,16 +9,11 @@ shrink it).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import InputError
-from .base import (AttackResult, Bounds, as_model, attack_mode, build_result, check_bounds, check_budgets,
-                   check_images, prepare)
-from .criteria import Criterion
+from .base import Bounds, Prepared, Run, attack, check_images
 
 
 def _per_sample(value: float | Tensor, like: Tensor, name: str) -> Tensor:
@@ -60,18 +55,10 @@ def magnify(x: Tensor, x_adv: Tensor, sigma: float | Tensor) -> Tensor:
     return (x + r * scale).clamp_(0, 1)
 
 
-def noise_attack(model: nn.Module, images: Tensor, criterion: Criterion, sigmas: Sequence[float], *,
-                 seed: int = 0, bounds: Bounds = (0.0, 1.0)) -> AttackResult:
+@attack("gaussian-noise", budgets="sigmas")
+def noise_attack(a: Prepared, *, seed: int = 0, bounds: Bounds = (0.0, 1.0)) -> Run:
     """Gaussian noise at each σ as a fixed-budget result (x_adv [K, N, ...]); the same N(0, 1) draw is
     scaled for every σ, so the K sets differ only in magnitude."""
-    sig = check_budgets(sigmas, "sigmas")
-    bounds = check_bounds(bounds)
-    t0 = time.perf_counter()
-    model = as_model(model)
-    with attack_mode(model):
-        x, crit, clean_logits = prepare(model, images, criterion, bounds=bounds)
-    s = torch.tensor(sig, device=x.device, dtype=x.dtype).view(-1, *([1] * x.dim()))
-    x_adv = (x.unsqueeze(0) + s * _unit_noise(x, seed).unsqueeze(0)).clamp_(*bounds)
-    return build_result(model, x, x_adv, crit, attack="gaussian-noise", budgets=sig,
-                        params={"sigmas": list(sig), "seed": seed, "bounds": list(bounds)},
-                        wall_time=time.perf_counter() - t0, clean_logits=clean_logits, bounds=bounds)
+    x = a.x
+    s = torch.tensor(a.budgets, device=x.device, dtype=x.dtype).view(-1, *([1] * x.dim()))
+    return Run((x.unsqueeze(0) + s * _unit_noise(x, seed).unsqueeze(0)).clamp_(*bounds))

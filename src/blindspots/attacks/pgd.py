@@ -18,14 +18,12 @@ the order budget, restart (torch.rand(N, ...) for L∞), so a run is reproducibl
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .base import (AttackResult, Bounds, as_model, attack_mode, build_result, check_bounds, check_budgets,
-                   check_choice, check_int, check_positive, logits_of, measure, prepare)
+from .base import Bounds, Prepared, Run, attack, check_choice, check_int, check_positive, logits_of
 from .criteria import LOSSES, Criterion
 
 PGD_NORMS = ("linf", "l2")
@@ -92,51 +90,45 @@ def pgd_linf_per_image(model: nn.Module, x: Tensor, criterion: Criterion, eps: T
                 step_size=2.5 * e / steps, schedule="constant", loss=loss, bounds=bounds)
 
 
-def pgd(model: nn.Module, images: Tensor, criterion: Criterion, epsilons: Sequence[float], *, norm: str = "linf",
-        steps: int = 40, step_size: float | None = None, restarts: int = 1, random_start: bool = True,
-        schedule: str = "constant", loss: str = "logodds", seed: int = 0, batch_size: int = 1000,
-        bounds: Bounds = (0.0, 1.0)) -> AttackResult:
+def _check(args: dict[str, Any]) -> None:
+    check_choice("norm", args["norm"], PGD_NORMS)
+    check_choice("schedule", args["schedule"], SCHEDULES)
+    check_choice("loss", args["loss"], LOSSES)
+    check_int("steps", args["steps"])
+    check_int("restarts", args["restarts"])
+    check_int("batch_size", args["batch_size"])
+    check_int("seed", args["seed"], 0)
+    if args["step_size"] is not None:
+        check_positive("step_size", args["step_size"])
+
+
+@attack("pgd", budgets="epsilons", check=_check)
+def pgd(a: Prepared, *, norm: str = "linf", steps: int = 40, step_size: float | None = None, restarts: int = 1,
+        random_start: bool = True, schedule: str = "constant", loss: str = "logodds", seed: int = 0,
+        batch_size: int = 1000, bounds: Bounds = (0.0, 1.0)) -> Run:
     """PGD at each ε: a fixed-budget result, x_adv [K, N, ...] and success [K, N] (fresh forward pass).
 
     step_size: absolute α (default 2.5·ε/steps for each ε); random_start: start inside the ball (Madry et
     al.) rather than at x."""
-    eps = check_budgets(epsilons, "epsilons")
-    check_choice("norm", norm, PGD_NORMS)
-    check_choice("schedule", schedule, SCHEDULES)
-    check_choice("loss", loss, LOSSES)
-    check_int("steps", steps)
-    check_int("restarts", restarts)
-    check_int("batch_size", batch_size)
-    check_int("seed", seed, 0)
-    if step_size is not None:
-        check_positive("step_size", step_size)
-    bounds = check_bounds(bounds)
-    t0 = time.perf_counter()
-    model = as_model(model)
-    with attack_mode(model):
-        x, crit, clean_logits = prepare(model, images, criterion, batch_size, bounds=bounds)
-        n = x.shape[0]
-        gen = torch.Generator().manual_seed(seed)
-        x_adv = torch.empty((len(eps), *x.shape), device=x.device, dtype=x.dtype)
-        for k, e in enumerate(eps):
-            alpha = step_size if step_size is not None else 2.5 * e / steps
-            best_margin = torch.full((n,), math.inf, device=x.device)
-            for _ in range(restarts):
-                start = _random_start(x, e, norm, gen) if random_start else torch.zeros_like(x)
-                for i in range(0, n, batch_size):
-                    sl = slice(i, i + batch_size)
-                    adv = _run(model, x[sl], crit.subset(sl), start[sl], e, norm=norm, steps=steps,
-                               step_size=alpha, schedule=schedule, loss=loss, bounds=bounds)
-                    if restarts == 1:
-                        x_adv[k, sl] = adv
-                        continue
-                    margin = crit.subset(sl).loss(logits_of(model, adv, batch_size), "margin").float()
-                    better = margin < best_margin[sl]
-                    x_adv[k, sl][better] = adv[better]
-                    best_margin[sl] = torch.where(better, margin, best_margin[sl])
-        measures = measure(model, x, x_adv, crit, per_budget=True, batch_size=batch_size)
-    params = {"epsilons": list(eps), "norm": norm, "steps": steps, "step_size": step_size, "restarts": restarts,
-              "random_start": random_start, "schedule": schedule, "loss": loss, "seed": seed, "bounds": list(bounds)}
-    return build_result(model, x, x_adv, crit, attack=f"pgd-{norm}", params=params, budgets=eps,
-                        wall_time=time.perf_counter() - t0, measures=measures, clean_logits=clean_logits,
-                        bounds=bounds)
+    model, x, crit, eps = a.model, a.x, a.criterion, a.budgets
+    assert eps is not None
+    n = x.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    x_adv = torch.empty((len(eps), *x.shape), device=x.device, dtype=x.dtype)
+    for k, e in enumerate(eps):
+        alpha = step_size if step_size is not None else 2.5 * e / steps
+        best_margin = torch.full((n,), math.inf, device=x.device)
+        for _ in range(restarts):
+            start = _random_start(x, e, norm, gen) if random_start else torch.zeros_like(x)
+            for i in range(0, n, batch_size):
+                sl = slice(i, i + batch_size)
+                adv = _run(model, x[sl], crit.subset(sl), start[sl], e, norm=norm, steps=steps,
+                           step_size=alpha, schedule=schedule, loss=loss, bounds=bounds)
+                if restarts == 1:
+                    x_adv[k, sl] = adv
+                    continue
+                margin = crit.subset(sl).loss(logits_of(model, adv, batch_size), "margin").float()
+                better = margin < best_margin[sl]
+                x_adv[k, sl][better] = adv[better]
+                best_margin[sl] = torch.where(better, margin, best_margin[sl])
+    return Run(x_adv, measures=a.assess(x, x_adv, crit, per_budget=True), attack=f"pgd-{norm}")

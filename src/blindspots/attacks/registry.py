@@ -2,8 +2,9 @@
 
 An `Attack` is a function (model, images, criterion[, budgets], **params) -> AttackResult. A minimal
 attack returns one x_adv per image; a fixed-budget attack takes a list of K budgets (ε, or σ for noise)
-and returns x_adv [K, N, ...]. Parameters are the attack function's keyword-only arguments, read from its
-signature, so a new parameter needs no registry change. Add an attack by adding one AttackSpec.
+and returns x_adv [K, N, ...]. Each is made by `base.attack`, the entry point they share. Parameters are the
+attack function's keyword-only arguments, read from its signature, so a new parameter needs no registry change.
+Add an attack by writing its run under `@attack(...)` and adding one AttackSpec.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .apgd import apgd
 from .cw import cw_l2
 from .deepfool import deepfool
 from .fgsm import fgsm, fgsm_min_epsilon
-from .lbfgs import lbfgs_all_targets, lbfgs_attack
+from .lbfgs import lbfgs_all_targets_run, lbfgs_attack
 from .minimal import minimal_l2_attack
 from .noise import noise_attack
 from .pgd import pgd
@@ -35,16 +36,6 @@ class Attack(Protocol):
 
     def __call__(self, model: nn.Module, images: Tensor, criterion: Criterion, /, *args: Any,
                  **params: Any) -> AttackResult: ...
-
-
-def _lbfgs_all_targets(model: nn.Module, images: Tensor, criterion: Criterion, **params: Any) -> AttackResult:
-    if not isinstance(criterion, Criterion) or criterion.targets is not None or criterion.labels is None:
-        raise InputError("lbfgs-all-targets tries every other label itself: pass the criterion "
-                         "Misclassification(labels).")
-    return lbfgs_all_targets(model, images, criterion.labels, **params)
-
-
-_lbfgs_all_targets.__signature__ = inspect.signature(lbfgs_attack)  # type: ignore[attr-defined]  # same params
 
 
 @dataclass(frozen=True)
@@ -85,7 +76,7 @@ class AttackSpec:
 
 ATTACKS: dict[str, AttackSpec] = {spec.name: spec for spec in (
     AttackSpec("lbfgs", lbfgs_attack, "Szegedy et al.'s box-constrained L-BFGS, minimal L2 (c search)"),
-    AttackSpec("lbfgs-all-targets", _lbfgs_all_targets, "L-BFGS towards every other label, smallest kept"),
+    AttackSpec("lbfgs-all-targets", lbfgs_all_targets_run, "L-BFGS towards every other label, smallest kept"),
     AttackSpec("fgsm", fgsm, "Goodfellow et al.'s fast gradient sign method at each ε", "epsilons"),
     AttackSpec("fgsm-min", fgsm_min_epsilon, "per-image smallest FGSM ε, by bisection"),
     AttackSpec("pgd", pgd, "Madry et al.'s projected gradient descent (L∞ or L2) at each ε", "epsilons"),

@@ -8,6 +8,9 @@ pred, confidence, rms, l2, linf) is [*B, N] and x_adv is [*B, N, ...], where B =
 images the model already gets wrong before any attack (clean prediction ≠ label, or, with no label
 known, the clean image already meets the criterion): they are counted in `summary()` and left out of its
 distortion statistics. `rms` is Szegedy et al.'s per-pixel RMS change sqrt(Σ(x' − x)² / n).
+`n_forward` and `n_backward` count the images the attack itself passed forward and backward through the model
+(adv_lib's cost measure, comparable across machines where a wall time is not); `passes_per_image()` divides
+them by N.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ class AttackResult:
     bounds: tuple[float, float] = (0.0, 1.0)
     model: nn.Module | None = field(default=None, repr=False, compare=False)  # for `at`: a fresh re-check
     criterion: Criterion | None = field(default=None, repr=False, compare=False)
+    n_forward: int = 0  # images the attack passed forward through the model (a batch of B counts B)
+    n_backward: int = 0  # ... and backward (each gradient that reaches the logits); 0 when not counted
 
     def __post_init__(self) -> None:
         if self.clean_error is None:
@@ -58,6 +63,11 @@ class AttackResult:
     def success_rate(self) -> Tensor:
         """Share of successful samples: a 0-d tensor (minimal attack) or one value per budget [K]."""
         return self.success.float().mean(dim=-1)
+
+    def passes_per_image(self) -> tuple[float, float]:
+        """(forward, backward) passes of the model per image: the attack's cost independent of the machine."""
+        n = self.x.shape[0]
+        return self.n_forward / n, self.n_backward / n
 
     @property
     def is_fixed_budget(self) -> bool:

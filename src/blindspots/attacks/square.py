@@ -17,15 +17,13 @@ batch at every query whether or not it is still active, so a call is reproducibl
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import InputError
-from .base import (AttackResult, Bounds, as_model, attack_mode, build_result, check_bounds, check_budgets, check_int,
-                   check_positive, logits_of, measure, prepare)
+from .base import Bounds, Prepared, Run, attack, check_int, check_positive, logits_of
 from .criteria import Criterion
 
 SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64), (6000, 128), (8000, 256),
@@ -81,41 +79,38 @@ def _run(model: nn.Module, x: Tensor, crit: Criterion, eps: float, *, n_queries:
     return x_best, queries
 
 
-def square(model: nn.Module, images: Tensor, criterion: Criterion, epsilons: Sequence[float], *,
-           n_queries: int = 1000, p_init: float = 0.8, seed: int = 0, batch_size: int = 1000,
-           bounds: Bounds = (0.0, 1.0)) -> AttackResult:
-    """Square Attack (L∞) at each ε: a fixed-budget result, x_adv [K, N, ...] and success [K, N] (fresh forward
-    pass); extras["queries"] [K, N] counts the model queries each image used (≤ n_queries).
-
-    Gradient-free: a check that gradient attacks are not fooled by masked gradients (it should not beat PGD)."""
-    eps = check_budgets(epsilons, "epsilons")
-    check_int("n_queries", n_queries)
-    check_positive("p_init", p_init)
-    if p_init > 1:
-        raise InputError(f"p_init is the fraction of pixels a square covers at first, in (0, 1]; got {p_init}.")
-    check_int("seed", seed, 0)
-    check_int("batch_size", batch_size)
-    bounds = check_bounds(bounds)
+def _check(args: dict[str, Any]) -> None:
+    check_int("n_queries", args["n_queries"])
+    check_positive("p_init", args["p_init"])
+    if args["p_init"] > 1:
+        raise InputError(f"p_init is the fraction of pixels a square covers at first, in (0, 1]; got {args['p_init']}.")
+    check_int("seed", args["seed"], 0)
+    check_int("batch_size", args["batch_size"])
+    images = args["images"]
     if isinstance(images, Tensor) and images.dim() != 4:
         raise InputError(f"square needs images [N, C, H, W] (it perturbs square windows), got shape "
                          f"{tuple(images.shape)}; reshape flat images, e.g. images.view(-1, 1, 28, 28).")
     if isinstance(images, Tensor) and images.dim() == 4 and min(images.shape[2:]) < 2:
         raise InputError(f"square needs images at least 2×2 pixels, got shape {tuple(images.shape)}.")
-    t0 = time.perf_counter()
-    model = as_model(model)
-    with attack_mode(model), torch.no_grad():
-        x, crit, clean_logits = prepare(model, images, criterion, batch_size, bounds=bounds)
-        gen = torch.Generator().manual_seed(seed)
-        x_adv = torch.empty((len(eps), *x.shape), device=x.device, dtype=x.dtype)
-        queries = torch.zeros((len(eps), x.shape[0]), dtype=torch.long)
+
+
+@attack("square-linf", budgets="epsilons", check=_check)
+def square(a: Prepared, *, n_queries: int = 1000, p_init: float = 0.8, seed: int = 0, batch_size: int = 1000,
+           bounds: Bounds = (0.0, 1.0)) -> Run:
+    """Square Attack (L∞) at each ε: a fixed-budget result, x_adv [K, N, ...] and success [K, N] (fresh forward
+    pass); extras["queries"] [K, N] counts the model queries each image used (≤ n_queries).
+
+    Gradient-free: a check that gradient attacks are not fooled by masked gradients (it should not beat PGD)."""
+    x, crit, eps = a.x, a.criterion, a.budgets
+    assert eps is not None
+    gen = torch.Generator().manual_seed(seed)
+    x_adv = torch.empty((len(eps), *x.shape), device=x.device, dtype=x.dtype)
+    queries = torch.zeros((len(eps), x.shape[0]), dtype=torch.long)
+    with torch.no_grad():
         for k, e in enumerate(eps):
             for i in range(0, x.shape[0], batch_size):
                 sl = slice(i, i + batch_size)
-                x_adv[k, sl], queries[k, sl] = _run(model, x[sl], crit.subset(sl), e, n_queries=n_queries,
+                x_adv[k, sl], queries[k, sl] = _run(a.model, x[sl], crit.subset(sl), e, n_queries=n_queries,
                                                     p_init=p_init, gen=gen, bounds=bounds, batch_size=batch_size)
-        measures = measure(model, x, x_adv, crit, per_budget=True, batch_size=batch_size)
-    params = {"epsilons": list(eps), "norm": "linf", "n_queries": n_queries, "p_init": p_init, "loss": "margin",
-              "seed": seed, "bounds": list(bounds)}
-    return build_result(model, x, x_adv, crit, attack="square-linf", params=params, budgets=eps,
-                        wall_time=time.perf_counter() - t0, measures=measures, clean_logits=clean_logits,
-                        extras={"queries": queries.to(x.device)}, bounds=bounds)
+    return Run(x_adv, measures=a.assess(x, x_adv, crit, per_budget=True), extras={"queries": queries.to(x.device)},
+               params={"norm": "linf", "loss": "margin"})

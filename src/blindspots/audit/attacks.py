@@ -14,6 +14,7 @@ from ..attacks.apgd import apgd
 from ..attacks.base import attack_mode
 from ..attacks.bpda import StraightThrough, gradient_probe
 from ..attacks.pgd import pgd_linf_per_image
+from ..models import predict_logits
 from ..models.external import check_outputs
 from .common import Ctx, as_list, attack, quantiles, robust_curve, supports_bounds
 from .config import first
@@ -33,8 +34,8 @@ def clean_stage(ctx: Ctx) -> dict[str, Any]:
         kind = check_outputs(ctx.model.module, ctx.x, ctx.data_id["n_classes"], labels=ctx.y)
 
         def fn(i: int, rows: slice) -> dict[str, torch.Tensor]:
-            with torch.no_grad(), attack_mode(ctx.model.module) as m:
-                return {"logits": m(ctx.x[rows]).double().cpu()}
+            x = ctx.x[rows]
+            return {"logits": predict_logits(ctx.model.module, x, batch_size=max(x.shape[0], 1)).double()}
 
         z = ctx.runner.map(fn, ctx.n, f"clean {ctx.model.name}")["logits"]
         y = ctx.y.cpu()

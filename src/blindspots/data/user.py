@@ -39,24 +39,6 @@ class EvalData:
         return int(self.labels.shape[0])
 
 
-def parse_floats(text: str, what: str) -> tuple[float, ...]:
-    """"0.1307" or "0.49,0.48,0.45" as finite floats, for --bounds/--mean/--std/--eps-*; a clear error otherwise."""
-    parts = [p.strip() for p in str(text).split(",")]
-    if not any(parts) or not all(parts):
-        raise InputError(f"{what} {text!r}: an empty entry; give comma-separated numbers, e.g. {what} 0.1,0.3.")
-    values = []
-    for part in parts:
-        try:
-            value = float(part)
-        except ValueError:
-            raise InputError(f"{what} {text!r}: {part!r} is not a number; give comma-separated numbers, "
-                             f"e.g. {what} 0.1,0.3.") from None
-        if not math.isfinite(value):
-            raise InputError(f"{what} {text!r}: {part} is not finite; give finite numbers.")
-        values.append(value)
-    return tuple(values)
-
-
 def load_eval_data(spec: str, *, split: str = "test", n: int | None = None,
                    bounds: tuple[float, float] = (0.0, 1.0)) -> EvalData:
     """`spec`: "mnist", "fashion-mnist", a folder of IDX files or an .npz; `n`: keep the first n images of a
@@ -209,4 +191,4 @@ def _check_values(x: torch.Tensor, name: str, lo: float, hi: float) -> None:
                         f"(min {float(x.min()):g}, max {float(x.max()):g}); {BOUNDS_FIX}.")
 
 
-__all__ = ["EvalData", "load_eval_data", "parse_floats"]
+__all__ = ["EvalData", "load_eval_data"]

@@ -1,10 +1,11 @@
-"""The model zoo: spec strings, architectures, training recipes and the checkpoint store."""
+"""The model zoo: spec strings, architectures, training recipes, inference and the checkpoint store."""
 
 from .checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
 from .external import LoadedModel, check_outputs, load_user_model, load_weights
 from .spec import VALID_FORMS, ModelSpec, parse_spec
 from .store import TrainedModel, evaluate, load_model, train
-from .train import Recipe, default_recipe, error_rate, fit, predict, predict_logits
+from .inference import error_rate, predict, predict_logits
+from .train import Recipe, default_recipe, fit
 from .zoo import build_model
 
 __all__ = ["ModelSpec", "parse_spec", "VALID_FORMS", "build_model", "Recipe", "default_recipe", "fit",

@@ -68,8 +68,9 @@ def load_checkpoint(stem: str | os.PathLike[str], spec: str | ModelSpec | None =
     stem = Path(stem)
     meta = read_meta(stem)
     stored = parse_spec(meta["spec"])
-    if spec is not None and parse_spec(spec) != stored:
-        raise CheckpointError(f"{stem}.json holds {stored.name}, not {parse_spec(spec).name}.")
+    wanted = None if spec is None else parse_spec(spec)
+    if wanted is not None and wanted != stored:
+        raise CheckpointError(f"{stem}.json holds {stored.name}, not {wanted.name}.")
     weights = stem.with_suffix(".safetensors")
     if not weights.exists():
         raise CheckpointError(f"{weights} is missing (its JSON exists); retrain with --force.")

@@ -251,9 +251,11 @@ def check_outputs(model: nn.Module, images: torch.Tensor, n_classes: int | None 
              "logsumexp_max_abs": float(lse.abs().max()),
              "distinct_predictions": int(out.argmax(1).unique().numel()),
              "deterministic": bool(torch.equal(out, again.double()))}
-    if bool((out >= 0).all()) and float((sums - 1).abs().max()) <= 1e-4:
-        raise InputError("the model returns probabilities (non-negative, each row sums to 1): return logits: drop "
-                         "the final softmax; attacks need logits (the softmax flattens their gradients).")
+    # imported here, not at module level: the model packages' stage keys must not follow the attacks
+    from ..attacks.base import PROBABILITIES, looks_like_probabilities
+
+    if looks_like_probabilities(out):  # the attacks' own refusal, word for word
+        raise InputError(PROBABILITIES)
     kind = "log-probabilities" if bool((out <= 1e-6).all()) and stats["logsumexp_max_abs"] <= 1e-4 else "logits"
     return {"kind": kind, **stats}
 

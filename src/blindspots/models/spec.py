@@ -15,7 +15,6 @@ VALID_FORMS = (
     "MAXOUT[<units>]    Goodfellow's MNIST maxout net: 2 x <units> (default 240) x 5 pieces, dropout, e.g. MAXOUT1600",
     "RBF                Goodfellow's shallow RBF net: one Gaussian unit per class",
 )
-KINDS = ("fc", "ae", "cnn", "maxout", "rbf")
 N_CLASSES = 10
 
 _FC = re.compile(r"^FC((?:\d+-)*)10(?:\(([^()]+)\))?$", re.IGNORECASE)

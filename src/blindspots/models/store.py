@@ -17,7 +17,8 @@ from ..errors import CheckpointError, SpecError
 from ..io import source_hash, stable_hash
 from .checkpoint import checkpoint_name, load_checkpoint, models_dir, read_meta, save_checkpoint
 from .spec import ModelSpec, parse_spec
-from .train import StoredObjective, default_recipe, error_rate, fit, recipe_dict
+from .inference import error_rate
+from .train import StoredObjective, default_recipe, fit, recipe_dict
 
 TRAIN_SPLITS = ("train", "P1", "P2")
 

@@ -45,7 +45,8 @@ class StoredObjective(TrainingObjective, Protocol):
 
 
 # called after every epoch with (epoch number from 1, the model): learning curves, early stopping (models in
-# train mode; evaluate through `predict`, which switches to eval mode and back). Returning True stops training.
+# train mode; evaluate through `inference.predict`, which switches to eval mode and back). Returning True stops
+# training.
 EpochHook = Callable[[int, nn.Module], "bool | None"]
 # called after every epoch (after the hook) with (epoch, the run's full state as tensors): a caller saves it
 # every few epochs and passes it back as `fit(..., resume=state)` to continue a killed run bit for bit
@@ -197,33 +198,6 @@ def decay_penalty(model: nn.Module, lam: float) -> torch.Tensor:
     if not terms or lam == 0:
         return torch.zeros(())
     return 0.5 * lam * torch.stack(terms).sum()
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
-    """The model's outputs (on the CPU) in eval mode, in batches, without autograd; restores the model's mode.
-
-    The one way the package runs a model for inference (predict, error_rate, the experiments' evaluations)."""
-    was_training = model.training
-    model.eval()
-    try:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else images.device
-        out = [model(images[i:i + batch_size].to(device)).cpu() for i in range(0, images.shape[0], batch_size)]
-    finally:
-        model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
-
-
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
-    """Predicted labels (argmax of `predict_logits`)."""
-    logits = predict_logits(model, images, batch_size)
-    return logits.argmax(dim=1) if logits.numel() else torch.empty(0, dtype=torch.long)
-
-
-def error_rate(model: nn.Module, data: ImageSet) -> float:
-    """Share of misclassified images, in [0, 1]."""
-    return float((predict(model, data.images) != data.labels).float().mean())
 
 
 def epoch_lr(recipe: Recipe, epoch: int) -> float:
@@ -477,6 +451,6 @@ def recipe_dict(recipe: Recipe) -> dict[str, Any]:
     return d
 
 
-__all__ = ["Recipe", "default_recipe", "fit", "predict", "predict_logits", "error_rate", "decay_penalty",
+__all__ = ["Recipe", "default_recipe", "fit", "decay_penalty",
            "load_mnist", "TrainingObjective", "StoredObjective", "EpochHook", "StateHook", "epoch_lr",
            "original_maxout_recipe", "batch_lr", "epoch_momentum", "MomentumSGD"]

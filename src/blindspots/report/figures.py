@@ -16,7 +16,7 @@ import torch
 from matplotlib.figure import Figure
 
 from ..errors import InputError
-from ..io import write_atomic
+from .plots import save_png
 
 
 def _images(t: torch.Tensor | np.ndarray, name: str) -> np.ndarray:
@@ -79,6 +79,4 @@ def examples_grid(x: torch.Tensor, x_adv: torch.Tensor, labels: torch.Tensor | S
         axes[i, 2].yaxis.set_label_position("right")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    write_atomic(path, lambda p: fig.savefig(p, format="png"))
-    return Path(path)
+    return save_png(fig, Path(path))

@@ -10,7 +10,7 @@ import torch
 from matplotlib.figure import Figure
 
 from ..analysis.units import UnitAnalysis
-from ..io import write_atomic
+from .plots import save_png
 
 
 def _mosaic(images: np.ndarray, index_rows: np.ndarray, gap: int = 2) -> np.ndarray:
@@ -53,6 +53,4 @@ def plot_unit_grid(images: torch.Tensor, labels: torch.Tensor, analysis: UnitAna
         ax.set_title(name, fontsize=9)
     fig.suptitle(title or f"layer {analysis.layer}: top-{k} test images per direction "
                  "(row label: direction, label purity, true labels)", fontsize=9)
-    fig.tight_layout()
-
-    return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=130))
+    return save_png(fig, Path(path), dpi=130)

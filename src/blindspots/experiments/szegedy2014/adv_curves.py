@@ -18,9 +18,9 @@ from torch import nn
 
 from ...attacks import Misclassification, fgsm, lbfgs_attack
 from ...data import ImageSet
-from ...io import write_atomic
 from ...models import predict
-from ...report.format import num, pct
+from ...report.format import pct
+from ...report.plots import save_png
 
 CURVE_KEYS = ("test_error", "fgsm_error", "lbfgs_distortion")
 CURVE_TITLES = {"test_error": "clean test error", "fgsm_error": "FGSM error (ε = {eps:g})",
@@ -132,15 +132,7 @@ def plot_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: Path, e
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    write_atomic(path, lambda p: fig.savefig(p, format="png"))
-    return path
-
-
-def final_summary(curve: Mapping[str, Any]) -> str:
-    """The last point of one curve, formatted."""
-    return (f"epoch {curve['epoch'][-1]}: {pct(curve['test_error'][-1], 2)} clean, {pct(curve['fgsm_error'][-1])} "
-            f"FGSM, distortion {num(curve['lbfgs_distortion'][-1], '.4f')}")
+    return save_png(fig, path)
 
 
 __all__ = ["CurveProbe", "curve_verdict", "verdict_sentence", "plot_curves", "CURVE_KEYS"]
