@@ -324,23 +324,23 @@ class Goodfellow2015(Experiment):
             whole = self._reverify(ensemble, path, False)
             if whole["error"] != float(result.success[0].float().mean()):
                 raise RuntimeError("ensemble: the error re-computed from disk differs from the attack's.")
-            signs, preds, own = [], [], []
+            signs, attacked, own = [], [], []
             for net in nets:
                 r = fgsm(net, x.to(self.device), crit, [EPSILON])
                 x_adv = r.x_adv[0].cpu()
                 signs.append(torch.sign(x_adv - x).to(torch.int8))  # x_adv = clip(x + ε·sign), exactly
-                preds.append(predict_confidence(ensemble, x_adv)[0])
+                attacked.append(x_adv)
                 own.append(float(r.success[0].float().mean()))
             sign_path = folder / "member_fgsm_signs.safetensors"
             write_atomic(sign_path, lambda f: save_file({"sign": torch.stack(signs).contiguous(), "label": y}, str(f)))
             stored = load_file(str(sign_path))
             one = []
-            for i, (sign, before) in enumerate(zip(stored["sign"], preds)):
+            for i, (sign, before) in enumerate(zip(stored["sign"], attacked)):
                 x_adv = torch.add(x, sign.float(), alpha=EPSILON).clamp_(0, 1)
-                pred, conf, _ = predict_confidence(ensemble, x_adv)
-                if not torch.equal(pred, before):
-                    raise RuntimeError(f"ensemble: member {i}'s FGSM images re-read from disk are classified "
-                                       "differently from the attack's own pass.")
+                if not torch.equal(x_adv, before):
+                    raise RuntimeError(f"ensemble: member {i}'s FGSM images rebuilt from disk differ from the "
+                                       "attack's.")
+                pred, conf, _ = predict_confidence(ensemble, x_adv)  # the numbers: from the images on disk
                 wrong = pred != stored["label"]
                 one.append({"seed": members[i]["seed"], "error": float(wrong.float().mean()),
                             "wrong_confidence": mean_or_none(conf[wrong]), "error_on_member": own[i]})
