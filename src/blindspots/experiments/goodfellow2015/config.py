@@ -99,7 +99,8 @@ PROFILES: dict[str, Profile] = {
                      ensemble_members=3, ensemble_spec="MAXOUT128", ensemble_epochs=20,
                      l1_coefficients=L1_COEFFICIENTS, l1_spec="MAXOUT128", l1_epochs=20),
     # ensemble and L1: 240-unit nets, 5 epochs of 50,000 rows each (2,500 minibatches); at one thread ~7 s per
-    # plain epoch and ~14 s per adversarial one: 12 × 5 × 7 + (3 × 5 × 7 + 5 × 14) ≈ 11 min of training
+    # plain epoch and ~14 s per adversarial one: 12 × 5 × 7 + 3 × 5 × 7 + 5 × 14 ≈ 10 min of training (the plain
+    # L1 arm is the first member's stage), ~1.5 min of per-epoch training-error passes, ~1 min of attacks: ≈ 13 min
     "standard": Profile("standard", n_train=TRAIN_ROWS, n_valid=VALID_ROWS, max_epochs=25, patience=5, seeds=2,
                         n_attack=None, n_noise=10_000, n_curve_fgsm=2_000, n_curve_lbfgs=100,
                         ensemble_members=12, ensemble_spec="MAXOUT", ensemble_epochs=5,
