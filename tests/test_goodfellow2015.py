@@ -46,7 +46,8 @@ def test_every_experiment_is_in_all_three_files(run: tuple[Path, dict]) -> None:
     disk = json.loads((out / "results.json").read_text())
     assert disk["findings"] == json.loads(json.dumps(results["findings"]))
     for title in ("1 — FGSM", "2 — Logistic regression", "3 — Adversarial training", "4 — Controls",
-                  "5 — The RBF network", "6 — Rubbish-class", "7 — Error vs ε"):
+                  "5 — The RBF network", "6 — Rubbish-class", "7 — Error vs ε", "8 — Ensembles are not a defence",
+                  "9 — L1 weight decay is not adversarial training"):
         assert title in md and title in page
     assert "data:image/png;base64," in page  # self-contained
     for experiment in disk["findings"].values():  # the paper column comes from the reference file
@@ -56,6 +57,9 @@ def test_every_experiment_is_in_all_three_files(run: tuple[Path, dict]) -> None:
     assert "89.4%" in md and "99.9%" in md and "55.4%" in md
     summary = terminal_summary(results)
     assert "maxout FGSM error" in summary and "wall time" in summary
+    assert "8 ensemble" in summary and "9 L1 0.0025: training error" in summary
+    assert "91.1%" in md and "87.9%" in md  # the ensemble's paper column
+    assert "not_reproduced" in disk["facts"]["choices"] and "ensemble" not in disk["facts"]["choices"]["not_reproduced"]
 
 
 def _published_values() -> set[float]:
@@ -187,3 +191,97 @@ def test_report_is_a_function_of_results_json(run: tuple[Path, dict]) -> None:
     assert to_markdown(build_report(disk)) == (out / "report.md").read_text()
     for path in disk["figures"].values():
         assert not Path(path).is_absolute() and (out / path).is_file()
+
+
+def _fixed_net(trained: dict) -> torch.nn.Module:
+    from safetensors.torch import load_file
+
+    assert file_digest(trained["checkpoint"], "sha256") == trained["weights_sha256"]
+    model = build_model(trained.get("spec", QUICK.ensemble_spec))
+    model.load_state_dict(load_file(trained["checkpoint"]))
+    return model.eval()
+
+
+def test_ensemble_of_maxout_nets_reverifies(run: tuple[Path, dict]) -> None:
+    """The ensemble has the profile's members (seeds 0, 1, …), its output is the log of the members' mean softmax,
+    and each of its numbers is recomputed here from the saved checkpoints and sets: the ensemble-gradient set in
+    full, each member's FGSM images from their stored step signs (rebuilt bit for bit from the member)."""
+    from safetensors.torch import load_file
+
+    from blindspots.attacks import fgsm
+    from blindspots.data import load_mnist
+    from blindspots.models import Ensemble, predict
+
+    out, results = run
+    ens = results["ensemble"]
+    n = QUICK.ensemble_members
+    assert ens["n_members"] == n == len(ens["members"]) == len(ens["one_member_gradient"]) >= 2
+    assert [m["seed"] for m in ens["members"]] == list(range(n))
+    members = [_fixed_net({"checkpoint": c, "weights_sha256": m["weights_sha256"], "spec": ens["spec"]})
+               for c, m in zip(ens["member_checkpoints"], ens["members"])]
+    assert len({m["weights_sha256"] for m in ens["members"]}) == n  # different seeds, different nets
+    ensemble = Ensemble(members).eval()
+    test, attacked = load_mnist("test"), load_mnist("test", subset=QUICK.n_attack)  # the attacked rows: seeded
+    x, y = attacked.images, attacked.labels
+    with torch.no_grad():
+        mean = torch.stack([m(x[:300]).softmax(-1) for m in members]).mean(0)
+        torch.testing.assert_close(ensemble(x[:300]), mean.log(), rtol=1e-5, atol=1e-5)
+    assert float((predict(ensemble, test.images) != test.labels).float().mean()) == ens["clean_test_error"]
+    for m, member in zip(ens["members"], members):
+        assert float((predict(member, test.images) != test.labels).float().mean()) == m["test_error"]
+    folder = next((out / "stages").glob("ensemble-*"))
+    t = load_adversarial(folder / "fgsm_eps0.25.safetensors")
+    assert torch.equal(t["x"], x) and float((t["x_adv"][0] - x).abs().max()) <= 0.25 + 1e-6
+    wrong = predict(ensemble, t["x_adv"][0]) != y
+    assert float(wrong.float().mean()) == ens["ensemble_gradient"]["error"]
+    signs = load_file(str(folder / ens["signs_file"]))["sign"]
+    assert file_digest(folder / ens["signs_file"], "sha256") == ens["signs_sha256"]
+    for i, member in enumerate(members):
+        x_adv = torch.add(x, signs[i].float(), alpha=0.25).clamp_(0, 1)
+        assert torch.equal(x_adv, fgsm(member, x, Misclassification(y), [0.25]).x_adv[0])
+        error = float((predict(ensemble, x_adv) != y).float().mean())
+        assert error == ens["one_member_gradient"][i]["error"], i
+    f = results["findings"]["8_ensemble"]
+    assert f["error"]["paper"] == paper_value("goodfellow2015", "ensemble_12_maxout", "error")
+    assert f["error_attack_one_member"]["ours"] == pytest.approx(
+        sum(o["error"] for o in ens["one_member_gradient"]) / n)
+    assert f["error"]["ours"] > 0.5 and f["error_attack_one_member"]["ours"] > 0.5  # no defence at ε = 0.25
+
+
+def test_l1_decay_beside_plain_and_adversarial_training(run: tuple[Path, dict]) -> None:
+    """One net per L1 coefficient beside plain and FGSM training, same seed and budget: the paper's coefficient
+    leaves a higher training error than plain training and a smaller first layer; every number recomputes from
+    the checkpoints and the saved FGSM sets; the plain arm is the first ensemble member (one stage)."""
+    from blindspots.experiments.goodfellow2015.protocol import split_rows
+    from blindspots.models import predict
+    from blindspots.models.train import first_layer_weight
+
+    out, results = run
+    l1 = results["l1_decay"]
+    arms = {a["key"]: a for a in l1["arms"]}
+    assert list(arms) == ["plain", *(f"l1_{c:g}" for c in QUICK.l1_coefficients), "adversarial"]
+    assert [a["l1_first"] for a in l1["arms"]] == [0.0, *QUICK.l1_coefficients, 0.0]
+    strongest = arms["l1_0.0025"]
+    assert strongest["train_error"] > arms["plain"]["train_error"] + 0.02
+    assert len(strongest["train_error_curve"]) == QUICK.l1_epochs
+    assert arms["plain"]["weights_sha256"] == results["ensemble"]["members"][0]["weights_sha256"]
+    train, _, _ = split_rows(QUICK)
+    from blindspots.data import load_mnist
+
+    test = load_mnist("test")
+    nets = {k: _fixed_net(a | {"spec": l1["spec"]}) for k, a in arms.items()}
+    with torch.no_grad():
+        assert float(first_layer_weight(nets["l1_0.0025"]).abs().sum()) < float(
+            first_layer_weight(nets["plain"]).abs().sum())
+    for key, arm in arms.items():
+        net = nets[key]
+        assert float((predict(net, train.images) != train.labels).float().mean()) == arm["train_error"], key
+        assert float((predict(net, test.images) != test.labels).float().mean()) == arm["test_error"], key
+        folder = next((out / "stages").glob(f"fgsm_{key}_*"))
+        t = load_adversarial(folder / "fgsm_eps0.25.safetensors")
+        assert float((predict(net, t["x_adv"][0]) != t["label"]).float().mean()) == arm["fgsm_error"], key
+        assert arm["fgsm"]["reverified"] and arm["fgsm"]["file_sha256"] == file_digest(
+            folder / "fgsm_eps0.25.safetensors", "sha256")
+    f = results["findings"]["9_l1_decay"]
+    assert f["l1_0.0025"]["train_error"]["paper"] == paper_value("goodfellow2015", "l1_weight_decay", "train_error_floor")
+    assert f["plain"]["train_error"]["paper"] is None

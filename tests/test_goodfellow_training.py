@@ -3,6 +3,7 @@ logistic regression, and the analytic FGSM perturbation of linear models. All fa
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -267,3 +268,39 @@ def test_protocol_phase_killed_mid_training_resumes(tmp_path: Path) -> None:
                    tmp_path / "c", 5, "valid_error", 2)
     rising.run("cpu", False)
     assert rising.best_epoch() == 2 and rising.curve["epoch"] == [1, 2, 3, 4]  # no improvement at 3 and 4
+
+
+def test_l1_first_layer_decay_shrinks_only_the_first_layer_and_keeps_old_recipe_names() -> None:
+    """Recipe.l1_first adds c·Σ|W| over the first layer's weights: a strong coefficient shrinks that layer's L1
+    norm against the same run without it; at its default the recipe's dict (so checkpoint names) is unchanged."""
+    from blindspots.models import fit
+    from blindspots.models.train import first_layer_weight, original_maxout_recipe, recipe_dict
+
+    r = original_maxout_recipe(1)
+    assert "l1_first" not in recipe_dict(r) and recipe_dict(replace(r, l1_first=0.0025))["l1_first"] == 0.0025
+    data = _small(300)
+    plain, _ = fit("MAXOUT32", data, seed=0, recipe=r, progress=False)
+    decayed, _ = fit("MAXOUT32", data, seed=0, recipe=replace(r, l1_first=0.0025), progress=False)
+    assert first_layer_weight(decayed) is decayed.maxout1.linear.weight
+    shrink = float(decayed.maxout1.linear.weight.abs().sum()) / float(plain.maxout1.linear.weight.abs().sum())
+    assert shrink < 0.9, shrink
+    # the layers above are not decayed: their weights stay within 20% of the plain run's in L1 norm
+    later = float(decayed.maxout2.linear.weight.abs().sum()) / float(plain.maxout2.linear.weight.abs().sum())
+    assert 0.8 < later < 1.2, later
+
+
+def test_ensemble_is_the_log_of_the_mean_softmax_and_attacks_work_on_it() -> None:
+    from blindspots.models import Ensemble
+
+    torch.manual_seed(3)
+    members = [nn.Sequential(nn.Flatten(), nn.Linear(784, 10)) for _ in range(3)]
+    ens = Ensemble(members).eval()
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    with torch.no_grad():
+        mean = torch.stack([m(x).softmax(-1) for m in members]).mean(0)
+        torch.testing.assert_close(ens(x), mean.log())
+        torch.testing.assert_close(ens(x).softmax(-1), mean)
+    res = fgsm(ens, x, Misclassification(y), [EPS])
+    assert float((res.x_adv[0] - x).abs().max()) <= EPS + 1e-6
+    with pytest.raises(ValueError):
+        Ensemble([])

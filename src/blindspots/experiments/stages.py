@@ -73,7 +73,8 @@ def _profile_value(prof: Any, key: str, text: str, full: str | None = None) -> A
         if t.lower() == "none" and "None" in kind:
             return None
         if "tuple" in kind:
-            return tuple(v.strip() for v in t.split(",") if v.strip())
+            items = tuple(v.strip() for v in t.split(",") if v.strip())
+            return tuple(float(v) for v in items) if "tuple[float" in kind else items
         if kind.startswith("bool"):
             if t.lower() not in ("true", "false", "1", "0"):
                 raise ValueError(t)

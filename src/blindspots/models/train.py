@@ -85,12 +85,14 @@ class Recipe:
     momentum_saturate: int = 0
     init_range: float | None = None  # weights U(−r, r) and biases 0 (None: PyTorch's default initialisation)
     input_dropout_scale: float | None = None  # maxout input dropout: kept pixels × this (None: 1/keep, inverted)
+    l1_first: float = 0.0  # c in loss + c·Σ|W| over the first layer's weights (Goodfellow 2015's L1 decay)
 
 
 # Fields added after checkpoints were first stored: left out of recipe_dict (so of the checkpoint-name hash)
 # while at their default, so adding them renamed no existing checkpoint.
 _LATER_FIELDS = ("pretrain_lr", "pretrain_cosine", "pretrain_decay", "lr_decay", "lr_floor", "nesterov",
-                 "lr_batch_decay", "momentum_final", "momentum_saturate", "init_range", "input_dropout_scale")
+                 "lr_batch_decay", "momentum_final", "momentum_saturate", "init_range", "input_dropout_scale",
+                 "l1_first")
 
 
 def original_maxout_recipe(max_epochs: int) -> Recipe:
@@ -191,6 +193,14 @@ def default_recipe(spec: str | ModelSpec) -> Recipe:
                         "their one-vs-rest likelihood (models.zoo.one_vs_rest_nll)"))
 
 
+def first_layer_weight(model: nn.Module) -> torch.Tensor:
+    """The weight matrix of the first layer that has one (the first nn.Linear or conv in module order)."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            return module.weight
+    raise ValueError("the model has no Linear or Conv2d layer")
+
+
 def decay_penalty(model: nn.Module, lam: float) -> torch.Tensor:
     """(λ/2)·Σ‖W‖² over weight matrices and conv kernels (parameters with ≥ 2 dims, not biases)."""
     terms = [p.square().sum() for name, p in model.named_parameters() if p.requires_grad and p.dim() >= 2
@@ -284,6 +294,8 @@ def _sgd_epochs(model: nn.Module, params: list[nn.Parameter], x: torch.Tensor, y
                 loss = objective.loss(model, xb, yb, loss_fn, gen)
             if decay:
                 loss = loss + decay_penalty(model, decay).to(device)
+            if recipe.l1_first:
+                loss = loss + recipe.l1_first * first_layer_weight(model).abs().sum()
             loss.backward()
             opt.step()
             if schedule is not None:
@@ -453,4 +465,4 @@ def recipe_dict(recipe: Recipe) -> dict[str, Any]:
 
 __all__ = ["Recipe", "default_recipe", "fit", "decay_penalty",
            "load_mnist", "TrainingObjective", "StoredObjective", "EpochHook", "StateHook", "epoch_lr",
-           "original_maxout_recipe", "batch_lr", "epoch_momentum", "MomentumSGD"]
+           "original_maxout_recipe", "batch_lr", "first_layer_weight", "epoch_momentum", "MomentumSGD"]

@@ -69,8 +69,10 @@ def curve_verdict(adv: list[dict[str, Any]], plain: list[dict[str, Any]]) -> dic
 
 
 def findings(models: dict[str, Any], attacks: dict[str, Any], transfer: dict[str, Any], rubbish: dict[str, Any],
-             curves: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """The experiments as {name: {quantity: {"ours": x, "paper": y}}}, plus the learning curves' verdicts."""
+             curves: dict[str, list[dict[str, Any]]], ensemble: dict[str, Any] | None = None,
+             l1: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The experiments as {name: {quantity: {"ours": x, "paper": y}}}, plus the learning curves' verdicts; the
+    ensemble and L1 experiments where the profile ran them."""
     at = {k: v["at_0.25"] for k, v in attacks.items()}
 
     def pair(ours: float | None, *path: str) -> dict[str, float | None]:
@@ -143,6 +145,29 @@ def findings(models: dict[str, Any], attacks: dict[str, Any], transfer: dict[str
         # clean-error claim unless the plain net reaches the paper's baseline within BASELINE_SLACK
         out["3_adv_training"]["baseline"] = {"plain": plain, "paper": baseline, "target": baseline + BASELINE_SLACK,
                                              "reached": plain <= baseline + BASELINE_SLACK + 1e-12}
+    if ensemble is not None:
+        one = ensemble["one_member_error"]
+        out["8_ensemble"] = {
+            "members": ensemble["n_members"],
+            "clean_error": pair(ensemble["clean_test_error"]),
+            "member_clean_error_mean": pair(float(np.mean([m["test_error"] for m in ensemble["members"]]))),
+            "error": pair(ensemble["ensemble_gradient"]["error"], "ensemble_12_maxout", "error"),
+            "wrong_confidence": pair(ensemble["ensemble_gradient"]["wrong_confidence"]),
+            "error_attack_one_member": pair(one["mean"], "ensemble_12_maxout", "error_attack_one_member"),
+            "error_attack_one_member_min": pair(one["min"]),
+            "error_attack_one_member_max": pair(one["max"]),
+            "wrong_confidence_attack_one_member": pair(ensemble["one_member_wrong_confidence"]),
+            "member_own_fgsm_error_mean": pair(float(np.mean([o["error_on_member"]
+                                                             for o in ensemble["one_member_gradient"]]))),
+        }
+    if l1 is not None:
+        paper_c = _p("l1_weight_decay", "coefficient")
+        out["9_l1_decay"] = {
+            arm["key"]: {"l1_first": arm["l1_first"], "train_error": pair(arm["train_error"],
+                                                                         *(("l1_weight_decay", "train_error_floor")
+                                                                           if arm["l1_first"] == paper_c else ())),
+                         "test_error": pair(arm["test_error"]), "fgsm_error": pair(arm["fgsm_error"])}
+            for arm in l1["arms"]} | {"paper_coefficient": paper_c}
     if "maxout_adv_wide" in models:
         out["3_adv_training"]["wide_clean_error"] = pair(
             float(np.mean([r["retrain"]["test_error"][-1] for r in curves["maxout_adv_wide"]])),
@@ -205,7 +230,20 @@ def facts(p: Profile, seed: int, device: str) -> dict[str, Any]:
                       "set, attacked on every 3 and 7 of the test set in all profiles",
             "rubbish": "i.i.d. Gaussian pixels (three settings, the first is the headline); the paper does not state "
                        "the mean, variance or clipping of its noise",
-            "not_reproduced": "the CIFAR-10 and ImageNet results, the ensemble and the L1-decay experiment"
-                              + ("" if p.wide_units else "; the 1600-unit net (paper profile only)"),
+            "ensemble": (f"{p.ensemble_members} {p.ensemble_spec} nets, seeds {seed}–{seed + p.ensemble_members - 1}, "
+                         f"each the original maxout recipe for a fixed {p.ensemble_epochs} epochs on training rows "
+                         f"0–{p.n_train - 1} (no early stopping); the ensemble's output is the mean of the members' "
+                         "softmax probabilities (its logits: the log of that mean); FGSM with the ensemble's "
+                         "gradient, and with each member's gradient in turn, both judged by the ensemble"
+                         if p.ensemble_members else "not run in this profile"),
+            "l1_decay": (f"{p.l1_spec} nets, seed {seed}, the original maxout recipe for a fixed {p.l1_epochs} epochs "
+                         f"on training rows 0–{p.n_train - 1}: plain, with mean cross-entropy + c·Σ|W| over the "
+                         f"first layer's weights for c in {', '.join(f'{c:g}' for c in p.l1_coefficients)}, and "
+                         "FGSM adversarial training; training error measured without dropout on those rows"
+                         if p.l1_coefficients else "not run in this profile"),
+            "not_reproduced": "the CIFAR-10 and ImageNet results"
+                              + ("" if p.wide_units else "; the 1600-unit net (paper profile only)")
+                              + ("" if p.ensemble_members else "; the ensemble (not in this profile)")
+                              + ("" if p.l1_coefficients else "; the L1-decay experiment (not in this profile)"),
         },
     }

@@ -49,7 +49,8 @@ def build_report(results: dict[str, Any]) -> Report:
         ({"maxout", "maxout_adv"}, lambda: _sec_adv(f, results)), ({"maxout"}, lambda: _sec_learning(results)),
         ({"maxout", "maxout_adv", "maxout_sign", "maxout_uniform"}, lambda: _sec_noise(f)),
         ({"maxout", "rbf"}, lambda: _sec_rbf(f)), ({"softmax", "maxout", "rbf"}, lambda: _sec_rubbish(results)),
-        (set(), lambda: _sec_curves(results)), (set(), lambda: _sec_transfer(results)),
+        (set(), lambda: _sec_curves(results)), (set(), lambda: _sec_ensemble(results)),
+        (set(), lambda: _sec_l1(results)), (set(), lambda: _sec_transfer(results)),
         (set(), lambda: _sec_models(results)), (set(), lambda: _sec_facts(results))]
     sections = [sec for sec in (build() for need, build in plan if need <= ran) if sec is not None]
     skipped = sorted({k for need, _ in plan for k in need} - ran)
@@ -284,6 +285,107 @@ def _sec_curves(results: dict[str, Any]) -> Section:
                                                 verdict, fmt="str")], figs)
 
 
+def _sec_ensemble(results: dict[str, Any]) -> Section | None:
+    """Ensembles are not a defence (the paper's 12 maxout nets), where the profile ran an ensemble."""
+    ens = results.get("ensemble")
+    if not ens:
+        return None
+    e = results["findings"]["8_ensemble"]
+    n = e["members"]
+    lo, hi = e["error_attack_one_member_min"]["ours"], e["error_attack_one_member_max"]["ours"]
+    rows = [_row("clean test error of the ensemble", e["clean_error"], 2),
+            _row("clean test error of a member (mean)", e["member_clean_error_mean"], 2),
+            _row("FGSM error, the ensemble's gradient", e["error"]),
+            _row("confidence on mistakes, the ensemble's gradient", e["wrong_confidence"]),
+            [f"FGSM error, one member's gradient (mean of {n}; range {pct(lo)}–{pct(hi)})",
+             pct(e["error_attack_one_member"]["ours"]), pct(e["error_attack_one_member"]["paper"])],
+            _row("confidence on mistakes, one member's gradient (mean)", e["wrong_confidence_attack_one_member"]),
+            _row("(each member attacked and judged alone: FGSM error, mean)", e["member_own_fgsm_error_mean"])]
+    whole, one = e["error"]["ours"], e["error_attack_one_member"]["ours"]
+    alone = e["member_own_fgsm_error_mean"]["ours"]
+    pw, po = e["error"]["paper"], e["error_attack_one_member"]["paper"]
+    para = [f"{n} {ens['spec']} nets with seeds {', '.join(str(m['seed']) for m in ens['members'])}, each trained "
+            f"by the original maxout recipe for a fixed {ens['epochs']} epochs on {ens['n_train']:,} training rows "
+            f"(rows 0–{ens['n_train'] - 1:,}; no early stopping). The ensemble's output is the mean of the members' softmax "
+            "probabilities, and its logits the log of that mean, so FGSM's cross-entropy is −log of the mean "
+            "probability of the true label. Each member's FGSM images are judged by the whole ensemble."
+            + ("" if n == 12 else f" The paper's ensemble has 12 members; this profile's has {n}.")]
+    verdict = (f"FGSM at ε = 0.25 with the ensemble's own gradient misclassifies {pct(whole)} of "
+               f"{ens['n_attacked']:,} test images ({_cmp(whole, e['error']['paper'])}); with one member's gradient, "
+               f"{pct(one)} on average ({pct(lo)}–{pct(hi)} over the members; "
+               f"{_cmp(one, e['error_attack_one_member']['paper'])}). "
+               + ("Both attacks fool the ensemble on most inputs: as in the paper, ensembling is no defence. "
+                  if whole > 0.5 and one > 0.5 else
+                  "At least one attack fools the ensemble on fewer than half the inputs, unlike the paper. ")
+               + f"The ensemble's gradient fools it {'more' if whole > one else 'less'} often than a member's "
+               + (f"({'as' if (whole > one) == (pw > po) else 'unlike'} in the paper, {pct(pw)} against {pct(po)})"
+                  if pw is not None and po is not None else "(no paper values)")
+               + "; a member attacked and "
+               f"judged alone is fooled on {pct(alone)}, so averaging "
+               + (f"removes {num(100 * (alone - one), '.1f')} points of what a member's own FGSM images do."
+                  if alone - one >= 0.005 else "barely changes it."))
+    return Section("8 — Ensembles are not a defence", para,
+                   [Table(["quantity", "ours", "paper"], rows, f"Ensemble of {n} maxout nets, FGSM at ε = 0.25",
+                          verdict, fmt="str")])
+
+
+def _sec_l1(results: dict[str, Any]) -> Section | None:
+    """L1 weight decay on the first layer beside plain and adversarial training, where the profile ran it."""
+    l1 = results.get("l1_decay")
+    if not l1:
+        return None
+    f = results["findings"]["9_l1_decay"]
+    paper_c = f["paper_coefficient"]
+    rows = []
+    for arm in l1["arms"]:
+        v = f[arm["key"]]
+        floor = v["train_error"]["paper"]
+        rows.append([arm["label"], pct(v["train_error"]["ours"], 2), "above " + pct(floor) if floor else "—",
+                     pct(v["test_error"]["ours"], 2), pct(v["fgsm_error"]["ours"])])
+    arms = {a["key"]: a for a in l1["arms"]}
+    plain, adv = arms["plain"], arms["adversarial"]
+    decayed = [a for a in l1["arms"] if a["l1_first"]]
+    strongest = max(decayed, key=lambda a: a["l1_first"])
+    curve = strongest["train_error_curve"]
+    floor = f[strongest["key"]]["train_error"]["paper"]
+    def trains(a: dict[str, Any]) -> bool:  # near the plain net's training error: within 2 points or 2×
+        return bool(a["train_error"] <= max(2 * plain["train_error"], plain["train_error"] + 0.02))
+
+    trained = [a for a in decayed if trains(a)]
+    gap_adv = plain["fgsm_error"] - adv["fgsm_error"]
+    gap_l1 = max((plain["fgsm_error"] - a["fgsm_error"] for a in trained), default=None)
+    para = [f"{l1['spec']} nets, seed {l1['seed']}, the original maxout recipe for a fixed {l1['epochs']} epochs on "
+            f"{l1['n_train']:,} training rows (rows 0–{l1['n_train'] - 1:,}): L1 decay adds c·Σ|W| over the first layer's weights to "
+            "the mean cross-entropy; training error is measured without dropout on those rows after every epoch. "
+            "The paper gives one number: at c = " + num(paper_c, "g") + " training error stalls above "
+            + pct(floor) + "."]
+    sentences = [
+        f"At c = {strongest['l1_first']:g} training error ends at {pct(strongest['train_error'], 2)} (lowest over "
+        f"{len(curve)} epochs {pct(min(curve), 2)}; plain training {pct(plain['train_error'], 2)}): "
+        + (f"it stays above {pct(floor)}, as in the paper." if floor is not None and min(curve) > floor else
+           f"it does not stay above {pct(floor)}, unlike the paper." if floor is not None else ""),
+        f"FGSM error at ε = 0.25: plain {pct(plain['fgsm_error'])}, adversarial training {pct(adv['fgsm_error'])}, "
+        + ", ".join(f"L1 {a['l1_first']:g} {pct(a['fgsm_error'])}" for a in decayed) + "."]
+    if not trains(adv):
+        sentences.append(f"Adversarial training itself did not train in this budget (training error "
+                         f"{pct(adv['train_error'], 2)} against {pct(plain['train_error'], 2)} plain), so its lower "
+                         "FGSM error is an undertrained net's and this run cannot compare L1 decay with it.")
+    elif gap_l1 is None:
+        sentences.append("No L1 coefficient trained to near the plain net's training error, so none tests whether "
+                         "a usable L1 decay buys robustness.")
+    else:
+        sentences.append(
+            f"The coefficients that still train (training error within 2 points or 2× of plain) lower FGSM error "
+            f"by at most {num(100 * gap_l1, '.1f')} points; adversarial training by {num(100 * gap_adv, '.1f')}. "
+            + ("Adversarial training itself gained less than 2 points here, so this run cannot tell them apart."
+               if gap_adv < 0.02 else "As in the paper, L1 weight decay is no substitute for adversarial training."
+               if gap_adv > 2 * max(gap_l1, 0.0) else "Unlike the paper, L1 decay buys comparable robustness here."))
+    return Section("9 — L1 weight decay is not adversarial training", para,
+                   [Table(["training", "training error", "paper", "clean test error", "FGSM error"], rows,
+                          "L1 decay on the first layer vs plain and adversarial training (same seed and budget)",
+                          " ".join(sentences), fmt="str")])
+
+
 def _sec_transfer(results: dict[str, Any]) -> Section | None:
     t = results["transfer"]
     if len(t["columns"]) < 2:  # one net: nothing to transfer to
@@ -359,5 +461,17 @@ def terminal_summary(results: dict[str, Any]) -> str:
     add(f"6 noise called a digit: maxout ({r['setting']})", r["maxout_fooled"], 2)
     add("6 noise called a digit: softmax", r["softmax_fooled"], 2)
     add("6 noise called a digit: RBF", r["rbf_fooled"], 2)
+    if "8_ensemble" in f:
+        e = f["8_ensemble"]
+        add(f"8 ensemble of {e['members']}: FGSM error, ensemble's gradient", e["error"])
+        add("8 ensemble: FGSM error, one member's gradient (mean)", e["error_attack_one_member"])
+        add("8 ensemble: clean error", e["clean_error"], 2)
+    if "9_l1_decay" in f:
+        for key, v in f["9_l1_decay"].items():
+            if isinstance(v, dict):
+                name = f"L1 {v['l1_first']:g}" if v["l1_first"] else key
+                add(f"9 {name}: training error" + (" (paper: above)" if v["train_error"]["paper"] else ""),
+                    v["train_error"], 2)
+                add(f"9 {name}: FGSM error", v["fgsm_error"])
     lines.append("wall time: " + ", ".join(f"{k} {num(v, '.0f')} s" for k, v in results["wall_time_s"].items()))
     return "\n".join(lines)
