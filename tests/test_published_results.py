@@ -65,3 +65,19 @@ def test_publish_copies_report_results_figures_and_provenance(tmp_path: Path) ->
     with pytest.raises(OutputError, match="no finished report"):
         publish(run, tmp_path / "results" / "y", experiment="szegedy2014", profile="quick", command="c",
                 wall_time_s=1.0)
+
+
+def test_result_differences_finds_changed_numbers_only() -> None:
+    from blindspots.report.publish import result_differences
+
+    committed = {"table": {"error": 0.0423, "n": 100}, "curve": [0.5, 0.4], "wall_time_s": 12.0,
+                 "stages": [{"wall_s": 3}], "label": "FC10", "ci": float("nan")}
+    same = json.loads(json.dumps(committed)) | {"wall_time_s": 99.0, "new_key": 1}
+    assert result_differences(same, committed) == []  # run facts and new results are no differences
+    moved = json.loads(json.dumps(committed))
+    moved["table"]["error"], moved["curve"][1], moved["label"] = 0.9609, 0.41, "FC100"
+    assert result_differences(moved, committed) == ["table.error: 0.9609 vs 0.0423", "curve[1]: 0.41 vs 0.4",
+                                                    "label: 'FC100' vs 'FC10'"]
+    assert result_differences(moved, committed, abs_tol=0.02, where="r")[:1] == ["r.table.error: 0.9609 vs 0.0423"]
+    del moved["curve"]
+    assert "curve: missing" in result_differences(moved, committed)

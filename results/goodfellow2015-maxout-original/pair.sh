@@ -50,7 +50,10 @@ assemble)
       [ -e "$RUNS/pair/stages/$(basename "$d")" ] || cp -r "$d" "$RUNS/pair/stages/"
     done
   done
-  cd "$FROZEN" && OMP_NUM_THREADS=2 blindspots reproduce goodfellow2015 --profile pair --out "$RUNS/pair" \
-    --no-progress --publish "$HERE" ;;
+  # published beside, then copied in: --publish replaces its folder whole, and this one holds pair.sh and notes
+  rm -rf "$RUNS/pair-published"
+  (cd "$FROZEN" && OMP_NUM_THREADS=2 blindspots reproduce goodfellow2015 --profile pair --out "$RUNS/pair" \
+    --no-progress --publish "$RUNS/pair-published")
+  cp -r "$RUNS/pair-published"/. "$HERE/" ;;
 *) echo "usage: bash pair.sh resume|snapshot|assemble [RUNS_DIR]" >&2; exit 2 ;;
 esac

@@ -66,8 +66,43 @@ def publish(run_dir: str | Path, dest: str | Path, *, experiment: str, profile: 
     return dest
 
 
+# keys whose values say how or where a run ran, not what it found: left out of `result_differences`
+RUN_KEYS = ("wall", "time", "stages", "figures", "figure", "checkpoint", "path", "file", "folder", "sha256",
+            "versions", "commit", "command", "device", "seconds", "profile_description")
+
+
+def result_differences(ours: Any, committed: Any, *, abs_tol: float = 0.0, rel_tol: float = 0.0,
+                       where: str = "") -> list[str]:
+    """Every number of `committed` (a results.json) that `ours` does not reproduce within the tolerances (|a − b| ≤
+    abs_tol + rel_tol·|b|), as 'path: ours vs committed' lines; keys about how the run ran (RUN_KEYS and *_s: wall
+    times, stage logs, paths, hashes, versions) are left out, and keys only `ours` has are new results, not differences."""
+    if isinstance(committed, dict):
+        if not isinstance(ours, dict):
+            return [f"{where}: {type(ours).__name__} vs an object"]
+        out: list[str] = []
+        for key, value in committed.items():
+            if key.endswith("_s") or any(k in key for k in RUN_KEYS):  # "_s": seconds (wall_s, compute_s)
+                continue
+            here = f"{where}.{key}" if where else key
+            out += [f"{here}: missing"] if key not in ours else result_differences(
+                ours[key], value, abs_tol=abs_tol, rel_tol=rel_tol, where=here)
+        return out
+    if isinstance(committed, list):
+        if not isinstance(ours, list) or len(ours) != len(committed):
+            return [f"{where}: {len(ours) if isinstance(ours, list) else ours!r} items vs {len(committed)}"]
+        return [d for i, (a, b) in enumerate(zip(ours, committed))
+                for d in result_differences(a, b, abs_tol=abs_tol, rel_tol=rel_tol, where=f"{where}[{i}]")]
+    if isinstance(committed, bool) or not isinstance(committed, (int, float)):
+        return [] if ours == committed else [f"{where}: {ours!r} vs {committed!r}"]
+    if not isinstance(ours, (int, float)) or isinstance(ours, bool):
+        return [f"{where}: {ours!r} vs {committed!r}"]
+    if committed != committed:  # NaN stays NaN
+        return [] if ours != ours else [f"{where}: {ours!r} vs NaN"]
+    return [] if abs(ours - committed) <= abs_tol + rel_tol * abs(committed) else [f"{where}: {ours!r} vs {committed!r}"]
+
+
 def read_provenance(folder: str | Path) -> dict[str, Any]:
     return json.loads((Path(folder) / PROVENANCE).read_text(encoding="utf-8"))
 
 
-__all__ = ["publish", "figure_links", "git_commit", "read_provenance", "PROVENANCE"]
+__all__ = ["publish", "figure_links", "git_commit", "read_provenance", "result_differences", "PROVENANCE"]
