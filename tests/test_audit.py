@@ -60,7 +60,11 @@ def test_results_and_report(audited: tuple[dict, Path], models: list[LoadedModel
     for m in models:
         rec = results["per_model"][m.name]
         assert set(rec) == {"clean", "minimal_l2", "minimal_linf", "curves", "lipschitz", "units", "sanity_runs",
-                            "verdict"}
+                            "verdict", "bounds"}
+        b = rec["bounds"]  # both models are CROWN-boundable: certified ≤ attacked robust accuracy at every ε
+        assert b["supported"] and b["method"] == "crown"
+        for norm in ("linf", "l2"):
+            assert all(c <= a for c, a in zip(b[norm]["certified"], b[norm]["attacked"]))
         accuracy = float((predict_logits(m.module, data.images).argmax(1) == data.labels).double().mean())
         assert rec["clean"]["accuracy"] == pytest.approx(accuracy)
         for norm in ("linf", "l2"):
@@ -168,7 +172,7 @@ def test_rerun_reuses_every_stage(audited: tuple[dict, Path], models: list[Loade
     lines: list[str] = []
     again = run_audit(_config(models, out), announce=lines.append)
     assert {s["status"] for s in again["stages"]} == {"cached"}
-    assert len(again["stages"]) == len(results["stages"]) == 17  # 7 per model + transfer + a verdict per model
+    assert len(again["stages"]) == len(results["stages"]) == 19  # 7 per model + transfer + verdict and bounds per model
     assert again["per_model"] == results["per_model"] and again["transfer"] == results["transfer"]
     assert any("[cached]   curves-mlp" in ln for ln in lines)
 
@@ -266,6 +270,8 @@ def test_masked_model_is_flagged_and_not_called_robust(tmp_path: Path) -> None:
     assert m["verdict"]["linf"]["robust"][1] <= 0.1  # the reference ε 0.15, where plain PGD said ~96%
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "masked: not trustworthy: failed checks: input gradients are not masked" in md
+    assert not m["bounds"]["supported"] and "'<model>' (Masked)" in m["bounds"]["reason"]  # named, no crash
+    assert "masked: no certified bound: verify cannot bound layer '<model>' (Masked)" in md
 
 
 def test_edited_model_code_recomputes_its_stages(tmp_path: Path, linear: nn.Module) -> None:

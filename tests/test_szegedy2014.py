@@ -75,6 +75,7 @@ def test_every_table_is_in_all_three_files(run: tuple[Path, dict, dict[str, floa
     assert "data:image/png;base64," in page  # self-contained
     assert "| FC10(1e-4) |" in md and "| 7.4% |" in md  # paper column of FC10(1e-4) test error, from the reference file
     assert to_markdown(build_report(disk)) == md  # the committed report can be checked against its results.json
+    assert "certified lower bound" in md and "## How minimal is minimal?" in md
     for a in disk["attacks"].values():  # figures: paths relative to the run folder, stored in results.json
         for rel in a["figures"].values():
             assert not Path(rel).is_absolute() and f"]({rel})" in md and (out / rel).read_bytes()[:4] == b"\x89PNG"
@@ -187,3 +188,21 @@ def test_altered_or_damaged_attack_stages_are_recomputed(run: tuple[Path, dict, 
         t = load_adversarial(folder / "adversarial.safetensors")
         assert bool((t["x_adv"] != t["x"]).any())
     assert len(list((out / "stages" / ".broken").iterdir())) == 3
+
+
+def test_certified_column_and_exact_minimal(run: tuple[Path, dict, dict[str, float]]) -> None:
+    """Table 1's certified lower bound sits below the L-BFGS distortion for every model (all are CROWN-boundable);
+    the exact minimal L∞ of "How minimal is minimal?" sits below every attack's (each ratio ≥ 1)."""
+    _, results, _ = run
+    for name, row in results["table1"].items():
+        c = row["certified"]
+        assert c["supported"] and c["violations"] == 0, name
+        assert 0 < c["mean_certified_rms"] <= row["distortion"], name
+    nets = results["section_minimal"]["nets"]
+    assert list(nets) == ["784-20-20-10"]
+    rec = nets["784-20-20-10"]["linf"]
+    assert rec["images"] == PROFILES["quick"].minimal.n_images
+    assert rec["exact"]["statuses"].get("optimal", 0) >= 1
+    for attack, g in rec["attacks"].items():
+        assert g["worst_ratio"] is None or g["median_ratio"] >= 1 - 1e-6, attack
+    assert rec["certified_median"] <= rec["exact"]["median"] + 1e-6

@@ -17,6 +17,9 @@ from .models import AuditModel
 from .runner import AuditRunner
 
 
+BOUNDS_EFFORT = ("certify_", "exact_")  # Effort fields of the bounds stage alone
+
+
 @dataclass
 class Ctx:
     """One model's audit: config, runner, the data (on the device) and the model."""
@@ -48,7 +51,12 @@ class Ctx:
         stages read, which name them in `more`), and whatever else the stage reads. Later stages of a model read
         earlier ones, which are functions of the same key and the same code."""
         config = {k: v for k, v in self.config.describe().items() if k not in ("zoo", "layer")}
+        config["effort"] = {k: v for k, v in config["effort"].items() if not k.startswith(BOUNDS_EFFORT)}
         return {"model": self.model.key, "data": self.data_id, "config": config, **more}
+
+    def bounds_effort(self) -> dict[str, Any]:
+        """The effort fields only the bounds stage reads (left out of every other stage's key)."""
+        return {k: v for k, v in self.config.describe()["effort"].items() if k.startswith(BOUNDS_EFFORT)}
 
 
 def attack(name: str, ctx: Ctx, x: torch.Tensor, crit: Misclassification, budgets: list[float] | None = None,

@@ -42,6 +42,11 @@ class Effort:
     units_images: int = 1000
     unit_directions: int = 100
     unit_k: int = 8
+    certify_method: str = "crown"  # certified robust accuracy per ε (verify): "ibp", "crown" or "alpha-crown"
+    certify_max_units: int = 2000  # hidden nonlinear units above which CROWN gives way to IBP (its cost grows with them)
+    exact_images: int = 20  # exact minimal L∞ (MILP) on the first images only, each within the two budgets below:
+    exact_max_unstable: int = 100  # unstable ReLUs / max units over the best attack's ball (the program's binaries)
+    exact_time_limit: float = 20.0  # seconds per image; past it the proven bounds are reported, not a value
 
 
 FAST = {"lbfgs_images": 100, "bisect_images": 200, "sanity_images": 100}  # --fast: these attacks on the first images

@@ -17,6 +17,7 @@ from ..data.user import load_eval_data
 from ..io import write_json_atomic
 from .analysis import lipschitz_stage, sanity_stage, transfer_stage, units_stage
 from .attacks import adapt, clean_stage, curves_stage, minimal_l2_stage, minimal_linf_stage
+from .bounds import bounds_stage
 from .common import Ctx
 from .config import CHUNK, AuditConfig, first
 from .models import load_models
@@ -25,7 +26,7 @@ from .sanity import sanity_lines
 from .verdict import verdict_stage
 
 PARTS = ("clean", "minimal L2", "minimal L∞", "robust curves", "lipschitz", "units", "sanity runs", "transfer",
-         "verdict")
+         "verdict", "bounds")
 
 
 def _lean(stage: dict[str, Any]) -> dict[str, Any]:
@@ -61,6 +62,7 @@ def run_audit(config: AuditConfig, announce: Callable[[str], None] = print) -> d
     per_model: dict[str, dict[str, Any]] = {}
     curves: dict[str, tuple[dict[str, Any], Any]] = {}
     folders: dict[str, dict[str, Any]] = {}
+    minimal_linf: dict[str, dict[str, Any]] = {}
     ctxs = []
     for m in models:
         ctx = Ctx(config, runner, x, y, m, data_id)
@@ -71,6 +73,7 @@ def run_audit(config: AuditConfig, announce: Callable[[str], None] = print) -> d
         adapt(ctx, rec["clean"])
         rec["minimal_l2"], where["minimal_l2"] = timed("minimal L2", lambda: minimal_l2_stage(ctx, rec["clean"]))
         rec["minimal_linf"], where["minimal_linf"] = timed("minimal L∞", lambda: minimal_linf_stage(ctx, rec["clean"]))
+        minimal_linf[m.name] = rec["minimal_linf"]
         curves[m.name] = timed("robust curves", lambda: curves_stage(
             ctx, rec["clean"], {"l2": rec["minimal_l2"], "linf": rec["minimal_linf"]}))
         rec["curves"], where["curves"] = curves[m.name]
@@ -85,7 +88,10 @@ def run_audit(config: AuditConfig, announce: Callable[[str], None] = print) -> d
         name = ctx.model.name
         others = {c.model.name: curves[c.model.name][1] for c in ctxs if c is not ctx}
         clean = folders[name].pop("clean")
-        per_model[name]["verdict"] = _lean(timed("verdict", lambda: verdict_stage(ctx, clean, folders[name], others)))
+        verdict = timed("verdict", lambda: verdict_stage(ctx, clean, folders[name], others))
+        per_model[name]["verdict"] = _lean(verdict)
+        per_model[name]["bounds"] = _lean(timed("bounds", lambda: bounds_stage(
+            ctx, clean, minimal_linf[name], folders[name]["minimal_linf"], verdict)))
 
     results: dict[str, Any] = {
         "audit": "blindspots audit", "config": config.describe(), "data": data_id,
@@ -143,6 +149,12 @@ def _facts(config: AuditConfig, models: list[Any], data_id: dict[str, Any], worl
                                      f"4 top classes, and no L-BFGS. L∞: FGSM's smallest ε (bisection) and a PGD "
                                      f"bisection ({e.bisect_rounds} rounds of {e.bisect_steps}-step PGD) on the first "
                                      f"{first(e.bisect_images, data_id['n'])} images and every image FGSM failed on",
+            "bounds": f"certified robust accuracy at every ε of both grids by {e.certify_method} (blindspots.verify; IBP "
+                      f"for a model with more than {e.certify_max_units} hidden nonlinear units), on every image; the "
+                      f"certified L∞ radius (bisection up to the best attack's distance) and the exact minimal L∞ "
+                      f"(MILP, HiGHS) on the first {first(e.exact_images, data_id['n'])} images of a piecewise-linear "
+                      f"model, each image within {e.exact_max_unstable} unstable units (CROWN bounds over the best "
+                      f"attack's ball) and {e.exact_time_limit:g} s",
             "distributions": "over the correctly classified images an attack ran on; a failed attack counts as ∞",
             "sanity_runs": f"first {first(e.sanity_images, data_id['n'])} images; {e.restarts} restarts"
                            + (" (--fast)" if config.fast else ""),

@@ -179,6 +179,67 @@ def _units(results: dict[str, Any]) -> Section:
     return Section("Single units vs random directions (Szegedy et al. §3)", paragraphs, [table] if rows else [])
 
 
+def _ratio(v: Any) -> str:
+    return "—" if v is None else f"{v:.3f}"
+
+
+def _bounds(results: dict[str, Any]) -> Section:
+    """Robust accuracy bracketed [certified, attacked] per ε; the exact minimal L∞ and each attack's gap to it."""
+    tables, paragraphs, figures = [], [], []
+    for name, m in results["per_model"].items():
+        b = m.get("bounds")
+        if b is None:
+            continue
+        if not b["supported"]:
+            paragraphs.append(f"{name}: no certified bound: {b['reason']}")
+            continue
+        method = {"crown": "CROWN", "ibp": "IBP", "alpha-crown": "α-CROWN"}[b["method"]]
+        for norm in ("linf", "l2"):
+            r = b[norm]
+            ok = all(c <= a + 1e-12 for c, a in zip(r["certified"], r["attacked"]))
+            rows = [[f"{e:g}", pct(c), pct(a), f"[{pct(c)}, {pct(a)}]"]
+                    for e, c, a in zip(r["eps"], r["certified"], r["attacked"])]
+            tables.append(Table(["ε", f"certified ({method})", "attacked (verdict)", "true robust accuracy in"], rows,
+                                f"{name}: robust accuracy under {NORM_LABEL[norm]} perturbations, bracketed",
+                                f"{'PASS' if ok else 'FLAG'}: certified ≤ attacked at every ε"
+                                + ("" if ok else " — a bound or attack bug") + f" ({b['why']}).", fmt="str"))
+        x = b["exact"]
+        line = (f"{name}: certified L∞ radius ({method}) on the first {x['images']} images: median "
+                f"{_n(_median_of(x['radius'], x['correct']))}; best attack median "
+                f"{_n(_median_of(x['best_attack'], x['correct']))}.")
+        if "skipped" in x:
+            paragraphs.append(line + f" Exact minimum not computed: {x['skipped']}.")
+            continue
+        counts = ", ".join(f"{s} {c}" for s, c in x["statuses"].items())
+        solve = x.get("solve_time")
+        paragraphs.append(
+            line + f" Exact minimal L∞ (MILP, HiGHS) within a budget of {x['max_unstable']} unstable units and "
+            f"{x['time_limit']:g} s per image: {counts}" + (f"; solve time median {_n(solve['median'], '.3g')} s, "
+                                                            f"max {_n(solve['max'], '.3g')} s" if solve else "")
+            + f". {'PASS' if x['violations'] == 0 else 'FLAG'}: certified radius ≤ exact ≤ best attack on all "
+            f"{x['checked']} images with an exact value" + ("" if x["violations"] == 0 else
+                                                          f" except {x['violations']} — a bound or solver bug") + ".")
+        rows = [[a, str(g["images"]), _ratio(g["median"]), _ratio(g["worst"])] for a, g in x["gap"].items()]
+        tables.append(Table(["attack", "images", "median L∞ / exact", "worst"], rows,
+                            f"{name}: each L∞ attack's distortion over the exact minimum", fmt="str"))
+        figures.append(Figure(figure_paths(name)["bounds"], f"{name}: per image, certified radius, exact minimal L∞ "
+                                                            "and the best attack"))
+    return Section("Certified bounds and exact minimal perturbations", [
+        "Certified robust accuracy (blindspots.verify: every input in the ε-ball ∩ box provably keeps its label) is a "
+        "lower bound of the true robust accuracy, the verdict's attacked robust accuracy an upper bound; the true "
+        "value lies in between. On small piecewise-linear models the exact minimal L∞ perturbation (a mixed-integer "
+        "program) shows how far each attack is from the minimum.", *paragraphs], tables, figures)
+
+
+def _median_of(values: list[Any], correct: list[Any]) -> float | None:
+    import numpy as np
+
+    from .common import from_list
+
+    v = from_list(values)[from_list(correct) > 0]
+    return float(np.median(v)) if v.size else None
+
+
 def _sanity(results: dict[str, Any]) -> Section:
     return Section("Sanity checks", [s["line"] for s in results["sanity"]])
 
@@ -188,8 +249,8 @@ def build_report(results: dict[str, Any]) -> Report:
     d = results["data"]
     intro = [f"Adversarial robustness audit of {', '.join(m['name'] for m in results['models'])} on {d['n']} images "
              f"of {d['name']} (bounds {d['bounds']}).", *_summary(results)]
-    sections = [_clean(results), _minimal(results), _curves(results), _transfer(results), _lipschitz(results),
-                _units(results), _sanity(results), run_facts_section(results)]
+    sections = [_clean(results), _minimal(results), _curves(results), _bounds(results), _transfer(results),
+                _lipschitz(results), _units(results), _sanity(results), run_facts_section(results)]
     sections[-1].title = "Run facts"
     return Report("blindspots audit", intro, sections)
 

@@ -13,9 +13,9 @@ this project pins torch 2.x. The bounds here are its algorithms re-implemented o
 solver glue (milp.py).
 """
 
-from .certify import METHODS, certified, certified_radius, margin_bounds
+from .certify import METHODS, certified, certified_radius, hidden_units, margin_bounds, unstable_units
 from .exact import EXACT_NORMS, ExactResult, attack_upper_bounds, exact_minimal, lp_margin_bounds
 from .network import Network, UnsupportedLayerError, network
 
-__all__ = ["METHODS", "certified", "certified_radius", "margin_bounds", "EXACT_NORMS", "ExactResult",
-           "attack_upper_bounds", "exact_minimal", "lp_margin_bounds", "Network", "UnsupportedLayerError", "network"]
+__all__ = ["METHODS", "certified", "certified_radius", "margin_bounds", "hidden_units", "unstable_units", "EXACT_NORMS",
+           "ExactResult", "attack_upper_bounds", "exact_minimal", "lp_margin_bounds", "Network", "UnsupportedLayerError", "network"]

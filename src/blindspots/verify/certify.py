@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ..errors import InputError
 from . import crown, ibp
 from .inputs import InputSet
-from .network import Network, network
+from .network import Activation, MaxPieces, Network, network
 
 METHODS = ("ibp", "crown", "alpha-crown")
 
@@ -73,3 +73,35 @@ def certified_radius(model: nn.Module | Network, x: Tensor, y: Tensor, *, norm: 
         ok = certified(net, x, y, mid, norm=norm, method=method, **kw)
         lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
     return torch.where(ok0, lo, torch.zeros_like(lo))
+
+
+def hidden_units(model: nn.Module | Network, in_shape: tuple[int, ...]) -> int:
+    """Inputs of the nonlinear operations (activations, maxima): the units whose bounds CROWN computes by one backward
+    pass each (two specs per unit), so its cost grows with this number."""
+    net = model if isinstance(model, Network) else network(model, in_shape)
+    return sum(int(torch.tensor(op.in_shape).prod()) for op in net.ops if isinstance(op, (Activation, MaxPieces)))
+
+
+def unstable_units(model: nn.Module | Network, x: Tensor, eps: float | Tensor, *, norm: str = "linf",
+                   bounds: tuple[float, float] = (0.0, 1.0), batch_size: int = 50) -> Tensor:
+    """[N]: per image, the ReLUs whose CROWN pre-activation bounds over the ε ball ∩ box straddle 0, plus the max
+    units (maxout, max-pooling) with more than one piece that can be the maximum: the binary variables the exact
+    program needs (exact.py), the measure of its size. Smooth activations (sigmoid, tanh) count none."""
+    net = model if isinstance(model, Network) else network(model, tuple(x.shape[1:]))
+    e = torch.as_tensor(eps, dtype=torch.float64).expand(x.shape[0])
+    out = []
+    with torch.no_grad():
+        for s in range(0, x.shape[0], batch_size):
+            rows = slice(s, s + batch_size)
+            unit_bounds, _ = crown.layer_bounds(net, InputSet(x[rows].cpu(), e[rows], norm, bounds))
+            count = torch.zeros(x[rows].shape[0], dtype=torch.long)
+            for op, b in zip(net.ops, unit_bounds):
+                if b is None:
+                    continue
+                lo, hi = b
+                if isinstance(op, Activation) and op.kind == "relu":
+                    count += ((lo < 0) & (hi > 0)).flatten(1).sum(1)
+                elif isinstance(op, MaxPieces):
+                    count += ((hi > lo.amax(-1, keepdim=True)).sum(-1) > 1).flatten(1).sum(1)
+            out.append(count)
+    return torch.cat(out)
