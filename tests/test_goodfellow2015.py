@@ -285,3 +285,18 @@ def test_l1_decay_beside_plain_and_adversarial_training(run: tuple[Path, dict]) 
     f = results["findings"]["9_l1_decay"]
     assert f["l1_0.0025"]["train_error"]["paper"] == paper_value("goodfellow2015", "l1_weight_decay", "train_error_floor")
     assert f["plain"]["train_error"]["paper"] is None
+
+
+def test_the_committed_quick_results_still_hold(run: tuple[Path, dict]) -> None:
+    """results/goodfellow2015-quick/ is what this code produces: every headline number of the committed quick run
+    (its findings: ours beside the paper's) comes out again, within a stated tolerance — 2 points on rates and 5%
+    relative, room for the float differences of another torch thread count, none for a changed result."""
+    from blindspots.report.publish import result_differences
+
+    out, _ = run
+    ours = json.loads((out / "results.json").read_text())
+    committed = json.loads((Path(__file__).resolve().parent.parent / "results" / "goodfellow2015-quick" /
+                            "results.json").read_text())
+    diffs = result_differences(ours["findings"], committed["findings"], abs_tol=0.02, rel_tol=0.05, where="findings")
+    assert not diffs, "the committed quick run no longer reproduces (republish it): " + "; ".join(diffs[:10])
+
