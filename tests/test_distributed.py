@@ -160,5 +160,8 @@ def test_audit_under_torchrun_matches_one_process(tmp_path: Path, checkpoint: st
           str(_free_port()), "-m", "blindspots", *args, "--out", str(tmp_path / "two")], tmp_path)
     one, two = _audit_numbers(tmp_path / "one"), _audit_numbers(tmp_path / "two")
     assert one["data"]["n"] == 150 and one["models"]
-    assert one == two
+    from blindspots.report.publish import result_differences
+
+    assert result_differences(two, one) == []  # every number equal (timings such as the bounds' seconds left out)
+    assert result_differences(one, two) == []
     assert (tmp_path / "two" / "report.html").is_file()

@@ -22,6 +22,7 @@ from blindspots.report.reference import paper_value
 
 pytestmark = pytest.mark.slow
 QUICK = PROFILES["quick"]
+PUBLISHED_THREADS = 2  # torch threads of the run committed under results/goodfellow2015-quick
 
 
 @pytest.fixture(scope="module")
@@ -290,8 +291,14 @@ def test_l1_decay_beside_plain_and_adversarial_training(run: tuple[Path, dict]) 
 def test_the_committed_quick_results_still_hold(run: tuple[Path, dict]) -> None:
     """results/goodfellow2015-quick/ is what this code produces: every headline number of the committed quick run
     (its findings: ours beside the paper's) comes out again, within a stated tolerance — 2 points on rates and 5%
-    relative, room for the float differences of another torch thread count, none for a changed result."""
+    relative, none for a changed result. The committed run used torch's default 2 threads (a 2-core machine, as CI's);
+    another thread count changes the float reductions and, through training, the quick nets themselves (measured:
+    rubbish-noise maxout 'fooled' 0.63 at one thread against 0.32 at two), so it is compared at 2 threads only."""
     from blindspots.report.publish import result_differences
+
+    if torch.get_num_threads() != PUBLISHED_THREADS:
+        pytest.skip(f"the committed quick run used {PUBLISHED_THREADS} torch threads; this process has "
+                    f"{torch.get_num_threads()}")
 
     out, _ = run
     ours = json.loads((out / "results.json").read_text())

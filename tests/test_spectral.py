@@ -196,7 +196,8 @@ def _independent_constants(model: nn.Module) -> list[tuple[str, float, bool]]:
             out.append((name, float(torch.linalg.matrix_norm(layer.linear.weight.detach().double(), ord=2)), True))
         else:
             known = {nn.Sigmoid: 0.25, nn.ReLU: 1.0, nn.MaxPool2d: 1.0, nn.Flatten: 1.0, nn.Dropout: 1.0}
-            out.append((name, known[type(layer)], True))
+            kind = nn.Dropout if isinstance(layer, nn.Dropout) else type(layer)  # the zoo's scaled dropout too
+            out.append((name, known[kind], True))
         with torch.no_grad():
             h = layer.eval()(h)
     return out

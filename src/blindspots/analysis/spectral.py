@@ -203,6 +203,8 @@ def _bound_one(name: str, layer: nn.Module, ishape: torch.Size, oshape: torch.Si
     for cls, (value, why) in _CONSTANT_BOUNDS.items():
         if type(layer) is cls:
             return value, why, True
+    if isinstance(layer, nn.modules.dropout._DropoutNd):  # a subclass (the zoo's scaled dropout): identity in eval
+        return 1.0, "1 (identity in eval mode)", True
     if isinstance(layer, RBFLayer):
         raise SpecError(f"layer {name!r} (RBFLayer) has no global Lipschitz bound: its gradient "
                         "−2β(x − μ) grows without limit away from the centres. Bound a model without RBF units, "
