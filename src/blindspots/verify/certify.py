@@ -6,6 +6,8 @@ reach; the certified radius is a lower bound of the minimal adversarial distorti
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor, nn
 
@@ -31,6 +33,15 @@ def _margins(net: Network, y: Tensor, inputs: InputSet, method: str, alpha_steps
     return crown.margins(net, y, inputs, alpha_steps=alpha_steps if method == "alpha-crown" else 0)
 
 
+def _input_sets(x: Tensor, eps: float | Tensor, norm: str, bounds: tuple[float, float],
+                batch_size: int) -> Iterator[tuple[slice, InputSet]]:
+    """The images in batches of `batch_size`, each as (its rows, its input set: ε ball ∩ box, one ε per image)."""
+    e = torch.as_tensor(eps, dtype=torch.float64).expand(x.shape[0])
+    for start in range(0, x.shape[0], batch_size):
+        rows = slice(start, start + batch_size)
+        yield rows, InputSet(x[rows].cpu(), e[rows], norm, bounds)
+
+
 def margin_bounds(model: nn.Module | Network, x: Tensor, y: Tensor, eps: float | Tensor, *, norm: str = "linf",
                   method: str = "crown", bounds: tuple[float, float] = (0.0, 1.0), alpha_steps: int = 20,
                   batch_size: int = 200) -> Tensor:
@@ -38,12 +49,9 @@ def margin_bounds(model: nn.Module | Network, x: Tensor, y: Tensor, eps: float |
     j = y. eps: a number or one per image [N]. method: "ibp", "crown" or "alpha-crown"."""
     _check(method, x, y)
     net = model if isinstance(model, Network) else network(model, tuple(x.shape[1:]))
-    e = torch.as_tensor(eps, dtype=torch.float64).expand(x.shape[0])
     out = []
     with torch.no_grad():
-        for s in range(0, x.shape[0], batch_size):
-            rows = slice(s, s + batch_size)
-            inputs = InputSet(x[rows].cpu(), e[rows], norm, bounds)
+        for rows, inputs in _input_sets(x, eps, norm, bounds, batch_size):
             m = _margins(net, y[rows].cpu(), inputs, method, alpha_steps)
             out.append(m.masked_fill(torch.nn.functional.one_hot(y[rows].cpu(), net.classes).bool(), torch.inf))
     return torch.cat(out)
@@ -88,12 +96,10 @@ def unstable_units(model: nn.Module | Network, x: Tensor, eps: float | Tensor, *
     units (maxout, max-pooling) with more than one piece that can be the maximum: the binary variables the exact
     program needs (exact.py), the measure of its size. Smooth activations (sigmoid, tanh) count none."""
     net = model if isinstance(model, Network) else network(model, tuple(x.shape[1:]))
-    e = torch.as_tensor(eps, dtype=torch.float64).expand(x.shape[0])
     out = []
     with torch.no_grad():
-        for s in range(0, x.shape[0], batch_size):
-            rows = slice(s, s + batch_size)
-            unit_bounds, _ = crown.layer_bounds(net, InputSet(x[rows].cpu(), e[rows], norm, bounds))
+        for rows, inputs in _input_sets(x, eps, norm, bounds, batch_size):
+            unit_bounds, _ = crown.layer_bounds(net, inputs)
             count = torch.zeros(x[rows].shape[0], dtype=torch.long)
             for op, b in zip(net.ops, unit_bounds):
                 if b is None:
