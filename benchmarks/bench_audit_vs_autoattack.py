@@ -4,10 +4,11 @@ that the other misses, and the wall time of each. The audit's per-image verdict 
 keeps (stages/verdict-*/best_examples.safetensors) and re-checked here by a forward pass.
 
     pip install --no-deps torchattacks==3.5.1    # benchmark only; the package never imports it
-    python benchmarks/bench_audit_vs_autoattack.py [--n 200] [--models CNN,FC100-100-10,relu-cnn] [--fast]
+    python benchmarks/bench_audit_vs_autoattack.py [--n 200] [--models CNN,FC100-100-10,relu-cnn,masked] [--fast] [--device cuda]
 
-Models: zoo specs (trained once into the store) and "relu-cnn", a small ReLU CNN trained here for 2 epochs on
-20,000 training images.
+Models: zoo specs (trained once into the store), "relu-cnn", a small ReLU CNN trained here for 2 epochs on 20,000
+training images, and "masked", a 784-128-10 ReLU net behind input rounding and logits × 1000 (gradient masking:
+robust accuracy near 100% to a gradient attack, near 0% in truth). `--device cuda` runs both sides on the GPU.
 """
 
 from __future__ import annotations
@@ -21,34 +22,21 @@ import torch
 from torch import nn
 
 from blindspots.audit import AuditConfig, run_audit
-from blindspots.data import load_mnist
 from blindspots.data.user import load_eval_data
 from blindspots.models import train
+from blindspots.models.controls import GradientMasked, fit_control, relu_cnn, relu_mlp
 from blindspots.models.external import LoadedModel
 
 EPS = {"linf": (0.1, 0.2, 0.3), "l2": (1.0, 1.5, 2.0)}
 
 
-def relu_cnn() -> nn.Module:
-    data = load_mnist("train", subset=20_000)
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 5, padding=2),
-                        nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 7 * 7, 100), nn.ReLU(),
-                        nn.Linear(100, 10))
-    opt = torch.optim.Adam(net.parameters(), 1e-3)
-    for _ in range(2):
-        perm = torch.randperm(len(data.labels))
-        for i in range(0, len(perm), 100):
-            idx = perm[i:i + 100]
-            loss = nn.functional.cross_entropy(net(data.images[idx]), data.labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return net.eval()
-
-
-def load(name: str) -> nn.Module:
-    return relu_cnn() if name == "relu-cnn" else train(name, progress=False).model.eval()
+def load(name: str, device: str) -> nn.Module:
+    """A zoo spec from the store (trained on `device` the first time), or one of the control models."""
+    if name == "relu-cnn":
+        return fit_control(relu_cnn(), images=20_000, epochs=2, batch=100, device=device)
+    if name == "masked":
+        return GradientMasked(fit_control(relu_mlp(128), images=10_000, epochs=3, batch=100, device=device)).eval()
+    return train(name, progress=False, device=device).model.eval()
 
 
 def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
@@ -71,20 +59,22 @@ def main() -> int:
     ap.add_argument("--models", default="CNN,FC100-100-10,relu-cnn")
     ap.add_argument("--fast", action="store_true", help="the audit's --fast")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data = load_eval_data("mnist", n=args.n)
-    x, y = data.images, data.labels
+    x, y = data.images.to(args.device), data.labels.to(args.device)
     for name in args.models.split(","):
-        model = load(name)
+        model = load(name, args.device)
         out = Path(tempfile.mkdtemp(prefix="bench-aa-"))
         t0 = time.perf_counter()
         run_audit(AuditConfig([LoadedModel(name, model, name)], n=args.n, out=out, eps_linf=EPS["linf"],
-                              eps_l2=EPS["l2"], fast=args.fast, progress=False), announce=lambda _: None)
+                              eps_l2=EPS["l2"], fast=args.fast, progress=False,
+                              device=args.device), announce=lambda _: None)
         t_audit = time.perf_counter() - t0
         from safetensors.torch import load_file
 
-        best = load_file(str(next(out.glob("stages/verdict-*")) / "best_examples.safetensors"))
+        best = load_file(str(next(out.glob("stages/verdict-*")) / "best_examples.safetensors"), device=args.device)
         print(f"\n{name}: {args.n} images; audit {t_audit:.0f} s (all its stages)")
         print(f"{'norm':<5}{'ε':>6}{'audit':>9}{'AutoAttack':>12}{'audit only':>12}{'AA only':>9}{'AA s':>8}")
         for norm, grid in EPS.items():

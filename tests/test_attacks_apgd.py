@@ -13,6 +13,7 @@ from blindspots.attacks.apgd import apgd, checkpoints
 from blindspots.attacks.bpda import StraightThrough, gradient_probe
 from blindspots.data import load_mnist
 from blindspots.errors import InputError
+from blindspots.models.controls import GradientMasked, fit_control, relu_mlp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -20,28 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def relu_net(one_thread: None) -> nn.Module:
     """784-128-10 ReLU, 3 epochs of Adam on 10,000 MNIST training images (~96% test accuracy)."""
-    train = load_mnist("train", subset=10_000)
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
-    opt = torch.optim.Adam(net.parameters(), 1e-3)
-    for _ in range(3):
-        perm = torch.randperm(10_000)
-        for i in range(0, 10_000, 100):
-            idx = perm[i:i + 100]
-            loss = nn.functional.cross_entropy(net(train.images[idx]), train.labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return net.eval()
-
-
-class Masked(nn.Module):
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.round(x * 4) / 4) * 1000
+    return fit_control(relu_mlp(128), images=10_000, epochs=3, batch=100)
 
 
 def test_checkpoints_follow_the_paper() -> None:
@@ -67,7 +47,7 @@ def test_apgd_at_least_as_strong_as_pgd(relu_net: nn.Module) -> None:
 def test_dlr_where_cross_entropy_saturates_and_bpda_through_rounding(relu_net: nn.Module) -> None:
     test = load_mnist("test", subset=200)
     x, y = test.images, test.labels
-    masked = Masked(relu_net).eval()
+    masked = GradientMasked(relu_net).eval()
     probe = gradient_probe(masked, x[:64], Misclassification(y[:64]))
     assert probe["masked"] and probe["ce_saturated"]
     assert not gradient_probe(relu_net, x[:64], Misclassification(y[:64]))["masked"]

@@ -19,6 +19,7 @@ from blindspots.cli import main
 from blindspots.data.user import load_eval_data
 from blindspots.errors import InputError
 from blindspots.models import predict_logits
+from blindspots.models.controls import GradientMasked, fit_control, relu_mlp
 from blindspots.models.external import LoadedModel
 from blindspots.report.document import to_markdown
 
@@ -224,39 +225,9 @@ def test_median_says_none_found() -> None:
     assert _median({"n": 0, "failed": 0, "median": None}).startswith("n/a")
 
 
-class Masked(nn.Module):
-    """Gradient masking (the classic false robustness): the input rounded to quarters, the logits × 1000."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.round(x * 4) / 4) * 1000
-
-
-def _trained_relu_mlp() -> nn.Module:
-    """A small ReLU net really trained on 10,000 MNIST training images (3 epochs of Adam; ~96% test accuracy)."""
-    from blindspots.data import load_mnist
-
-    train = load_mnist("train", subset=10_000)
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
-    opt = torch.optim.Adam(net.parameters(), 1e-3)
-    for _ in range(3):
-        perm = torch.randperm(10_000)
-        for i in range(0, 10_000, 100):
-            idx = perm[i:i + 100]
-            loss = nn.functional.cross_entropy(net(train.images[idx]), train.labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return net.eval()
-
-
 def test_masked_model_is_flagged_and_not_called_robust(tmp_path: Path) -> None:
-    net = _trained_relu_mlp()
-    masked = Masked(net).eval()
+    net = fit_control(relu_mlp(128), images=10_000, epochs=3, batch=100)  # ~96% test accuracy
+    masked = GradientMasked(net).eval()
     data = load_eval_data("mnist", n=N)
     assert float((masked(data.images).argmax(1) == data.labels).double().mean()) > 0.9
     cfg = AuditConfig([LoadedModel("masked", masked, "round to quarters, logits × 1000")], n=N, out=tmp_path,
@@ -270,8 +241,8 @@ def test_masked_model_is_flagged_and_not_called_robust(tmp_path: Path) -> None:
     assert m["verdict"]["linf"]["robust"][1] <= 0.1  # the reference ε 0.15, where plain PGD said ~96%
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "masked: not trustworthy: failed checks: input gradients are not masked" in md
-    assert not m["bounds"]["supported"] and "'<model>' (Masked)" in m["bounds"]["reason"]  # named, no crash
-    assert "masked: no certified bound: verify cannot bound layer '<model>' (Masked)" in md
+    assert not m["bounds"]["supported"] and "'<model>' (GradientMasked)" in m["bounds"]["reason"]  # named, no crash
+    assert "masked: no certified bound: verify cannot bound layer '<model>' (GradientMasked)" in md
 
 
 def test_edited_model_code_recomputes_its_stages(tmp_path: Path, linear: nn.Module) -> None:

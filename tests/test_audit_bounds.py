@@ -14,8 +14,8 @@ from torch import nn
 
 from blindspots.audit import AuditConfig, Effort, run_audit
 from blindspots.audit.common import from_list
-from blindspots.data import load_mnist
 from blindspots.data.user import load_eval_data
+from blindspots.models.controls import fit_control, relu_mlp
 from blindspots.models.external import LoadedModel
 from blindspots.verify import certified, exact_minimal
 
@@ -27,24 +27,9 @@ EFFORT = Effort(pgd_steps=5, apgd_steps=5, minimal_l2={"steps": 5, "lanes": 1}, 
                 exact_max_unstable=10_000, exact_time_limit=300)  # wall clock: generous on a loaded machine
 
 
-def _relu_mlp() -> nn.Module:
-    """784-10-10-10 ReLU, one epoch of Adam on 5,000 MNIST training images (~85% test accuracy)."""
-    train = load_mnist("train", subset=5000)
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.ReLU(), nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 10))
-    opt = torch.optim.Adam(net.parameters(), 1e-3)
-    perm = torch.randperm(5000, generator=torch.Generator().manual_seed(0))
-    for i in range(0, 5000, 64):
-        b = perm[i:i + 64]
-        opt.zero_grad()
-        nn.functional.cross_entropy(net(train.images[b]), train.labels[b]).backward()
-        opt.step()
-    return net.eval()
-
-
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, nn.Module]:
-    net = _relu_mlp()
+    net = fit_control(relu_mlp(10, 10), images=5000)  # ~85% test accuracy
     out = tmp_path_factory.mktemp("audit-bounds")
     cfg = AuditConfig([LoadedModel("relu", net, "784-10-10-10 ReLU, 5,000 training images")], n=N, out=out,
                       eps_linf=(0.01, 0.03, 0.1), eps_l2=(0.1, 0.5, 1.5), effort=EFFORT, progress=False)

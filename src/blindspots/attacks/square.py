@@ -61,11 +61,12 @@ def _run(model: nn.Module, x: Tensor, crit: Criterion, eps: float, *, n_queries:
         active = (margin >= 0).nonzero().flatten()
         if not active.numel():
             continue  # keep drawing, so an image's draws never depend on when the others succeed
-        rows = (hh >= top[active, None]) & (hh < top[active, None] + side)
-        cols = (ww >= left[active, None]) & (ww < left[active, None] + side)
+        on_cpu = active.cpu()  # the draws live on the CPU (one generator on every device), the images beside the model
+        rows = (hh >= top[on_cpu, None]) & (hh < top[on_cpu, None] + side)
+        cols = (ww >= left[on_cpu, None]) & (ww < left[on_cpu, None] + side)
         window = (rows[:, None, :, None] & cols[:, None, None, :]).to(x.device)
         xa, best = x[active], x_best[active]
-        sa = signs[active].to(x)
+        sa = signs[on_cpu].to(x)
         proposal = torch.where(window, (xa + eps * sa).clamp(*bounds), best)
         same = ~((proposal - best).abs() >= 1e-7).logical_and(window).flatten(1).any(1)
         if bool(same.any()):  # the paper redraws signs that leave the window unchanged; the opposite ones never do
@@ -73,7 +74,7 @@ def _run(model: nn.Module, x: Tensor, crit: Criterion, eps: float, *, n_queries:
             proposal = torch.where(window, (xa + eps * sa).clamp(*bounds), best)
         new = crit.subset(active).loss(logits_of(model, proposal, batch_size), "margin").float()
         better = new < margin[active]
-        queries[active.cpu()] += 1
+        queries[on_cpu] += 1
         margin[active] = torch.where(better, new, margin[active])
         x_best[active] = torch.where(better.view(-1, 1, 1, 1), proposal, best)
     return x_best, queries

@@ -134,7 +134,7 @@ def load_models(config: AuditConfig, images: torch.Tensor) -> list[AuditModel]:
         if loaded.weights is None and not isinstance(item, LoadedModel) and ":" in loaded.source:
             print(f"blindspots: warning: --model {loaded.source} has no --weights; auditing the factory's own "
                   "(untrained?) initialisation.")
-        inner = loaded.module.eval()
+        inner = loaded.module.to(config.device).eval()
         module = inner if config.mean is None else Normalized(inner, config.mean, config.std).to(config.device).eval()
         sample = images[:2].to(config.device)
         check_input_shape(module, loaded.name, sample)

@@ -6,9 +6,10 @@ The training objective is J̃(θ, x, y) = α·J(θ, x, y) + (1 − α)·J(θ, x 
 - δ ~ U(−ε, ε) per pixel         "uniform_noise": the paper's second control.
 
 Choices the paper leaves open, fixed here and recorded in each checkpoint: x + δ is clipped to the pixel
-box [0, 1] (the attacks are evaluated in that box too); ∇ₓJ is taken through the clean term's own
-forward pass in training mode, i.e. with its dropout masks (J is the dropout training cost; the
-adversarial term then draws fresh masks), and is recomputed at every minibatch from the current weights.
+box [0, 1] (the attacks are evaluated in that box too; `clip=False` leaves it outside, for the ablation);
+∇ₓJ is taken through the clean term's own forward pass in training mode, i.e. with its dropout masks (J is
+the dropout training cost; the adversarial term then draws fresh masks), and is recomputed at every minibatch
+from the current weights.
 
 Use it through the store: `train("MAXOUT", objective=Objective("fgsm", epsilon=0.25, alpha=0.5))`.
 """
@@ -39,6 +40,9 @@ class Objective:
     # "dropout": ∇ₓJ through the clean term's own training-mode pass (its dropout masks); "clean": ∇ₓJ of the
     # deterministic (eval-mode, no dropout) net, as the attack at test time sees it (one extra forward+backward)
     gradient: str = "dropout"
+    # x + δ clipped to the pixel box [0, 1] (the default, as the attacks are evaluated there) or left outside it
+    # (a choice the paper leaves open; the §6 ablation compares the two)
+    clip: bool = True
 
     def __post_init__(self) -> None:
         if self.perturbation not in PERTURBATIONS:
@@ -54,7 +58,7 @@ class Objective:
     @property
     def slug(self) -> str:
         """File-name-safe tag without dots (a checkpoint stem gets suffixes): fgsm-e0p25-a0p5."""
-        tag = "" if self.gradient == "dropout" else f"-g{self.gradient}"
+        tag = ("" if self.gradient == "dropout" else f"-g{self.gradient}") + ("" if self.clip else "-noclip")
         return f"{self.perturbation.replace('_', '')}-e{self.epsilon:g}-a{self.alpha:g}{tag}".replace(".", "p")
 
     def describe(self) -> str:
@@ -62,14 +66,20 @@ class Objective:
                  "uniform_noise": "U(−ε, ε) noise"}[self.perturbation]
         grad = "" if self.perturbation != "fgsm" else (
             ", ∇ₓJ with the clean term's dropout masks" if self.gradient == "dropout" else ", ∇ₓJ without dropout")
-        return (f"J̃ = {self.alpha:g}·J(x) + {1 - self.alpha:g}·J(x + δ), δ = {delta}, ε = {self.epsilon:g}, "
-                f"x + δ clipped to [0, 1]{grad}")
+        box = "x + δ clipped to [0, 1]" if self.clip else "x + δ not clipped"
+        return f"J̃ = {self.alpha:g}·J(x) + {1 - self.alpha:g}·J(x + δ), δ = {delta}, ε = {self.epsilon:g}, {box}{grad}"
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        if self.gradient == "dropout":  # the default (added later) stays out: stored checkpoint names unchanged
+        if self.gradient == "dropout":  # the defaults (added later) stay out: stored checkpoint names unchanged
             del d["gradient"]
+        if self.clip:
+            del d["clip"]
         return d
+
+    def box(self, x: Tensor) -> Tensor:
+        """x + δ as trained on: clipped to [0, 1], or as it is when `clip` is off."""
+        return x.clamp(0, 1) if self.clip else x
 
     def noise(self, x: Tensor, gen: torch.Generator) -> Tensor:
         """δ of a noise control, drawn on the CPU from `gen` (so runs are reproducible on any device)."""
@@ -86,7 +96,7 @@ class Objective:
         the monitored objective of the maxout protocol (pylearn2's train_objective / valid_objective)."""
         if self.perturbation != "fgsm":
             with torch.no_grad():
-                x_pert = (x + self.noise(x, gen)).clamp(0, 1)
+                x_pert = self.box(x + self.noise(x, gen))
                 return self.alpha * loss_fn(model(x), y) + (1 - self.alpha) * loss_fn(model(x_pert), y)
         xg = x.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -104,7 +114,7 @@ class Objective:
                 (grad,) = torch.autograd.grad(clean_t, xg)
                 clean = clean_t.detach()
         with torch.no_grad():
-            x_pert = (x + self.epsilon * grad.sign()).clamp(0, 1)
+            x_pert = self.box(x + self.epsilon * grad.sign())
             return self.alpha * clean + (1 - self.alpha) * loss_fn(model(x_pert), y)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, gen: torch.Generator) -> Tensor:
@@ -122,7 +132,7 @@ class Objective:
                 (grad,) = torch.autograd.grad(loss_fn(model(xg), y), xg)
             finally:
                 model.train()
-            x_pert = (x.detach() + self.epsilon * grad.sign()).clamp(0, 1)
+            x_pert = self.box(x.detach() + self.epsilon * grad.sign())
             out = model(torch.cat([x, x_pert]))
             n = x.shape[0]
             return self.alpha * loss_fn(out[:n], y) + (1 - self.alpha) * loss_fn(out[n:], y)
@@ -135,9 +145,9 @@ class Objective:
             else:  # no clean term to train on: take ∇ₓJ alone
                 (grad,) = torch.autograd.grad(clean, x)
             assert grad is not None
-            x_pert = (x.detach() + self.epsilon * grad.sign()).clamp(0, 1)
+            x_pert = self.box(x.detach() + self.epsilon * grad.sign())
             return (1 - self.alpha) * loss_fn(model(x_pert), y)
-        x_pert = (x + self.noise(x, gen)).clamp(0, 1)
+        x_pert = self.box(x + self.noise(x, gen))
         out = model(torch.cat([x, x_pert]))  # one pass over both halves (independent dropout masks)
         n = x.shape[0]
         return self.alpha * loss_fn(out[:n], y) + (1 - self.alpha) * loss_fn(out[n:], y)

@@ -36,7 +36,7 @@ def _margins(net: Network, y: Tensor, inputs: InputSet, method: str, alpha_steps
 def _input_sets(x: Tensor, eps: float | Tensor, norm: str, bounds: tuple[float, float],
                 batch_size: int) -> Iterator[tuple[slice, InputSet]]:
     """The images in batches of `batch_size`, each as (its rows, its input set: ε ball ∩ box, one ε per image)."""
-    e = torch.as_tensor(eps, dtype=torch.float64).expand(x.shape[0])
+    e = torch.as_tensor(eps, dtype=torch.float64).cpu().expand(x.shape[0])
     for start in range(0, x.shape[0], batch_size):
         rows = slice(start, start + batch_size)
         yield rows, InputSet(x[rows].cpu(), e[rows], norm, bounds)
@@ -73,7 +73,8 @@ def certified_radius(model: nn.Module | Network, x: Tensor, y: Tensor, *, norm: 
     lo_b, hi_b = kw.get("bounds", (0.0, 1.0))  # type: ignore[misc]
     d = x[0].numel()
     default = {"linf": 1.0, "l2": d ** 0.5, "l1": float(d)}.get(norm, 1.0) * (hi_b - lo_b)
-    hi = torch.as_tensor(default if eps_max is None else eps_max, dtype=torch.float64).expand(x.shape[0]).clone()
+    hi = torch.as_tensor(default if eps_max is None else eps_max, dtype=torch.float64).cpu()
+    hi = hi.expand(x.shape[0]).clone()
     lo = torch.zeros_like(hi)
     ok0 = certified(net, x, y, 0.0, norm=norm, method=method, **kw)
     for _ in range(steps):

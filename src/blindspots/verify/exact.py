@@ -12,6 +12,7 @@ columns, and SCIP (pyscipopt, which can) is not a dependency.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -238,7 +239,8 @@ def exact_minimal(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf",
     x, y = x.detach().cpu(), y.detach().cpu()
     n = x.shape[0]
     incumbents = torch.full(x.shape, math.nan, dtype=torch.float64)
-    for cand in ([attack_upper_bounds(model, x, y, norm)] if attack else []) + ([upper] if upper is not None else []):
+    on_cpu = model if all(p.device.type == "cpu" for p in model.parameters()) else copy.deepcopy(model).cpu()
+    for cand in ([attack_upper_bounds(on_cpu, x, y, norm)] if attack else []) + ([upper] if upper is not None else []):
         cand = cand.detach().cpu().double()
         with torch.no_grad():
             logits = net.module(torch.nan_to_num(cand))

@@ -209,11 +209,12 @@ def _flatten_module(m: nn.Module, name: str) -> list[Op]:
 
 
 def network(model: nn.Module, in_shape: tuple[int, ...]) -> Network:
-    """The model (eval mode, float64 copy) as a flat operation list for inputs of shape in_shape (one image)."""
+    """The model (eval mode, float64 copy on the CPU, whatever the model's device: verify and its solvers run
+    there) as a flat operation list for inputs of shape in_shape (one image)."""
     if not isinstance(model, nn.Module):
         raise UnsupportedLayerError(f"verify needs an nn.Module built from supported layers ({SUPPORTED}), got "
                                     f"{type(model).__name__}.")
-    module = copy.deepcopy(model).double().eval()
+    module = copy.deepcopy(model).cpu().double().eval()
     for p in module.parameters():
         p.requires_grad_(False)
     ops = _flatten_module(module, "")
