@@ -1,7 +1,8 @@
 """`--device cuda` end to end where a GPU exists (the whole module is skipped elsewhere, as on CI): a zoo net
 trained on the GPU loads on the CPU with the same predictions; every registered attack runs on the GPU and each
 example it reports is adversarial to the CPU copy of the model too; CROWN's bounds agree across devices; the
-original maxout recipe trains adversarially on the GPU; and the audit runs there."""
+original maxout recipe trains adversarially on the GPU; a Normalized wrapper built around a GPU model runs there;
+and the audit runs there."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from blindspots.attacks import Misclassification, run_attack, verify
+from blindspots.attacks import Misclassification, Normalized, run_attack, verify
 from blindspots.attacks.registry import ATTACKS
 from blindspots.audit import AuditConfig, Effort, run_audit
 from blindspots.data import load_mnist
@@ -64,6 +65,17 @@ def test_every_attack_runs_on_cuda(name: str, nets: tuple[nn.Module, nn.Module])
     # examples that sit on the boundary within it)
     again = verify(cpu, r.x_adv.cpu(), Misclassification(y.cpu()), per_budget=spec.budgets is not None)
     assert float((again != r.success.cpu()).double().mean()) <= 0.05, name
+
+
+def test_normalized_wrapper_of_a_gpu_model_runs_on_cuda(nets: tuple[nn.Module, nn.Module]) -> None:
+    gpu, _ = nets
+    test = load_mnist("test", subset=32)
+    x, y = test.images.to(DEV), test.labels.to(DEV)
+    wrapped = Normalized(gpu, [0.0], [1.0])  # no .to(DEV): its per-channel mean/std buffers stay on the CPU
+    with torch.no_grad():
+        assert torch.allclose(wrapped(x), gpu(x))
+    r = run_attack("pgd", wrapped, x, Misclassification(y), [0.3], steps=10)
+    assert r.x_adv.device.type == DEV and bool(r.success.any())
 
 
 def test_crown_bounds_agree_across_devices(nets: tuple[nn.Module, nn.Module]) -> None:

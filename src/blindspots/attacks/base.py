@@ -58,7 +58,9 @@ class Normalized(nn.Module):
         self.register_buffer("std", s.reshape(-1, 1, 1) if s.dim() else s)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
+        # to(x): x's device as well as its dtype, so a wrapper built around a GPU model without .to(device) works
+        # (its per-channel buffers start on the CPU, and only a 0-d CPU tensor may meet a CUDA one)
+        return self.model((x - self.mean.to(x)) / self.std.to(x))
 
 
 def as_model(model: object) -> nn.Module:
