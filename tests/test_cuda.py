@@ -103,3 +103,10 @@ def test_audit_runs_on_cuda(tmp_path: Path, nets: tuple[nn.Module, nn.Module]) -
                                     device=DEV, progress=False), announce=lambda _: None)
     m = results["per_model"]["mlp"]
     assert results["config"]["device"] == DEV and m["clean"]["accuracy"] > 0.8
+
+
+def test_the_cli_turns_tf32_off_on_cuda() -> None:
+    from blindspots.cli.common import check_device
+
+    assert check_device(DEV) == DEV
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32

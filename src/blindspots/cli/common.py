@@ -53,7 +53,8 @@ def set_threads(threads: int | None) -> None:
 
 
 def check_device(name: str) -> str:
-    """`name` if torch can run models on such a device here, else a DeviceError naming what exists."""
+    """`name` if torch can run models on such a device here, else a DeviceError naming what exists; on CUDA it also
+    turns TF32 off (full float32, as minimal attacks need)."""
     import torch
 
     fix = "use --device cpu" + (" or --device cuda" if torch.cuda.is_available() else "")
@@ -77,6 +78,11 @@ def check_device(name: str) -> str:
     count = backend.device_count() if hasattr(backend, "device_count") else 1
     if device.index is not None and device.index >= count:
         raise DeviceError(f"--device {name!r}: only {count} {device.type} device(s) here (0..{count - 1}); {fix}.")
+    if device.type == "cuda":
+        # cuDNN runs float32 convolutions in TF32 by default (about 1e-3 relative): too coarse for minimal attacks,
+        # whose examples sit within a few float32 steps of the boundary and are re-verified by a fresh pass
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     return name
 
 
