@@ -5,7 +5,8 @@
 #   bash pair.sh snapshot [RUNS_DIR]  copy the arms' training stages and saved state into state/ (to commit)
 #   bash pair.sh assemble [RUNS_DIR]  both arms done: one run folder, FGSM/transfer/report, published here
 # RUNS_DIR defaults to /work/runs; the repo's .venv (from `make venv`) runs the frozen checkout's source. Stage keys
-# hash the package source, so the runs must go on at COMMIT.
+# hash the package source, so the runs must go on at COMMIT. Both arms have finished and state/ is gone (its git
+# history holds it): `resume` now reruns the pair from the start, about 6 hours on two cores.
 set -euo pipefail
 COMMIT=ca36449
 HERE="$(cd "$(dirname "$0")" && pwd)"
