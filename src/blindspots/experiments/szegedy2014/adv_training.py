@@ -29,7 +29,8 @@ from ...models.train import default_recipe, fit
 from ...report.document import Section
 from ...training.pool import PoolConfig, train_with_pool
 from ...stages import StageRunner
-from .adv_curves import CurveProbe, curve_verdict, plot_curves
+from ..curves import CurveProbe
+from .adv_curves import CurveRecorder, curve_verdict, plot_curves
 from .adv_report import ARM_TITLES, ARMS, PLAIN, POOLED, pool_report
 from .common import POOL_SPEC, _digest, _rel
 
@@ -156,8 +157,8 @@ def _train_arm(runner: StageRunner, sizes: PoolSizes, data: ImageSet, test: Imag
 
     def compute(folder: Path) -> dict[str, Any]:
         epochs = sizes.epochs or default_recipe(POOL_SPEC).epochs
-        probe = CurveProbe(test, epochs=epochs, eps=sizes.fgsm_eps, n_lbfgs=sizes.curve_images, lbfgs=sizes.curve_lbfgs,
-                           every=sizes.curve_every)
+        probe = CurveRecorder(CurveProbe(test, eps=sizes.fgsm_eps, n_lbfgs=sizes.curve_images, lbfgs=sizes.curve_lbfgs),
+                              epochs=epochs, every=sizes.curve_every)
         t0 = time.perf_counter()
         if config is None:
             model, recipe = fit(POOL_SPEC, data, seed=seed, epochs=epochs, device=device, progress=progress,
