@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from blindspots.attacks import Misclassification, load_adversarial
-from blindspots.experiments.goodfellow2015 import (LOGREG, NETS, PROFILES, TwoClassLogits, build_report,
-                                                   predict_confidence, reproduce, t_interval, terminal_summary)
+from blindspots.experiments.goodfellow2015 import (LOGREG, NETS, PROFILES, build_report, predict_confidence, reproduce,
+                                                   terminal_summary)
 from blindspots.io import file_digest
 from blindspots.models import build_model, load_model
 from blindspots.report.document import to_markdown
-from blindspots.models.zoo import BinaryLogistic
+from blindspots.models.zoo import BinaryLogistic, TwoClassLogits
 from blindspots.report.reference import paper_value
 
 pytestmark = pytest.mark.slow
@@ -178,12 +178,6 @@ def test_curve_verdict_from_the_per_seed_finals(run: tuple[Path, dict]) -> None:
     lo, hi = v["ci95"]
     assert lo <= sum(diffs) / 2 <= hi
     assert v["ends_below"] == (sum(diffs) < 0)
-
-
-def test_t_interval() -> None:
-    lo, hi = t_interval([1.0, 2.0, 3.0])  # mean 2, sd 1, t(0.975, 2 dof) = 4.3027
-    assert (lo, hi) == pytest.approx((2 - 4.3027 / 3 ** 0.5, 2 + 4.3027 / 3 ** 0.5), abs=1e-3)
-    assert t_interval([0.5]) is None
 
 
 def test_report_is_a_function_of_results_json(run: tuple[Path, dict]) -> None:

@@ -4,7 +4,6 @@ skipped by all of them and only rank 0 writes."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import torch
 
 from .. import parallel
+from ..progress import Eta
 from ..stages import StageRunner, run_stage
 from .config import CHUNK
 
@@ -49,16 +49,13 @@ class AuditRunner:
 
     def map(self, fn: Callable[[int, slice], dict[str, torch.Tensor]], n: int, desc: str) -> dict[str, torch.Tensor]:
         """parallel.sharded_map over fixed chunks of CHUNK images, announcing chunks done and an ETA on rank 0."""
-        t0 = time.perf_counter()
-        said = [t0]
-        every = 2.0 if self.progress else 15.0  # without --no-progress a line per chunk, else one now and then
+        # a line every 2 s with progress bars on, every 15 s with --no-progress
+        eta = Eta(desc, -(-n // CHUNK), self.announce, unit=" chunks", every_s=2.0 if self.progress else 15.0,
+                  indent="    ")
 
         def progress(done: int, total: int) -> None:  # called on rank 0 after each of its chunks
-            now = time.perf_counter()
-            if done < total and now - said[0] > every:
-                said[0] = now
-                self.announce(f"    {desc}: {done}/{total} chunks in {now - t0:.0f} s, "
-                              f"ETA {(now - t0) / done * (total - done):.0f} s")
+            eta.total = total
+            eta.step(done - eta.done)
 
         return parallel.sharded_map(fn, n, CHUNK, self.world, progress)
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ...models.zoo import TwoClassLogits
 from ..stages import pick_profile
 from .config import (EPSILON, EPSILONS, LOGREG, LOGREG_LABEL, NETS, PROFILES, Net, Profile, fit_logreg, logreg_data,
                      nets, predict_confidence, protocol_recipe)
-from .findings import curve_verdict, findings, t_interval
+from .findings import curve_verdict, findings
 from .report import build_report, terminal_summary
 from .stages import Goodfellow2015
 
@@ -27,6 +26,6 @@ def reproduce(out: str | Path = "runs/goodfellow2015", profile: str = "standard"
     return Goodfellow2015(Path(out), prof, seed=seed, device=device, progress=progress, announce=announce).run()
 
 
-__all__ = ["reproduce", "terminal_summary", "build_report", "findings", "curve_verdict", "t_interval", "PROFILES",
+__all__ = ["reproduce", "terminal_summary", "build_report", "findings", "curve_verdict", "PROFILES",
            "Profile", "NETS", "Net", "nets", "LOGREG", "LOGREG_LABEL", "EPSILON", "EPSILONS", "fit_logreg",
-           "logreg_data", "predict_confidence", "protocol_recipe", "TwoClassLogits", "Goodfellow2015"]
+           "logreg_data", "predict_confidence", "protocol_recipe", "Goodfellow2015"]

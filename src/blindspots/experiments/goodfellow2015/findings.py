@@ -3,16 +3,15 @@
 
 from __future__ import annotations
 
-import math
 import platform
 from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
 
 from ... import __version__
 from ...report.reference import paper_value
+from ..curves import compare_curves
 from .config import DIGIT_THRESHOLD, EPSILON, EPSILONS, LOGREG, LOGREG_CLASSES, LOGREG_DECAY, PAPER, FGSM_TRAINING, \
     Profile
 from .protocol import LBFGS_CURVE
@@ -34,37 +33,18 @@ def _get(d: dict[str, Any], *keys: str) -> Any:
     return d
 
 
-def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
-    """Student-t confidence interval of the mean of `values`; None for fewer than two."""
-    n = len(values)
-    if n < 2:
-        return None
-    mean, sd = float(np.mean(values)), float(np.std(values, ddof=1))
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
-    return mean - half, mean + half
-
-
 def curve_verdict(adv: list[dict[str, Any]], plain: list[dict[str, Any]]) -> dict[str, Any]:
     """Does the adversarially trained net end below the plain one in clean test error, from which epoch (of the
     mean curves over seeds, on the epochs both have), by how much (per-seed differences, t-interval)?"""
     by_seed = {r["seed"]: r["retrain"] for r in plain}
     pairs = [(r["retrain"], by_seed[r["seed"]]) for r in adv if r["seed"] in by_seed]
-    diffs = [a["test_error"][-1] - b["test_error"][-1] for a, b in pairs]
-    common = min(min(len(a["test_error"]), len(b["test_error"])) for a, b in pairs)
-    mean_a = [float(np.mean([a["test_error"][i] for a, _ in pairs])) for i in range(common)]
-    mean_b = [float(np.mean([b["test_error"][i] for _, b in pairs])) for i in range(common)]
-    below_from = None
-    for i in range(common - 1, -1, -1):
-        if mean_a[i] < mean_b[i]:
-            below_from = i + 1
-        else:
-            break
-    ci = t_interval(diffs)
-    return {"seeds": [r["seed"] for r in adv if r["seed"] in by_seed], "n": len(diffs),
-            "adv_final": [a["test_error"][-1] for a, _ in pairs], "plain_final": [b["test_error"][-1] for _, b in pairs],
-            "differences": diffs, "mean_difference": float(np.mean(diffs)), "ci95": list(ci) if ci else None,
-            "ends_below": float(np.mean(diffs)) < 0, "seeds_below": sum(d < 0 for d in diffs),
-            "common_epochs": common, "below_from_epoch": below_from,
+    c = compare_curves([a["test_error"] for a, _ in pairs], [b["test_error"] for _, b in pairs],
+                       range(1, 1 + min(len(b["test_error"]) for _, b in pairs)))
+    ci = c.interval
+    return {"seeds": [r["seed"] for r in adv if r["seed"] in by_seed], "n": len(pairs),
+            "adv_final": c.treated_final, "plain_final": c.control_final, "differences": c.differences,
+            "mean_difference": c.mean_difference, "ci95": list(ci) if ci else None, "ends_below": c.mean_difference < 0,
+            "seeds_below": c.seeds_below, "common_epochs": c.common_epochs, "below_from_epoch": c.below_from,
             "adv_epochs": [len(a["test_error"]) for a, _ in pairs], "plain_epochs": [len(b["test_error"]) for _, b in pairs]}
 
 

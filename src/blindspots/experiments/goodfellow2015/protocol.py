@@ -9,7 +9,6 @@ was (bit for bit, same seed)."""
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from collections.abc import Callable
@@ -21,12 +20,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from ...attacks import Misclassification, fgsm, lbfgs_attack
 from ...data import ImageSet, load_mnist
 from ...io import write_atomic, write_json_atomic
-from ...models import predict
 from ...models.train import Recipe, fit, training_loss
 from ...training.adversarial import Objective
+from ..curves import CurveProbe, clean_error, fgsm_error
 from .config import EPSILON, TRAIN_ROWS, Net, Profile
 
 # the curve's minimal-distortion probe: untargeted L-BFGS with a short c search (c from 1, 3 bracket and 3
@@ -49,21 +47,6 @@ def split_rows(profile: Profile) -> tuple[ImageSet, ImageSet, ImageSet]:
     both = torch.cat([tr, va])
     return (part(tr, f"train[:{profile.n_train}]"), part(va, f"train[{TRAIN_ROWS}:+{profile.n_valid}]"),
             part(both, "train+valid"))
-
-
-def fgsm_error(model: nn.Module, x: Tensor, y: Tensor) -> float:
-    """Share of images whose FGSM image at ε = 0.25 is misclassified (clean mistakes included)."""
-    device = next(model.parameters()).device
-    res = fgsm(model, x.to(device), Misclassification(y.to(device)), [EPSILON])
-    return float(res.success[0].float().mean())
-
-
-def lbfgs_distortion(model: nn.Module, x: Tensor, y: Tensor) -> float | None:
-    """Mean RMS distortion of the minimal untargeted L-BFGS examples of the correctly classified images."""
-    device = next(model.parameters()).device
-    res = lbfgs_attack(model, x.to(device), Misclassification(y.to(device)), **LBFGS_CURVE)
-    keep = res.success.cpu() & ~res.extras["clean_adversarial"].cpu()
-    return float(res.rms.cpu()[keep].mean()) if bool(keep.any()) else None
 
 
 def objective_value(model: nn.Module, data: ImageSet, objective: Objective | None, spec: str, seed: int,
@@ -110,32 +93,33 @@ def validation_probe(net: Net, valid: ImageSet, profile: Profile | None = None) 
     """Validation error after every epoch; the adversarial validation error where the net stops on it or the
     profile asks for full curves in the early-stopping phase (then test error and test FGSM error too)."""
     x, y = valid.images, valid.labels
-    m: dict[str, Callable[[nn.Module, int], float | None]] = {
-        "valid_error": lambda model, e: float((predict(model, x) != y).float().mean())}
+    m: dict[str, Callable[[nn.Module, int], float | None]] = {"valid_error": lambda model, e: clean_error(model, x, y)}
     full = profile is not None and profile.early_stop_curves and net.curves == "full"
     if net.stop_on == "fgsm" or full:
-        m["valid_fgsm_error"] = lambda model, e: fgsm_error(model, x, y)
+        m["valid_fgsm_error"] = lambda model, e: fgsm_error(model, x, y, EPSILON)
     if full:
         assert profile is not None
-        test = load_mnist("test")
-        xf, yf = test.images[:profile.n_curve_fgsm], test.labels[:profile.n_curve_fgsm]
-        m["test_error"] = lambda model, e: float((predict(model, test.images) != test.labels).float().mean())
-        m["fgsm_error"] = lambda model, e: fgsm_error(model, xf, yf)
+        curves = curve_probe(profile)
+        m["test_error"] = lambda model, e: curves.test_error(model)
+        m["fgsm_error"] = lambda model, e: curves.fgsm_error(model)
     return Probe(m)
+
+
+def curve_probe(profile: Profile) -> CurveProbe:
+    """The learning curves' measurements on the test set at the profile's sizes."""
+    return CurveProbe(load_mnist("test"), eps=EPSILON, n_lbfgs=profile.n_curve_lbfgs, lbfgs=LBFGS_CURVE,
+                      n_fgsm=profile.n_curve_fgsm)
 
 
 def test_probe(net: Net, profile: Profile, epochs: int | None) -> Probe:
     """Test error (and for full curves FGSM error and minimal L-BFGS distortion) after every epoch; `epochs`
     None: the phase's length is not known in advance (it stops on a target), the final epoch is filled in."""
-    test = load_mnist("test")
-    m: dict[str, Callable[[nn.Module, int], float | None]] = {
-        "test_error": lambda model, e: float((predict(model, test.images) != test.labels).float().mean())}
+    curves = curve_probe(profile)
+    m: dict[str, Callable[[nn.Module, int], float | None]] = {"test_error": lambda model, e: curves.test_error(model)}
     if net.curves == "full":
-        xf, yf = test.images[:profile.n_curve_fgsm], test.labels[:profile.n_curve_fgsm]
-        xl, yl = test.images[:profile.n_curve_lbfgs], test.labels[:profile.n_curve_lbfgs]
-        m["fgsm_error"] = lambda model, e: fgsm_error(model, xf, yf)
+        m["fgsm_error"] = lambda model, e: curves.fgsm_error(model)
         every = profile.lbfgs_every
-        m["lbfgs_distortion"] = lambda model, e: lbfgs_distortion(model, xl, yl) if (
+        m["lbfgs_distortion"] = lambda model, e: curves.lbfgs_distortion(model) if (
             e <= 0 or (every and e % every == 0) or e == epochs) else None
         return Probe(m, at_end=("lbfgs_distortion",))
     return Probe(m)
@@ -228,6 +212,3 @@ def curve_summary(curve: dict[str, list[Any]]) -> dict[str, Any]:
     """The last point of every metric (the trained model's values)."""
     return {k: v[-1] for k, v in curve.items() if v and k != "epoch"} | {"epochs": len(curve.get("epoch", []))}
 
-
-def finite_or_none(v: float | None) -> float | None:
-    return None if v is None or not math.isfinite(v) else v

@@ -1,5 +1,5 @@
-"""Learning curves of §4.2: per-epoch clean test error, FGSM error and minimal L-BFGS distortion of a net in
-training (an `on_epoch` hook of `fit` / `train_with_pool`), the verdict computed from them, and their figure."""
+"""Learning curves of §4.2: the `on_epoch` hook of `fit` / `train_with_pool` that records the shared curves
+(experiments.curves) every few epochs, the verdict's wording of their comparison, and their figure."""
 
 from __future__ import annotations
 
@@ -13,33 +13,24 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
-from scipy import stats
 from torch import nn
 
-from ...attacks import Misclassification, fgsm, lbfgs_attack
-from ...data import ImageSet
-from ...models import predict
 from ...report.format import pct
 from ...report.plots import save_png
+from ..curves import CURVE_KEYS, CurveProbe, compare_curves
 
-CURVE_KEYS = ("test_error", "fgsm_error", "lbfgs_distortion")
 CURVE_TITLES = {"test_error": "clean test error", "fgsm_error": "FGSM error (ε = {eps:g})",
                 "lbfgs_distortion": "mean minimal L-BFGS distortion (RMS)"}
 
 
 @dataclass
-class CurveProbe:
-    """`on_epoch` hook: after each `every`-th epoch (and the last), the clean error on `test`, the FGSM error at
-    `eps` on `test`, and the mean minimal untargeted L-BFGS distortion over the first `n_lbfgs` test images the
-    net classifies correctly then. The seconds it spends are kept apart (`seconds`), so training cost excludes
-    them."""
+class CurveRecorder:
+    """`on_epoch` hook: after each `every`-th epoch (and the last), the three curves of `probe` (the L-BFGS
+    distortion NaN where the search broke no image). The seconds it spends are kept apart (`seconds`), so
+    training cost excludes them."""
 
-    test: ImageSet
+    probe: CurveProbe
     epochs: int
-    eps: float = 0.25
-    n_lbfgs: int = 100
-    lbfgs: Mapping[str, Any] = field(default_factory=lambda: {"search_steps": 2, "bracket_steps": 3,
-                                                                 "max_iter": 30})
     every: int = 1
     points: dict[str, list[float]] = field(default_factory=lambda: {"epoch": [], **{k: [] for k in CURVE_KEYS}})
     seconds: float = 0.0
@@ -48,52 +39,27 @@ class CurveProbe:
         if epoch % self.every and epoch != self.epochs:
             return
         t0 = time.perf_counter()
-        x, y = self.test.images, self.test.labels
-        wrong = predict(model, x) != y
-        adv = fgsm(model, x, Misclassification(y), [self.eps])
-        sub = x[:self.n_lbfgs][~wrong[:self.n_lbfgs]]
-        res = lbfgs_attack(model, sub, Misclassification(y[:self.n_lbfgs][~wrong[:self.n_lbfgs]]), **self.lbfgs)
-        d = res.rms[res.success]
-        for key, value in (("epoch", epoch), ("test_error", float(wrong.float().mean())),
-                           ("fgsm_error", float(adv.error_rate()[0])),
-                           ("lbfgs_distortion", float(d.mean()) if d.numel() else float("nan"))):
-            self.points[key].append(value)
+        self.points["epoch"].append(epoch)
+        for key, value in self.probe.measure(model).items():
+            self.points[key].append(float("nan") if value is None else value)
         self.seconds += time.perf_counter() - t0
 
     def record(self) -> dict[str, Any]:
-        return {**self.points, "eps": self.eps, "n_lbfgs": self.n_lbfgs, "lbfgs": dict(self.lbfgs),
+        return {**self.points, "eps": self.probe.eps, "n_lbfgs": self.probe.n_lbfgs, "lbfgs": dict(self.probe.lbfgs),
                 "probe_seconds": round(self.seconds, 3)}
-
-
-def _t_interval(values: Sequence[float]) -> tuple[float, float, float]:
-    """Mean and the 95% t confidence interval over seeds (NaN bounds for fewer than two values)."""
-    v = np.asarray(values, dtype=float)
-    mean = float(v.mean())
-    if v.size < 2:
-        return mean, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
-    return mean, mean - half, mean + half
 
 
 def curve_verdict(plain: Sequence[Mapping[str, Any]], pooled: Sequence[Mapping[str, Any]],
                   key: str = "test_error") -> dict[str, Any]:
     """From per-seed curves of the plain and the pool-trained net (same seeds, same epochs): the final difference
-    pool − plain (mean, 95% CI over seeds; n/a for one seed), on how many seeds the pool ends below, and the first
-    epoch from which the mean pool curve stays below the mean plain one to the end (None if it never does)."""
-    a = np.array([c[key] for c in plain], dtype=float)
-    b = np.array([c[key] for c in pooled], dtype=float)
-    diff = b - a
-    mean, lo, hi = _t_interval(diff[:, -1])
-    below = diff.mean(axis=0) < 0
-    since = None
-    for i in range(len(below) - 1, -1, -1):
-        if not below[i]:
-            break
-        since = int(plain[0]["epoch"][i])
-    return {"key": key, "seeds": int(diff.shape[0]), "final_plain": float(a[:, -1].mean()),
-            "final_pool": float(b[:, -1].mean()), "final_diff": mean, "ci_low": lo, "ci_high": hi,
-            "seeds_below": int((diff[:, -1] < 0).sum()), "below_since_epoch": since,
-            "mean_diff_by_epoch": [float(v) for v in diff.mean(axis=0)]}
+    pool − plain (mean, 95% CI over seeds; NaN bounds for one seed), on how many seeds the pool ends below, and the
+    first epoch from which the mean pool curve stays below the mean plain one to the end (None if it never does)."""
+    c = compare_curves([r[key] for r in pooled], [r[key] for r in plain], plain[0]["epoch"])
+    lo, hi = c.interval or (float("nan"), float("nan"))
+    return {"key": key, "seeds": len(plain), "final_plain": float(np.mean(c.control_final)),
+            "final_pool": float(np.mean(c.treated_final)), "final_diff": c.mean_difference, "ci_low": lo,
+            "ci_high": hi, "seeds_below": c.seeds_below, "below_since_epoch": c.below_from,
+            "mean_diff_by_epoch": c.mean_diff_by_epoch}
 
 
 def verdict_sentence(name: str, v: Mapping[str, Any]) -> str:
@@ -135,4 +101,4 @@ def plot_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: Path, e
     return save_png(fig, path)
 
 
-__all__ = ["CurveProbe", "curve_verdict", "verdict_sentence", "plot_curves", "CURVE_KEYS"]
+__all__ = ["CurveRecorder", "curve_verdict", "verdict_sentence", "plot_curves"]

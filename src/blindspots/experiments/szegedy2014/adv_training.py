@@ -26,10 +26,12 @@ from ...errors import SpecError
 from ...models import error_rate, predict
 from ...models.checkpoint import load_checkpoint, save_checkpoint
 from ...models.train import default_recipe, fit
+from ...progress import Eta
 from ...report.document import Section
 from ...training.pool import PoolConfig, train_with_pool
 from ...stages import StageRunner
-from .adv_curves import CurveProbe, curve_verdict, plot_curves
+from ..curves import CurveProbe
+from .adv_curves import CurveRecorder, curve_verdict, plot_curves
 from .adv_report import ARM_TITLES, ARMS, PLAIN, POOLED, pool_report
 from .common import POOL_SPEC, _digest, _rel
 
@@ -101,7 +103,7 @@ def adversarial_training_section(runner: StageRunner, sizes: PoolSizes, *, seed:
     data = load_mnist("train", subset=sizes.train_subset)
     test = load_mnist("test")
     seeds = list(range(seed, seed + sizes.seeds))
-    eta = _Eta(runner, len(seeds) * len(sizes.arms))
+    eta = Eta("§4.2", len(seeds) * len(sizes.arms), runner.announce, unit=" trainings")
     runs: dict[str, dict[str, Any]] = {}
     for s in seeds:
         arms = {arm: _train_arm(runner, sizes, data, test, arm, s, device, progress, eta) for arm in sizes.arms}
@@ -126,26 +128,8 @@ def adversarial_training_section(runner: StageRunner, sizes: PoolSizes, *, seed:
     return results, pool_report(results)
 
 
-class _Eta:
-    """Progress of the §4.2 trainings with an estimated time left (from the trainings computed in this run)."""
-
-    def __init__(self, runner: StageRunner, total: int) -> None:
-        self.runner, self.total, self.done, self.spent, self.computed = runner, total, 0, 0.0, 0
-        self.t0 = time.perf_counter()
-
-    def step(self, name: str, computed: bool, seconds: float) -> None:
-        self.done += 1
-        if computed:
-            self.computed += 1
-            self.spent += seconds
-        left = self.total - self.done
-        eta = f"{self.spent / self.computed * left / 60:.1f} min" if self.computed else "n/a"
-        self.runner.announce(f"  §4.2: {self.done}/{self.total} trainings ({name}), "
-                             f"{(time.perf_counter() - self.t0) / 60:.1f} min so far, about {eta} left")
-
-
 def _train_arm(runner: StageRunner, sizes: PoolSizes, data: ImageSet, test: ImageSet, arm: str, seed: int,
-               device: str, progress: bool, eta: _Eta) -> dict[str, Any]:
+               device: str, progress: bool, eta: Eta) -> dict[str, Any]:
     """One net of the ablation (a stage): trained with its curve probe, checkpoint saved in the stage folder.
     Wall time and attack time exclude the probe's own seconds."""
     config = replace(sizes.pool, layers=ARMS[arm]) if ARMS[arm] else None
@@ -156,8 +140,8 @@ def _train_arm(runner: StageRunner, sizes: PoolSizes, data: ImageSet, test: Imag
 
     def compute(folder: Path) -> dict[str, Any]:
         epochs = sizes.epochs or default_recipe(POOL_SPEC).epochs
-        probe = CurveProbe(test, epochs=epochs, eps=sizes.fgsm_eps, n_lbfgs=sizes.curve_images, lbfgs=sizes.curve_lbfgs,
-                           every=sizes.curve_every)
+        probe = CurveRecorder(CurveProbe(test, eps=sizes.fgsm_eps, n_lbfgs=sizes.curve_images, lbfgs=sizes.curve_lbfgs),
+                              epochs=epochs, every=sizes.curve_every)
         t0 = time.perf_counter()
         if config is None:
             model, recipe = fit(POOL_SPEC, data, seed=seed, epochs=epochs, device=device, progress=progress,
@@ -174,10 +158,9 @@ def _train_arm(runner: StageRunner, sizes: PoolSizes, data: ImageSet, test: Imag
         save_checkpoint(folder / "model", model, {"spec": POOL_SPEC, **inputs, **record})
         return record
 
-    t0 = time.perf_counter()
     name = f"s4.2 train {arm} seed {seed}"
     record, folder = runner.run(name, inputs, compute)
-    eta.step(name, runner.log[-1].status == "computed", time.perf_counter() - t0)
+    eta.step(computed=runner.log[-1].status == "computed", note=f" ({name})")
     return {**record, "checkpoint": str(folder / "model")}
 
 

@@ -33,6 +33,7 @@ from ... import __version__
 from ...errors import SpecError
 from ...io import write_json_atomic
 from ...parallel import World
+from ...progress import eta_loop
 from ...report.document import Section, write_report
 from ...stages import StageSource
 from ..stages import Experiment, pick_profile
@@ -47,7 +48,7 @@ from .sections import (
     spectral_section,
     units_section,
 )
-from .tables import MAGNIFY_SIGMA, TABLE1_MODELS, ModelRef, TableStages, eta_loop, model_refs
+from .tables import MAGNIFY_SIGMA, TABLE1_MODELS, ModelRef, TableStages, model_refs
 
 
 PARTS = ("tables", "units", "spectral", "s42", "minimal")  # Tables 1-3, §3, §4.3, §4.2, How minimal is minimal?

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +51,6 @@ CERTIFY_STEPS = 12  # bisection steps of Table 1's certified radius: accurate to
 # reproduce one process's numbers exactly.
 ATTACK_CHUNK = 64
 
-T = TypeVar("T")
 SetMaker = Callable[[], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -89,17 +88,6 @@ def unclipped_gaussian(x: torch.Tensor, sigma: float, seed: int) -> torch.Tensor
     `attacks.gaussian_noise(x, σ, seed)` clips (a seeded CPU generator), so the two readings share their noise."""
     gen = torch.Generator().manual_seed(int(seed))
     return x + sigma * torch.randn(x.shape, generator=gen, dtype=torch.float32).to(x.dtype)
-
-
-def eta_loop(items: Iterable[T], desc: str, announce: Callable[[str], None], progress: bool) -> Iterator[T]:
-    """Iterate with a progress bar, and announce elapsed time and an ETA after each item (also without the bar)."""
-    items = list(items)
-    t0 = time.perf_counter()
-    for i, item in enumerate(tqdm(items, desc=desc, disable=not progress, leave=False), start=1):
-        yield item
-        elapsed = time.perf_counter() - t0
-        if i < len(items) and elapsed > 1.0:
-            announce(f"  {desc}: {i}/{len(items)} in {elapsed:.0f} s, ETA {elapsed / i * (len(items) - i):.0f} s")
 
 
 class TableStages:
