@@ -2,8 +2,9 @@
 
 Every distortion an attack reports is an upper bound of the smallest adversarial perturbation. This package
 gives the other side: certified bounds (interval bound propagation, CROWN, α-CROWN) that hold for every input
-in an L∞ / L2 / L1 ball intersected with the value box, and the exact minimal L∞ / L1 distortion of a
-piecewise-linear net (ReLU, maxout, max-pooling) as a mixed-integer program solved by HiGHS.
+in an L∞ / L2 / L1 ball intersected with the value box, and the exact minimal L∞ / L1 / L2 distortion of a
+piecewise-linear net (ReLU, maxout, max-pooling) as a mixed-integer program solved by HiGHS (L∞, L1) or, with its
+convex quadratic distance, by SCIP (L2).
 
     certified radius ≤ exact minimal distortion ≤ distortion of any adversarial example found
 

@@ -30,32 +30,54 @@ def relaxation(op: Activation | MaxPieces, l: Tensor, u: Tensor, alpha: Tensor |
     return relax.sigmoid(l, u) if op.kind == "sigmoid" else relax.tanh(l, u)
 
 
-def backward(net: Network, upto: int, a: Tensor, relaxations: dict[int, relax.Relaxation]) -> tuple[Tensor, Tensor]:
-    """a [N or 1, S, *out of op upto-1] -> (a' [N or 1, S, *input], c [N or 1, S]) with a·y ≥ a'·x + c for every x whose
-    operation inputs lie within the bounds behind `relaxations` (op index -> relaxation, every tensor
-    [N, 1 or S, ...]: one relaxation for all specs, or one per spec as α-CROWN's)."""
+def backward(net: Network, upto: int, a: Tensor, relaxations: dict[int, relax.Relaxation], stop: int = 0
+             ) -> tuple[Tensor, Tensor]:
+    """a [N or 1, S, *out of op upto-1] -> (a' [N or 1, S, *input of op stop], c [N or 1, S]) with a·y ≥ a'·z + c
+    for every z (op stop's input) whose operation inputs lie within the bounds behind `relaxations` (op index ->
+    relaxation, every tensor [N, 1 or S, ...]: one relaxation for all specs, or one per spec as α-CROWN's)."""
     n, s = a.shape[:2]
     const = torch.zeros((n, s), dtype=a.dtype)
-    for k in range(upto - 1, -1, -1):
+    for k in range(upto - 1, stop - 1, -1):
         op = net.ops[k]
         if isinstance(op, Affine):
             const = const + (a * op.bias).flatten(2).sum(-1)
             a = op.transpose(a)
             continue
         sl, bl, su, bu = relaxations[k]  # each [N, 1 or S, ...]: one spec axis
-        pos, neg = a.clamp(min=0), a.clamp(max=0)
-        const = const + (pos * bl + neg * bu).flatten(2).sum(-1)
+        # the lower line where a coefficient is ≥ 0, the upper where < 0: one mask, the same values as
+        # a⁺·sl + a⁻·su (and a⁺·bl + a⁻·bu), with two fewer passes over a
+        up = a < 0
+        const = const + (a * torch.where(up, bu, bl)).flatten(2).sum(-1)
         if isinstance(op, MaxPieces):
-            pos, neg = pos.unsqueeze(-1), neg.unsqueeze(-1)
-        a = pos * sl + neg * su
+            a, up = a.unsqueeze(-1), up.unsqueeze(-1)
+        a = a * torch.where(up, su, sl)
     return a, const
+
+
+def _leading_linear(net: Network, upto: int) -> int | None:
+    """The index of the first dense Linear when only reshapes come before it and it lies below op upto: the
+    backward pass stops above it and the concretisation multiplies by its weight once (InputSet.min_linear)."""
+    for k, op in enumerate(net.ops[:upto]):
+        if not isinstance(op, Affine):
+            return None
+        if op.weight is not None and len(op.in_shape) == 1:
+            return k
+        if not op.reshape_only:
+            return None
+    return None
 
 
 def lower_bound(net: Network, upto: int, a: Tensor, inputs: InputSet, relaxations: dict[int, relax.Relaxation]
                 ) -> Tensor:
     """[N, S]: lower bounds of a·(output of op upto-1) over the input set."""
-    a_in, const = backward(net, upto, a, relaxations)
-    return inputs.min_linear(a_in) + const
+    first = _leading_linear(net, upto)
+    if first is None:
+        a_in, const = backward(net, upto, a, relaxations)
+        return inputs.min_linear(a_in) + const
+    a_out, const = backward(net, upto, a, relaxations, stop=first + 1)
+    op = net.ops[first]
+    const = const + (a_out * op.bias).flatten(2).sum(-1)
+    return inputs.min_linear(a_out, op.weight) + const
 
 
 def layer_bounds(net: Network, inputs: InputSet, chunk: int = 512) -> tuple[Bounds, dict[int, relax.Relaxation]]:

@@ -1,13 +1,13 @@
-"""Exact minimal adversarial perturbations of piecewise-linear nets (MILP, HiGHS), and the LP relaxation's bounds.
+"""Exact minimal adversarial perturbations of piecewise-linear nets (MILP: HiGHS; L2: SCIP), and the LP relaxation.
 
 Per image: the best adversarial example of the project's attacks (and any the caller hands in) is the incumbent
 and its distance ε_ub the upper bound; the program's domain is the ε_ub ball ∩ box, over which CROWN bounds every
 unit (the big-M constants) and excludes the target classes whose margin is certified positive. HiGHS then
 minimises the L∞ or L1 distance to any input whose logit of another class reaches the label's
-(a tie counts as adversarial: the minimum of a closed set). Within the time limit the value is proven optimal
-and re-verified by a forward pass; past it, the solver's proven lower bound and best upper bound come back.
-L2 (a mixed-integer quadratic program) is not offered: HiGHS solves quadratic programs only without integer
-columns, and SCIP (pyscipopt, which can) is not a dependency.
+(a tie counts as adversarial: the minimum of a closed set). L2 is a mixed-integer program with a convex quadratic
+constraint t ≥ ‖x' − x‖² (minimise t), which HiGHS does not take with integer columns: the same program goes
+to SCIP (pyscipopt). Within the time limit the value is proven optimal and re-verified by a forward pass; past
+it, the solver's proven lower bound and best upper bound come back.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from ..errors import InputError
 from . import crown
 from .certify import certified_radius
 from .inputs import InputSet
-from .milp import INF, Encoding, Program, encode, solution_input, start
+from .milp import INF, Encoding, Program, encode, scip_start, solution_input, start
 from .network import Activation, Network, UnsupportedLayerError, network
 
-EXACT_NORMS = ("linf", "l1")
+EXACT_NORMS = ("linf", "l1", "l2")
 TIE_TOLERANCE = 1e-4  # logit units: a re-verified solution may sit this far on the label's side of a tie
 DISTANCE_TOLERANCE = 1e-6
 
@@ -105,7 +105,8 @@ def _domain(net: Network, x: Tensor, y: int, eps_ub: float, norm: str, bounds: t
 def _program(net: Network, x: Tensor, y: int, norm: str, eps_ub: float, bounds: tuple[float, float],
              targets: list[int], margin_hi: Tensor, unit_bounds: list, inputs: InputSet, radius: float
              ) -> tuple[Program, Encoding, np.ndarray, np.ndarray, np.ndarray]:
-    """The MILP: (program, encoding, cost, distance columns, target-selection columns)."""
+    """The MILP: (program, encoding, cost, distance columns, target-selection columns); for L2 the linear part
+    only (no distance columns), the quadratic distance being added on the SCIP model."""
     prog = Program()
     lo, hi = inputs.box()
     enc = encode(prog, net, unit_bounds, lo[0], hi[0])
@@ -117,6 +118,8 @@ def _program(net: Network, x: Tensor, y: int, norm: str, eps_ub: float, bounds: 
         t = np.full(n, dist[0])
         prog.add_rows(np.r_[i, i], np.r_[enc.x, t], np.r_[np.ones(n), -np.ones(n)], np.full(n, -INF), x0)
         prog.add_rows(np.r_[i, i], np.r_[enc.x, t], np.r_[np.ones(n), np.ones(n)], x0, np.full(n, INF))
+    elif norm == "l2":  # the distance is a quadratic constraint, added by _solve_scip
+        dist = np.zeros(0, dtype=int)
     else:  # x = x0 + p − q with p, q ≥ 0; distance Σ p + q
         lo_, hi_ = lo[0].numpy().ravel(), hi[0].numpy().ravel()
         p, q = prog.cols(np.zeros(n), hi_ - x0), prog.cols(np.zeros(n), x0 - lo_)
@@ -153,6 +156,81 @@ def _verify(net: Network, x: Tensor, y: int, cand: Tensor, norm: str, claimed: f
         float(rival - logits[y]) >= -TIE_TOLERANCE
 
 
+@dataclass
+class _Solve:
+    """What a solver proved about one program: status "optimal" (to the relative gap), "infeasible" or "limit";
+    value (the objective as a distance: nan where no point), dual (a proven lower bound of the distance, nan if
+    none) and found (the input of its best point, or None)."""
+
+    status: str
+    value: float
+    dual: float
+    found: Tensor | None
+
+
+def _incumbent(enc: Encoding, inc: Tensor, x: Tensor, norm: str, n_cols: int, dist: np.ndarray, sel: np.ndarray,
+               targets: list[int]) -> np.ndarray:
+    """Every column's value at the incumbent (a MIP start); for L2 the squared distance is set by the caller."""
+    v = enc.assignment(inc.double().numpy(), n_cols)
+    xv, x0 = inc.double().numpy().ravel(), x.double().numpy().ravel()
+    if norm == "linf":
+        v[dist] = np.abs(xv - x0).max()
+    elif norm == "l1":
+        v[dist] = np.r_[np.maximum(xv - x0, 0), np.maximum(x0 - xv, 0)]
+    if len(sel):
+        gaps = enc.out_w[targets] @ v[enc.hidden] + enc.out_b[targets]
+        v[sel] = np.eye(len(targets))[int(np.argmax(gaps))]
+    return v
+
+
+def _solve_highs(prog: Program, enc: Encoding, cost: np.ndarray, start_at: np.ndarray | None, shape: tuple,
+                 time_limit: float, rel_gap: float) -> _Solve:
+    h = prog.highs(cost)
+    h.setOptionValue("time_limit", float(time_limit))
+    h.setOptionValue("mip_rel_gap", rel_gap)
+    h.setOptionValue("mip_abs_gap", 1e-7)
+    if start_at is not None:
+        start(h, start_at)
+    h.run()
+    status = h.modelStatusToString(h.getModelStatus())
+    info = h.getInfo()
+    found = solution_input(h, enc, shape) if info.primal_solution_status == 2 else None
+    dual = float(info.mip_dual_bound) if math.isfinite(info.mip_dual_bound) else math.nan
+    value = float(info.objective_function_value) if found is not None else math.nan
+    kind = {"Optimal": "optimal", "Infeasible": "infeasible"}.get(status, "limit")
+    return _Solve(kind, value, dual, found)
+
+
+def _solve_scip(prog: Program, enc: Encoding, x: Tensor, radius: float, eps_ub: float, start_at: np.ndarray | None,
+                time_limit: float, rel_gap: float) -> _Solve:
+    """The L2 program: minimise t subject to t ≥ ‖x' − x‖², a convex quadratic constraint (SCIP linearises it
+    by outer approximation inside its branch and bound), radius² ≤ t ≤ ε_ub²."""
+    import pyscipopt
+
+    model, cols = prog.scip(np.zeros(prog.n_cols))
+    x0 = x.double().numpy().ravel()
+    top = eps_ub ** 2 * (1 + 1e-9) + 1e-12 if math.isfinite(eps_ub) else None
+    t = model.addVar(lb=radius ** 2, ub=top, obj=1.0)
+    model.addCons(pyscipopt.quicksum((cols[c] - float(v)) ** 2 for c, v in zip(enc.x, x0)) <= t)
+    model.setParam("limits/time", float(time_limit))
+    model.setParam("limits/gap", rel_gap)
+    model.setParam("limits/absgap", 1e-10)
+    if start_at is not None:
+        sq = float(((start_at[enc.x] - x0) ** 2).sum())
+        scip_start(model, [*cols, t], np.r_[start_at, min(max(sq, radius ** 2), top if top else sq)])
+    model.optimize()
+    status = model.getStatus()
+    found = None
+    if model.getNSols() > 0:
+        best = model.getBestSol()
+        found = torch.tensor([model.getSolVal(best, cols[c]) for c in enc.x], dtype=torch.float64).reshape(x.shape)
+    value = math.sqrt(max(model.getObjVal(), 0.0)) if found is not None else math.nan
+    dual = model.getDualbound()
+    dual = math.sqrt(max(dual, 0.0)) if math.isfinite(dual) and abs(dual) < 1e19 else math.nan
+    kind = "optimal" if status in ("optimal", "gaplimit") else "infeasible" if status == "infeasible" else "limit"
+    return _Solve(kind, value, dual, found)
+
+
 def _one(net: Network, x: Tensor, y: int, inc: Tensor, norm: str, time_limit: float,
          bounds: tuple[float, float], rel_gap: float) -> tuple[float, float, float, str, Tensor, int]:
     """(value, lower, upper, status, x_adv, targets pruned) for one correctly classified image."""
@@ -175,60 +253,48 @@ def _one(net: Network, x: Tensor, y: int, inc: Tensor, norm: str, time_limit: fl
     radius = float(certified_radius(net, x[None], torch.tensor([y]), norm=norm, eps_max=eps_max, bounds=bounds)[0])
     radius = min(radius, eps_ub)
     prog, enc, cost, dist, sel = _program(net, x, y, norm, eps_ub, bounds, targets, m_hi, unit_bounds, inputs, radius)
-    h = prog.highs(cost)
-    h.setOptionValue("time_limit", float(time_limit))
-    h.setOptionValue("mip_rel_gap", rel_gap)
-    h.setOptionValue("mip_abs_gap", 1e-7)
-    if has_inc:
-        v = enc.assignment(inc.double().numpy(), prog.n_cols)
-        xv = inc.double().numpy().ravel()
-        x0 = x.double().numpy().ravel()
-        if norm == "linf":
-            v[dist] = np.abs(xv - x0).max()
-        else:
-            v[dist] = np.r_[np.maximum(xv - x0, 0), np.maximum(x0 - xv, 0)]
-        if len(sel):
-            gaps = enc.out_w[targets] @ v[enc.hidden] + enc.out_b[targets]
-            v[sel] = np.eye(len(targets))[int(np.argmax(gaps))]
-        start(h, v)
-    h.run()
-    status = h.modelStatusToString(h.getModelStatus())
-    info = h.getInfo()
-    has_sol = info.primal_solution_status == 2
-    found = solution_input(h, enc, tuple(x.shape)) if has_sol else nan
-    if status == "Optimal":
-        value = float(info.objective_function_value)
-        lower = min(max(float(info.mip_dual_bound), value - max(rel_gap * value, 1e-7), 0.0), value)
-        if _verify(net, x, y, found.clamp(*bounds), norm, value, bounds):
-            return value, lower, value, "optimal", found.clamp(*bounds), pruned
-        return math.nan, float(info.mip_dual_bound), eps_ub, "unverified", inc.double(), pruned
-    if status == "Infeasible":
+    start_at = _incumbent(enc, inc, x, norm, prog.n_cols, dist, sel, targets) if has_inc else None
+    if norm == "l2":
+        res = _solve_scip(prog, enc, x, radius, eps_ub, start_at, time_limit, rel_gap)
+    else:
+        res = _solve_highs(prog, enc, cost, start_at, tuple(x.shape), time_limit, rel_gap)
+    found = res.found.clamp(*bounds) if res.found is not None else None
+    if res.status == "optimal" and found is not None:
+        # the distance claimed is the solver's point's own (for L2 the quadratic constraint holds only to the
+        # solver's feasibility tolerance), re-checked by a forward pass
+        value = max(res.value, float(distance(found[None], x[None], norm))) if norm == "l2" else res.value
+        dual = res.dual if math.isfinite(res.dual) else 0.0
+        lower = min(max(dual, value - max(rel_gap * value, 1e-7), 0.0), value)
+        if _verify(net, x, y, found, norm, value, bounds):
+            return value, lower, value, "optimal", found, pruned
+        return math.nan, min(dual, eps_ub), eps_ub, "unverified", inc.double(), pruned
+    if res.status == "infeasible" or (res.status == "optimal" and found is None):
         if has_inc:
             return math.nan, 0.0, eps_ub, "unverified", inc.double(), pruned
         return math.inf, math.inf, math.inf, "robust", nan, pruned
-    lower = max(float(info.mip_dual_bound), 0.0) if math.isfinite(info.mip_dual_bound) else 0.0
+    lower = max(res.dual, 0.0) if math.isfinite(res.dual) else 0.0
     upper, best = eps_ub, inc.double()
-    if has_sol:
-        claimed = float(distance(found.clamp(*bounds)[None], x[None], norm))
-        if claimed < upper and _verify(net, x, y, found.clamp(*bounds), norm, claimed, bounds):
-            upper, best = claimed, found.clamp(*bounds)
+    if found is not None:
+        claimed = float(distance(found[None], x[None], norm))
+        if claimed < upper and _verify(net, x, y, found, norm, claimed, bounds):
+            upper, best = claimed, found
     return math.nan, min(lower, upper), upper, "time_limit", best, pruned
 
 
 def exact_minimal(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf", time_limit: float = 60.0,
                   upper: Tensor | None = None, attack: bool = True, bounds: tuple[float, float] = (0.0, 1.0),
                   rel_gap: float = 1e-4) -> ExactResult:
-    """Exact minimal L∞ or L1 distortion that changes the label of each image, inside the box `bounds`.
+    """Exact minimal L∞, L1 (HiGHS) or L2 (SCIP) distortion that changes the label of each image, inside the box
+    `bounds`.
 
     upper: optional adversarial examples [N, ...] (nan rows for none), e.g. a stronger attack's, used as
     incumbents with the project's attacks (attack=True: FGSM-min, PGD bisection, minimal-L2). time_limit:
     seconds per image; past it an image gets status "time_limit" and proven lower/upper bounds. rel_gap: the
     solver stops when (upper − lower) ≤ rel_gap·upper; value is then the upper bound, re-verified by a forward
-    pass, and lower the proven bound (equal to value where the search closed the gap)."""
+    pass, and lower the proven bound (equal to value where the search closed the gap; for L2 the gap applies to
+    the squared distance, which SCIP minimises)."""
     if norm not in EXACT_NORMS:
-        raise InputError(f"exact_minimal supports norm 'linf' or 'l1', got {norm!r}; L2 needs a mixed-integer "
-                         f"quadratic solver (SCIP), which is not a dependency: use certified_radius(norm='l2') "
-                         f"and an attack for the two sides.")
+        raise InputError(f"exact_minimal supports norm {', '.join(map(repr, EXACT_NORMS))}, got {norm!r}.")
     if x.dim() < 2 or y.shape != (x.shape[0],):
         raise InputError(f"images [N, ...] and labels [N] expected, got {tuple(x.shape)} and {tuple(y.shape)}.")
     net = network(model, tuple(x.shape[1:]))
@@ -272,8 +338,9 @@ def lp_margin_bounds(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, norm
                      bounds: tuple[float, float] = (0.0, 1.0)) -> Tensor:
     """[N, C] lower bounds of logit_y − logit_j over the ε ball ∩ box by the LP (triangle) relaxation with CROWN's
     unit bounds, +inf at j = y: at least as tight as CROWN's own bound (same unit bounds, a smaller relaxation)."""
-    if norm not in EXACT_NORMS:
-        raise InputError(f"lp_margin_bounds supports norm 'linf' or 'l1' (a linear program), got {norm!r}.")
+    if norm not in ("linf", "l1"):
+        raise InputError(f"lp_margin_bounds supports norm 'linf' or 'l1' (a linear program), got {norm!r}; the L2 "
+                         f"ball is not polyhedral: use margin_bounds(norm='l2').")
     net = network(model, tuple(x.shape[1:]))
     out = torch.full((x.shape[0], net.classes), math.inf, dtype=torch.float64)
     for i in range(x.shape[0]):

@@ -39,15 +39,31 @@ class InputSet:
         e = self.eps.view(-1, *([1] * (self.x.dim() - 1)))
         return (self.x - e).clamp(min=self.bounds[0]), (self.x + e).clamp(max=self.bounds[1])
 
-    def min_linear(self, a: Tensor) -> Tensor:
-        """a [N, S, *shape] -> [N, S]: a lower bound of min over the set of a·x'."""
+    def min_linear(self, a: Tensor, weight: Tensor | None = None) -> Tensor:
+        """a [N or 1, S, *shape] -> [N, S]: a lower bound of min over the set of a·x'. With weight [h, D] (a
+        Linear on the flattened input), a [N or 1, S, h] holds coefficients of weight·x': the input's coefficients
+        a·weight are formed once, and the centre terms go through weight·x' (a small product) instead."""
         lo, hi = self.box()
+        mid, rad = ((lo + hi) / 2).flatten(1), ((hi - lo) / 2).flatten(1)
+        x = self.x.flatten(1)
         a = a.flatten(2)
-        mid, rad = ((lo + hi) / 2).flatten(1)[:, :, None], ((hi - lo) / 2).flatten(1)[:, :, None]
-        # A⁺·lo + A⁻·hi = A·mid − |A|·rad, as batched matrix products (no [N, S, D] temporaries but |A|)
-        box = (a @ mid - a.abs() @ rad)[..., 0]
+        if weight is None:
+            full = a
+        else:
+            full = a @ weight
+            mid, x = mid @ weight.T, x @ weight.T
+        # A⁺·lo + A⁻·hi = A·mid − |A|·rad, as (batched) matrix products
+        magnitude = full.abs_() if weight is not None and not full.requires_grad else full.abs()
+        box = _apply(a, mid) - _apply(magnitude, rad)
         if self.norm == "linf":
             return box
-        centre = (a @ self.x.flatten(1)[:, :, None])[..., 0]
-        dual = a.norm(dim=-1) if self.norm == "l2" else a.abs().amax(dim=-1)  # the dual norm of the ball's
-        return torch.maximum(box, centre - self.eps[:, None] * dual)
+        # the dual norm of the ball's (|A| has A's norms)
+        dual = magnitude.norm(dim=-1) if self.norm == "l2" else magnitude.amax(dim=-1)
+        return torch.maximum(box, _apply(a, x) - self.eps[:, None] * dual)
+
+
+def _apply(a: Tensor, v: Tensor) -> Tensor:
+    """a [N or 1, S, D], v [N, D] -> [N, S]: a·v per image, one matrix product when a is shared (batch 1)."""
+    if a.shape[0] == 1 and v.shape[0] != 1:
+        return v @ a[0].T
+    return (a @ v[:, :, None])[..., 0]

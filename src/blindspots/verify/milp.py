@@ -1,4 +1,5 @@
-"""Solver glue: a piecewise-linear network over an input box as a mixed-integer program for HiGHS (highspy).
+"""Solver glue: a piecewise-linear network over an input box as a mixed-integer program for HiGHS (highspy), or
+for SCIP (pyscipopt) where the program gains a convex quadratic constraint (the exact minimal L2).
 
 The encoding of Tjeng et al. (MIPVerify, 2019): every nonlinear operation's input z gets columns bounded by the
 bounds handed in (CROWN's; tighter bounds mean smaller big-M constants and a faster solve), stable ReLUs are
@@ -10,12 +11,14 @@ binaries become continuous in [0, 1]: the LP (triangle) relaxation. Nothing here
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import highspy
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from .network import Activation, Affine, MaxPieces, Network, UnsupportedLayerError
 
 INF = highspy.kHighsInf
@@ -83,6 +86,35 @@ class Program:
         h.setOptionValue("threads", 1)
         h.passModel(lp)
         return h
+
+    def scip(self, cost: np.ndarray) -> tuple[Any, list]:
+        """The same program as a SCIP model (pyscipopt), minimising cost·x: (model, its variables by column), so
+        that nonlinear constraints can be added to it (HiGHS takes none with integer columns)."""
+        try:
+            import pyscipopt
+        except ImportError:
+            raise InputError("the exact minimal L2 needs SCIP through pyscipopt, which is not installed: "
+                             "pip install 'pyscipopt>=5' (a dependency of blindspots since issue 18).") from None
+        import scipy.sparse as sp
+
+        model = pyscipopt.Model()
+        model.hideOutput()
+        lower, upper, integer = np.concatenate(self.lower), np.concatenate(self.upper), np.concatenate(self.integer)
+        cols = [model.addVar(lb=float(lo), ub=float(hi), vtype="B" if (i and lo >= 0 and hi <= 1) else
+                             "I" if i else "C", obj=float(c))
+                for lo, hi, i, c in zip(lower, upper, integer, cost)]
+        a = sp.csr_matrix((np.concatenate([v for _, _, v in self.rows]),
+                           (np.concatenate([r for r, _, _ in self.rows]), np.concatenate([c for _, c, _ in self.rows]))),
+                          shape=(self.n_rows, self.n_cols))
+        row_lower, row_upper = np.concatenate(self.row_lower), np.concatenate(self.row_upper)
+        for r in range(self.n_rows):
+            lo_r, hi_r = row_lower[r], row_upper[r]
+            terms = pyscipopt.quicksum(float(v) * cols[c] for c, v in zip(a.indices[a.indptr[r]:a.indptr[r + 1]],
+                                                                          a.data[a.indptr[r]:a.indptr[r + 1]]))
+            model.addCons(pyscipopt.ExprCons(terms, lhs=None if lo_r <= -INF else float(lo_r),
+                                             rhs=None if hi_r >= INF else float(hi_r)))
+        model.setMinimize()
+        return model, cols
 
 
 @dataclass
@@ -203,3 +235,11 @@ def start(h: highspy.Highs, values: np.ndarray) -> None:
     sol = highspy.HighsSolution()
     sol.col_value = values.tolist()
     h.setSolution(sol)
+
+
+def scip_start(model: Any, cols: list, values: np.ndarray) -> bool:
+    """Hand SCIP a feasible point (its values by variable); False where SCIP rejected it (e.g. by tolerance)."""
+    sol = model.createSol()
+    for var, value in zip(cols, values):
+        model.setSolVal(sol, var, float(value))
+    return bool(model.addSol(sol, free=True))
