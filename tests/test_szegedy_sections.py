@@ -148,3 +148,24 @@ def test_a_profile_carries_every_size_and_takes_overrides() -> None:
                        ({"parts": "s42,zz"}, "choose among"), ({"s42.seeds": "two"}, "expected a value")):
         with pytest.raises(SpecError, match=match):
             pick_profile(PROFILES, "quick", None, bad)
+
+
+def test_minimal_section_brackets_l2_too(tmp_path: Path) -> None:
+    """"How minimal is minimal?" with an L2 row (SCIP): on a tiny ReLU net trained in the section, CROWN's L2
+    radius ≤ the exact program's proven lower bound ≤ its upper bound ≤ every L2 attack's distance; the report
+    renders the L2 table."""
+    from blindspots.experiments.szegedy2014.minimal import MinimalSizes, minimal_section
+    from blindspots.experiments.szegedy2014.report import _minimal_section
+
+    sizes = MinimalSizes(("8-8",), n_images=2, time_limit=20.0, l2_images=1, l2_time_limit=30.0, train_subset=3000)
+    out = minimal_section(StageRunner(tmp_path / "run", announce=lambda s: None), sizes)
+    rec = out["nets"]["784-8-8-10"]["l2"]
+    ex = rec["exact"]
+    assert rec["images"] == 1 and sum(ex["statuses"].values()) == 1
+    lower, upper = ex["lower"][0], ex["upper"][0]
+    assert rec["certified_median"] <= lower + 1e-6 <= upper + 2e-6
+    for name in ("minimal-l2", "deepfool", "cw", "lbfgs"):
+        g = rec["attacks"][name]
+        assert g["found"] == 0 or g["median_distance"] >= lower - 1e-6, name
+    page = to_markdown(Report("t", [], [_minimal_section(out)]))
+    assert "each attack's L2 distortion over the exact minimum" in page

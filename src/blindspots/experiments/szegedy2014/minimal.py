@@ -1,5 +1,6 @@
-""""How minimal is minimal?": the exact minimal L∞ (and L1) perturbation of small ReLU nets (blindspots.verify, a
-mixed-integer program solved by HiGHS) next to the distortion the project's attacks find, each as a ratio to it.
+""""How minimal is minimal?": the exact minimal L∞ (and L1, L2) perturbation of small ReLU nets (blindspots.verify,
+a mixed-integer program solved by HiGHS; L2 a mixed-integer quadratic one solved by SCIP) next to the distortion the
+project's attacks find, each as a ratio to it.
 
 The nets (784-20-20-10, 784-50-50-10) are not in the zoo (its FC nets are sigmoid, which the exact program cannot
 encode): each is a plain nn.Sequential trained here with one fixed recipe (Adam 1e-3, batches of 64, seeded) and
@@ -33,20 +34,24 @@ ATTACKS = ("lbfgs", "minimal-l2", "deepfool", "cw", "fgsm-min", "pgd-bisection")
 @dataclass(frozen=True)
 class MinimalSizes:
     """How big "How minimal is minimal?" runs: nets (hidden widths, e.g. "20-20"), test images per net, the exact
-    program's time limit per image (seconds), images of the L1 program (0: none), the nets' training data."""
+    program's time limit per image (seconds), images of the L1 and L2 programs (0: none; L2's own time limit: SCIP
+    proves L2 optima far more slowly, and past the limit the image gets proven bounds), the nets' training data."""
 
     nets: tuple[str, ...]
     n_images: int
     time_limit: float
     l1_images: int = 0
+    l2_images: int = 0
+    l2_time_limit: float = 60.0
     train_subset: int = 10_000
     epochs: int = 1
 
 
 MINIMAL_SIZES = {
     "quick": MinimalSizes(("20-20",), n_images=4, time_limit=120.0),
-    "standard": MinimalSizes(("20-20",), n_images=8, time_limit=15.0),
-    "paper": MinimalSizes(("20-20", "50-50"), n_images=100, time_limit=120.0, l1_images=10),
+    "standard": MinimalSizes(("20-20",), n_images=8, time_limit=15.0, l2_images=3, l2_time_limit=20.0),
+    "paper": MinimalSizes(("20-20", "50-50"), n_images=100, time_limit=120.0, l1_images=10, l2_images=10,
+                          l2_time_limit=300.0),
 }
 
 
@@ -100,7 +105,7 @@ def _pgd_bisection(model: nn.Module, x: torch.Tensor, crit: Misclassification, s
 
 def _distance(adv: torch.Tensor, x: torch.Tensor, norm: str) -> torch.Tensor:
     d = (adv - x).flatten(1).double()
-    return d.abs().amax(1) if norm == "linf" else d.abs().sum(1)
+    return d.abs().amax(1) if norm == "linf" else d.norm(dim=1) if norm == "l2" else d.abs().sum(1)
 
 
 def _gaps(found: dict[str, torch.Tensor], ok: dict[str, torch.Tensor], x: torch.Tensor, exact: Any,
@@ -124,6 +129,8 @@ def _exact_record(exact: Any) -> dict[str, Any]:
             "value": [None if math.isnan(v) else v for v in exact.value.tolist()],
             "lower": exact.lower.tolist(), "upper": exact.upper.tolist(),
             "median": float(exact.value[proven].median()) if bool(proven.any()) else None,
+            "proven_bounds_median": ([float(exact.lower.median()), float(exact.upper.median())]
+                                     if not bool(proven.all()) else None),
             "solve_seconds_median": float(exact.solve_time.median()), "solve_seconds_max": float(exact.solve_time.max())}
 
 
@@ -151,7 +158,8 @@ def minimal_section(runner: StageRunner, sizes: MinimalSizes, *, seed: int = 0) 
 
         trained, tfolder = runner.run(f"minimal train {name}", recipe, train_compute)
         inputs = {"net": trained["weights_sha256"], "n_images": sizes.n_images, "time_limit": sizes.time_limit,
-                  "l1_images": sizes.l1_images, "seed": seed, "attacks": ATTACKS}
+                  "l1_images": sizes.l1_images, "seed": seed, "attacks": ATTACKS,
+                  **({"l2_images": sizes.l2_images, "l2_time_limit": sizes.l2_time_limit} if sizes.l2_images else {})}
 
         def exact_compute(folder: Path, hidden: str = hidden, tfolder: Path = tfolder) -> dict[str, Any]:
             from safetensors.torch import load_file
@@ -173,14 +181,15 @@ def minimal_section(runner: StageRunner, sizes: MinimalSizes, *, seed: int = 0) 
                 for a, adv in found.items():
                     ok[a] = ~torch.isnan(adv).flatten(1).any(1) & crit.is_adversarial(model(torch.nan_to_num(adv)))
             out: dict[str, Any] = {"images": len(y), "test_indices": chosen.tolist()}
-            for norm, n in (("linf", len(y)), ("l1", min(sizes.l1_images, len(y)))):
+            for norm, n, limit in (("linf", len(y), sizes.time_limit), ("l1", min(sizes.l1_images, len(y)), sizes.time_limit),
+                                   ("l2", min(sizes.l2_images, len(y)), sizes.l2_time_limit)):
                 if n == 0:
                     continue
                 dist = {a: torch.where(ok[a], _distance(adv, x, norm), math.inf) for a, adv in found.items()}
                 pick = torch.stack(list(dist.values())).argmin(0)
                 upper = torch.stack(list(found.values()))[pick, torch.arange(len(y))]
                 t0 = time.perf_counter()
-                exact = exact_minimal(model, x[:n], y[:n], norm=norm, time_limit=sizes.time_limit, upper=upper[:n],
+                exact = exact_minimal(model, x[:n], y[:n], norm=norm, time_limit=limit, upper=upper[:n],
                                       attack=False)
                 seconds[f"exact {norm}"] = time.perf_counter() - t0
                 t0 = time.perf_counter()
@@ -197,7 +206,8 @@ def minimal_section(runner: StageRunner, sizes: MinimalSizes, *, seed: int = 0) 
         nets[name] = {"test_error": trained["test_error"], "recipe": recipe,
                       **{k: v for k, v in result.items() if k != "_stage"}}
     return {"nets": nets, "sizes": {"nets": list(sizes.nets), "n_images": sizes.n_images,
-                                    "time_limit": sizes.time_limit, "l1_images": sizes.l1_images}}
+                                    "time_limit": sizes.time_limit, "l1_images": sizes.l1_images,
+                                    "l2_images": sizes.l2_images, "l2_time_limit": sizes.l2_time_limit}}
 
 
 __all__ = ["MinimalSizes", "MINIMAL_SIZES", "minimal_sizes", "minimal_section", "relu_net", "ATTACKS"]

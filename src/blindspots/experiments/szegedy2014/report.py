@@ -95,11 +95,11 @@ def _certified(c: dict[str, Any] | None) -> str:
 
 
 def _minimal_section(m: dict[str, Any]) -> Section:
-    """'How minimal is minimal?': exact minimal L∞ (L1) per net, and each attack's distance over it."""
+    """'How minimal is minimal?': exact minimal L∞ (L1, L2) per net, and each attack's distance over it."""
     tables, paragraphs = [], []
     sizes = m["sizes"]
     for name, net in m["nets"].items():
-        for norm, label in (("linf", "L∞"), ("l1", "L1")):
+        for norm, label in (("linf", "L∞"), ("l1", "L1"), ("l2", "L2")):
             rec = net.get(norm)
             if rec is None:
                 continue
@@ -109,7 +109,10 @@ def _minimal_section(m: dict[str, Any]) -> Section:
                 f"{name} (test error {pct(net['test_error'])}), {rec['images']} test images, exact minimal {label}: "
                 f"median {num(ex['median'])} ({statuses}; solve time median {num(ex['solve_seconds_median'], '.3g')} "
                 f"s, max {num(ex['solve_seconds_max'], '.3g')} s); CROWN certified radius median "
-                f"{num(rec['certified_median'])}.")
+                f"{num(rec['certified_median'])}." + (
+                    "" if not ex.get("proven_bounds_median") else
+                    f" Over all {rec['images']} images, the solver's proven bounds (lower, upper) have medians "
+                    f"{num(ex['proven_bounds_median'][0])} and {num(ex['proven_bounds_median'][1])}."))
             rows = [[a, f"{g['found']}/{rec['images']}", num(g["median_distance"]),
                      "—" if g["median_ratio"] is None else f"{g['median_ratio']:.3f}",
                      "—" if g["worst_ratio"] is None else f"{g['worst_ratio']:.3f}"] for a, g in rec["attacks"].items()]
@@ -118,10 +121,12 @@ def _minimal_section(m: dict[str, Any]) -> Section:
     return Section("How minimal is minimal?", [
         "Every attack's distortion is an upper bound of the smallest adversarial perturbation. On small ReLU nets "
         "trained here the exact minimum is computable (a mixed-integer program, HiGHS, started from the closest "
-        "attack example): the ratio of each attack's L∞ (L1) distance to it says how far from minimal the 'minimal' "
-        "examples are. The L2 attacks (L-BFGS, minimal-L2, DeepFool, C&W) are measured by the L∞ (L1) distance of "
-        f"the example they found. Time limit {sizes['time_limit']:g} s per image; an image past it is not "
-        "compared.", *paragraphs], tables)
+        "attack example; L2 by SCIP): the ratio of each attack's distance to it says how far from minimal the "
+        "'minimal' examples are. Every attack is measured in each norm by the distance of the example it found (the "
+        "L2 attacks L-BFGS, minimal-L2, DeepFool and C&W in L∞ too, the L∞ ones in L2). Time limit "
+        f"{sizes['time_limit']:g} s per image" + (f" ({sizes['l2_time_limit']:g} s for L2)" if sizes.get("l2_images")
+                                                  else "") +
+        "; an image past it is not compared.", *paragraphs], tables)
 
 
 def _transfer_section(title: str, t: dict[str, Any], key: str) -> Section:
