@@ -261,8 +261,10 @@ def test_masked_model_is_flagged_and_not_called_robust(tmp_path: Path) -> None:
     assert free_l2["robust_with_square"][0] <= free_l2["robust_gradient"][0] - 0.2  # measured 81.7% → 50.0%
     assert "Square" in m["verdict"]["l2"]["sources"]
     # torchattacks 3.5.1 AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square 5000 queries; seed 0), L2, on these
-    # same N = 60 images: 46.7% robust at ε = 1, 13.3% at ε = 2 (measured once; the package never imports it)
-    assert m["verdict"]["l2"]["robust"][0] <= 0.467 + 0.05  # measured 50.0%
+    # same N = 60 images: 46.7% robust at ε = 1, 13.3% at ε = 2 (measured once; the package never imports it). Square
+    # is a random search: alone at 5000 queries it left 50–55% of these images robust over seeds 0–5, so the bound
+    # allows a few images of seed noise above AutoAttack's draw
+    assert m["verdict"]["l2"]["robust"][0] <= 0.467 + 0.07  # measured 50.0%
     assert m["verdict"]["l2"]["robust"][1] <= 0.133 + 0.05  # measured 11.7%
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert ("masked: not trustworthy: failed checks: gradient-free L2 does not beat gradient attacks; input "
