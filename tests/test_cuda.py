@@ -67,6 +67,19 @@ def test_every_attack_runs_on_cuda(name: str, nets: tuple[nn.Module, nn.Module])
     assert float((again != r.success.cpu()).double().mean()) <= 0.05, name
 
 
+def test_square_l2_runs_on_cuda(nets: tuple[nn.Module, nn.Module]) -> None:
+    """Square-L2 indexes its CPU draws (windows, η flips, signs) with the active images' indices: on the device."""
+    gpu, cpu = nets
+    test = load_mnist("test", subset=32)
+    x, y = test.images.to(DEV), test.labels.to(DEV)
+    r = run_attack("square", gpu, x, Misclassification(y), [1.0, 2.0], norm="l2", n_queries=200)
+    assert r.x_adv.device.type == DEV and r.attack == "square-l2" and bool(r.success[1].any())
+    assert float(r.x_adv.min()) >= 0 and float(r.x_adv.max()) <= 1
+    assert float((r.x_adv[1] - x).flatten(1).norm(dim=1).max()) <= 2 * (1 + 1e-5)
+    again = verify(cpu, r.x_adv.cpu(), Misclassification(y.cpu()), per_budget=True)
+    assert float((again != r.success.cpu()).double().mean()) <= 0.05
+
+
 def test_normalized_wrapper_of_a_gpu_model_runs_on_cuda(nets: tuple[nn.Module, nn.Module]) -> None:
     gpu, _ = nets
     test = load_mnist("test", subset=32)

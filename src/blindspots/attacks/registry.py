@@ -85,8 +85,8 @@ ATTACKS: dict[str, AttackSpec] = {spec.name: spec for spec in (
     AttackSpec("deepfool", deepfool, "Moosavi-Dezfooli et al.'s DeepFool, minimal L2"),
     AttackSpec("cw", cw_l2, "Carlini & Wagner's L2 attack, minimal (c search)"),
     AttackSpec("minimal-l2", minimal_l2_attack, "smallest L2 by exact box-constrained boundary projection"),
-    AttackSpec("square", square, "Andriushchenko et al.'s Square Attack, gradient-free L∞ random search at each ε",
-               "epsilons"),
+    AttackSpec("square", square, "Andriushchenko et al.'s Square Attack, gradient-free L∞ or L2 random search at "
+               "each ε", "epsilons"),
     AttackSpec("noise", noise_attack, "Gaussian noise of per-pixel σ (a baseline)", "sigmas"),
 )}
 

@@ -1,5 +1,6 @@
 """The analysis stages of an audit: Lipschitz bounds and certified radii, single units vs random directions, the
-transfer matrix, and the sanity runs (independent PGD per ε, restarts, a gradient-free attack, an unbounded ε)."""
+transfer matrix, and the sanity runs (independent PGD per ε, restarts, a gradient-free attack in L∞ and L2, an
+unbounded ε)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from torch import nn
 
 from ..analysis.spectral import layer_bounds
 from ..analysis.units import default_layers, layer_names, unit_analysis
-from ..attacks import Normalized
+from ..attacks import Misclassification, Normalized
 from ..attacks.pgd import pgd
 from ..errors import BlindspotsError
 from ..models import predict
@@ -92,14 +93,43 @@ def units_stage(ctx: Ctx) -> dict[str, Any]:
     return ctx.runner.run(f"units-{ctx.model.name}", ctx.inputs(layer=layer), compute, collective=False)[0]
 
 
+def _square_l2(ctx: Ctx, x: torch.Tensor, y: torch.Tensor, err: torch.Tensor, gradient: torch.Tensor, queries: int,
+               seed: int) -> dict[str, torch.Tensor]:
+    """Square-L2 at each L2 ε in ascending order, on the images neither the gradient L2 attacks (`gradient` [r, K])
+    nor Square-L2 at a smaller ε broke (its examples carried up). Per image and ε: the example (NaN where Square
+    never ran on the image), whether Square broke it (clean errors count), whether it ran there."""
+    grid = ctx.config.l2_grid
+    broken, has = err.cpu().clone(), torch.zeros(x.shape[0], dtype=torch.bool)
+    current = x.cpu().clone()
+    adv, ran, hit = [], [], []
+    for k, eps in enumerate(grid):
+        todo = ~broken & ~gradient[:, k]
+        if bool(todo.any()):
+            r = attack("square", ctx, x[todo.to(x.device)], Misclassification(y[todo.to(y.device)]), [eps],
+                       norm="l2", n_queries=queries, seed=seed * 7 + k)
+            idx = todo.nonzero().flatten()
+            current[idx] = r.x_adv[0].cpu()
+            broken[idx[r.success[0].cpu()]] = True
+            has |= todo
+        adv.append(torch.where(has.view(-1, 1, 1, 1), current, torch.full_like(current, math.nan)))
+        ran.append(todo)
+        hit.append(broken.clone())
+    return {"free_l2_adv": torch.stack(adv, 1), "free_l2_ran": torch.stack(ran, 1), "free_l2": torch.stack(hit, 1)}
+
+
 def sanity_stage(ctx: Ctx, clean: dict[str, Any], curves: dict[str, Any]) -> tuple[dict[str, Any], Path]:
     """PGD-L∞ at each ε run independently (not carried over from smaller ε), PGD with restarts at the reference ε,
-    the gradient-free Square attack there, and PGD at an unbounded ε = hi − lo; on every image (--fast: the first
-    ones), through the same adaptive module as the curves. The examples are saved for the verdict."""
+    the gradient-free Square attack (L∞ there; L2 at each L2 ε on the images the gradient L2 attacks left robust),
+    and PGD at an unbounded ε = hi − lo; on every image (--fast: the first ones), through the same adaptive module
+    as the curves. Square gets `square_queries_masked` queries where the gradient probe found masking (AutoAttack's
+    5000), else `square_queries`. The examples are saved for the verdict."""
     e, cfg = ctx.config.effort, ctx.config
     n = first(e.sanity_images, ctx.n)
     correct = torch.tensor(clean["correct"], dtype=torch.bool)
     free = "square"  # the gradient-free attack (its name goes into the results and the report)
+    queries = e.square_queries_masked if ctx.adaptive.get("bpda") else e.square_queries
+    grid_l2 = list(cfg.l2_grid)
+    gradient_l2 = torch.tensor(curves["broken_l2"], dtype=torch.bool).T  # [N, K]: broken by APGD-L2 or a minimal
 
     def compute(folder: Path | None) -> dict[str, Any]:
         def fn(i: int, rows: slice) -> dict[str, torch.Tensor]:
@@ -112,21 +142,29 @@ def sanity_stage(ctx: Ctx, clean: dict[str, Any], curves: dict[str, Any]) -> tup
             r = pgd(m, x, crit, [cfg.eps_ref], restarts=e.restarts, seed=chunk_seed(cfg.seed, i, 101), **kw)
             many = r.success[0] | err
             unbounded = pgd(m, x, crit, [cfg.span], seed=chunk_seed(cfg.seed, i, 102), **kw).success[0] | err
-            sq = attack(free, ctx, x, crit, [cfg.eps_ref], n_queries=e.square_queries,
-                        seed=chunk_seed(cfg.seed, i, 103))
+            sq = attack(free, ctx, x, crit, [cfg.eps_ref], n_queries=queries, seed=chunk_seed(cfg.seed, i, 103))
+            l2 = _square_l2(ctx, x, ctx.y[rows], err, gradient_l2[rows], queries, chunk_seed(cfg.seed, i, 104))
             return {"grid": grid.T.cpu(), "one": one.cpu(), "many": many.cpu(), "unbounded": unbounded.cpu(),
                     "free": (sq.success[0] | err).cpu(), "grid_adv": g.x_adv.transpose(0, 1).cpu(),
-                    "restarts_adv": r.x_adv[0].cpu(), "free_adv": sq.x_adv[0].cpu()}
+                    "restarts_adv": r.x_adv[0].cpu(), "free_adv": sq.x_adv[0].cpu(),
+                    "gradient_l2": gradient_l2[rows], **l2}
 
         f = ctx.runner.map(fn, n, f"sanity runs {ctx.model.name}")
-        save_tensors(folder, "examples.safetensors", {k: f[k] for k in ("grid_adv", "restarts_adv", "free_adv")})
+        save_tensors(folder, "examples.safetensors",
+                     {k: f[k] for k in ("grid_adv", "restarts_adv", "free_adv", "free_l2_adv")})
         ra = {k: float((~f[k]).double().mean()) for k in ("one", "many", "unbounded", "free")}
         ra["any attack"] = float(1 - torch.tensor(curves["broken_ref"][:n], dtype=torch.float64).mean())
+        grad, sq_l2 = f["gradient_l2"], f["free_l2"]
         return {"images": n, "eps": list(cfg.linf_grid), "eps_ref": cfg.eps_ref, "span": cfg.span,
                 "independent_pgd": [float(v) for v in (~f["grid"]).double().mean(0).tolist()],
                 "robust": ra, "restarts": e.restarts, "gradient_free": free,
                 "gradient_free_only": int((f["free"] & ~f["one"]).sum()),
-                "gradient_free_params": {"n_queries": e.square_queries}}
+                "gradient_free_params": {"n_queries": queries, "masked": bool(ctx.adaptive.get("bpda"))},
+                "gradient_free_l2": {  # Square-L2 on the images the gradient L2 attacks left robust, per L2 ε
+                    "eps": grid_l2, "ran": [int(v) for v in f["free_l2_ran"].sum(0).tolist()],
+                    "only": [int(v) for v in (sq_l2 & ~grad).sum(0).tolist()],
+                    "robust_gradient": [float(v) for v in (~grad).double().mean(0).tolist()],
+                    "robust_with_square": [float(v) for v in (~(grad | sq_l2)).double().mean(0).tolist()]}}
 
     return ctx.runner.run(f"sanity-{ctx.model.name}", ctx.inputs(gradient_free=free, adaptive=ctx.adaptive), compute)
 

@@ -316,6 +316,8 @@ def curves_stage(ctx: Ctx, clean: dict[str, Any], minimal: dict[str, dict[str, A
             result[norm] = {"eps": list(grid), "lines": lines}
             if norm == "linf":  # per image, broken by these attacks at the reference ε (for the restarts check)
                 result["broken_ref"] = as_list(envelope[:, ref_k])
+            else:  # per ε and image, broken by the gradient L2 attacks (Square-L2 runs on the rest)
+                result["broken_l2"] = [as_list(envelope[:, k]) for k in range(len(grid))]
         return result
 
     return ctx.runner.run(f"curves-{ctx.model.name}", ctx.inputs(adaptive=ctx.adaptive), compute)

@@ -38,7 +38,8 @@ class Effort:
     bisect_steps: int = 10
     sanity_images: int | None = None  # images of the sanity runs (restarts, Square, unbounded budget; None: all)
     restarts: int = 5
-    square_queries: int = 1000  # the gradient-free check's query budget per image (Square attack)
+    square_queries: int = 1000  # the gradient-free check's query budget per image and ε (Square attack, L∞ and L2)
+    square_queries_masked: int = 5000  # ... where the gradient probe finds masking (AutoAttack's Square budget)
     units_images: int = 1000
     unit_directions: int = 100
     unit_k: int = 8

@@ -31,7 +31,7 @@ PARTS = ("clean", "minimal L2", "minimal L∞", "robust curves", "lipschitz", "u
 
 def _lean(stage: dict[str, Any]) -> dict[str, Any]:
     """A stage result for results.json: without its cache record and the per-image flags only later stages read."""
-    out = {k: v for k, v in stage.items() if k not in ("_stage", "correct", "margin", "broken_ref")}
+    out = {k: v for k, v in stage.items() if k not in ("_stage", "correct", "margin", "broken_ref", "broken_l2")}
     if "attacks" in out:
         out["attacks"] = {a: {k: v for k, v in rec.items() if k != "at"} for a, rec in out["attacks"].items()}
     return out
@@ -136,7 +136,7 @@ def _facts(config: AuditConfig, models: list[Any], data_id: dict[str, Any], worl
             "budgets": f"L∞ {list(config.linf_grid)}, L2 {list(config.l2_grid)}; reference ε (transfer, sanity "
                        f"runs) {config.eps_ref:g}",
             "robust_accuracy": f"the verdict: per image and ε, broken when any example of any attack the audit ran "
-                               "(APGD, minimal attacks clipped to ε, independent PGD per ε, PGD restarts, Square, "
+                               "(APGD, minimal attacks clipped to ε, independent PGD per ε, PGD restarts, Square L∞ and L2, "
                                "examples transferred from the other audited models), projected onto the ε-ball, is "
                                "misclassified by a fresh forward pass of the model; clean errors count as broken. "
                                f"APGD: {e.apgd_steps} steps each of CE, DLR and targeted DLR towards the "
@@ -156,7 +156,10 @@ def _facts(config: AuditConfig, models: list[Any], data_id: dict[str, Any], worl
                       f"model, each image within {e.exact_max_unstable} unstable units (CROWN bounds over the best "
                       f"attack's ball) and {e.exact_time_limit:g} s",
             "distributions": "over the correctly classified images an attack ran on; a failed attack counts as ∞",
-            "sanity_runs": f"first {first(e.sanity_images, data_id['n'])} images; {e.restarts} restarts"
+            "sanity_runs": f"first {first(e.sanity_images, data_id['n'])} images; {e.restarts} restarts; Square "
+                           f"L∞ at the reference ε and L2 at every L2 ε (on the images the gradient L2 attacks left "
+                           f"robust), {e.square_queries} queries per image, {e.square_queries_masked} where the "
+                           "gradient probe finds masking"
                            + (" (--fast)" if config.fast else ""),
             "processes": f"{world_size} on device {config.device} (torchrun splits the images; same numbers)",
         },

@@ -123,7 +123,8 @@ def _curves(results: dict[str, Any]) -> Section:
         "where the gradient probe found masking). '(clipped)': the minimal attack's example projected onto the "
         "ε-ball (a line of an attack run on some of the images, 'on k images', is over those images). 'every attack "
         "(verdict)': broken by at least one example of any attack the audit ran — APGD, the minimal attacks, "
-        "independent PGD, restarts, Square, the other models' transferred examples — each projected onto the "
+        "independent PGD, restarts, Square (L∞ at the reference ε, L2 at each ε on the images the gradient L2 "
+        "attacks left robust), the other models' transferred examples — each projected onto the "
         "ε-ball and re-checked by a fresh forward pass; the second table counts what each source broke."],
         tables, figures)
 

@@ -71,8 +71,28 @@ def adaptive_lines(name: str, m: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
+def gradient_free_l2_line(name: str, s: dict[str, Any]) -> dict[str, str]:
+    """Square-L2, run on the images the gradient L2 attacks (APGD-L2, the minimal L2 attacks clipped) left robust,
+    must break no more of them than the tolerance at any L2 ε: else the L2 gradient attacks were fooled (e.g. by
+    input quantisation that their spread-out steps stay under); the verdict counts Square's examples either way."""
+    check = "gradient-free L2 does not beat gradient attacks"
+    g = s.get("gradient_free_l2")
+    if g is None:  # results.json of an audit from before Square-L2
+        return line(SKIP, name, check, "Square-L2 not run (results of an older audit)")
+    tol = _tolerance(s["images"])
+    worst = max(o / max(s["images"], 1) for o in g["only"]) if g["only"] else 0.0
+    queries = s.get("gradient_free_params", {}).get("n_queries")
+    per_eps = "; ".join(f"ε = {e:g}: broke {o} of the {r} it ran on, robust accuracy {pct(a)} → {pct(b)}"
+                        for e, o, r, a, b in zip(g["eps"], g["only"], g["ran"], g["robust_gradient"],
+                                                 g["robust_with_square"]))
+    return line(PASS if worst <= tol + ROUNDING else FLAG, name, check,
+                f"Square attack (L2{f', {queries} queries' if queries else ''}) on the images of {s['images']} that "
+                f"APGD-L2 and the minimal L2 attacks left robust: {per_eps} (gradient attacks → with Square; "
+                f"tolerance {pct(tol)})")
+
+
 def model_lines(name: str, m: dict[str, Any]) -> list[dict[str, str]]:
-    """The per-model checks: monotone, unbounded budget, restarts, gradient-free, logits."""
+    """The per-model checks: monotone, unbounded budget, restarts, gradient-free (L∞, L2), logits."""
     s = m["sanity_runs"]
     curves = {"independent PGD-L∞ (first {} images)".format(s["images"]): (s["eps"], s["independent_pgd"])}
     for norm, label in (("minimal_linf", "L∞"), ("minimal_l2", "L2")):
@@ -112,6 +132,8 @@ def model_lines(name: str, m: dict[str, Any]) -> list[dict[str, str]]:
                     f"{label} at ε = {s['eps_ref']:g}: robust accuracy {pct(free)} vs PGD {pct(one)} on "
                     f"{s['images']} images; {s['gradient_free_only']} images broken only by it "
                     f"(tolerance {pct(tol)})"))
+
+    out.append(gradient_free_l2_line(name, s))
 
     out_kind = m["clean"]["output"]["kind"]
     out.append(line(PASS if out_kind in ("logits", "log-probabilities") else FLAG, name,
@@ -154,5 +176,5 @@ def sanity_lines(results: dict[str, Any]) -> list[dict[str, str]]:
     return out + transfer_lines(results["transfer"])
 
 
-__all__ = ["sanity_lines", "failed_checks", "adaptive_lines", "model_lines", "transfer_lines", "check_monotone", "monotone_violations",
-           "PASS", "FLAG", "SKIP"]
+__all__ = ["sanity_lines", "failed_checks", "adaptive_lines", "model_lines", "gradient_free_l2_line", "transfer_lines",
+           "check_monotone", "monotone_violations", "PASS", "FLAG", "SKIP"]

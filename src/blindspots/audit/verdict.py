@@ -1,6 +1,6 @@
 """The audit's verdict: robust accuracy at each ε as the envelope of every attack the audit ran on every image
-(APGD, the minimal attacks clipped to ε, independent PGD, restarts, Square, and the examples transferred from the
-other audited models), each candidate projected onto the ε-ball and re-checked by a fresh forward pass of the model
+(APGD, the minimal attacks clipped to ε, independent PGD, restarts, Square L∞ and L2, and the examples transferred
+from the other audited models), each candidate projected onto the ε-ball and re-checked by a fresh forward pass of the model
 itself; each image's best example (lowest margin) is kept, saved, and verified once more."""
 
 from __future__ import annotations
@@ -40,11 +40,12 @@ def _sources(ctx: Ctx, folders: dict[str, Path], others: dict[str, Path]) -> dic
     for name, t in load_tensors(folders["minimal_l2"], "examples.safetensors").items():
         l2[f"{name} (clipped)"] = t
     sanity = load_tensors(folders["sanity"], "examples.safetensors")
-    for key, label in (("grid_adv", "PGD per ε"), ("restarts_adv", "PGD restarts"), ("free_adv", "Square")):
+    for key, label in (("grid_adv", "PGD per ε"), ("restarts_adv", "PGD restarts"), ("free_adv", "Square"),
+                       ("free_l2_adv", "Square")):
         t = sanity[key]
         if t.shape[0] < n:  # --fast: run on the first images only
             t = torch.cat([t, torch.full((n - t.shape[0], *t.shape[1:]), math.nan, dtype=t.dtype)])
-        lin[label] = t
+        (l2 if key == "free_l2_adv" else lin)[label] = t
     for name, folder in others.items():
         lin[f"transfer from {name}"] = load_tensors(folder, "transfer_set.safetensors")["x_adv"]
     return {"linf": lin, "l2": l2}
