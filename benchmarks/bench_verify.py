@@ -25,25 +25,13 @@ from torch import nn
 from blindspots import train
 from blindspots.attacks import Misclassification, run_attack
 from blindspots.data import load_mnist
+from blindspots.models.controls import fit_control, relu_mlp
 from blindspots.verify import attack_upper_bounds, certified_radius, exact_minimal, margin_bounds
 
 
 def relu_net(hidden: tuple[int, ...], seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    layers, width = [nn.Flatten()], 784
-    for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU()]
-        width = h
-    model = nn.Sequential(*layers, nn.Linear(width, 10))
-    data = load_mnist("train", subset=10000)
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    perm = torch.randperm(10000, generator=torch.Generator().manual_seed(seed))
-    for i in range(0, 10000, 64):
-        b = perm[i:i + 64]
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(data.images[b]), data.labels[b]).backward()
-        opt.step()
-    return model.eval()
+    """784-…-10 ReLU, one epoch of Adam on 10,000 training images (models.controls, as the tests use)."""
+    return fit_control(relu_mlp(*hidden), images=10_000, seed=seed)
 
 
 def crown_vs_ibp(args: argparse.Namespace) -> None:

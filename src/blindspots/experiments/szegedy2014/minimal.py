@@ -3,10 +3,11 @@ a mixed-integer program solved by HiGHS; L2 a mixed-integer quadratic one solved
 project's attacks find, each as a ratio to it.
 
 The nets (784-20-20-10, 784-50-50-10) are not in the zoo (its FC nets are sigmoid, which the exact program cannot
-encode): each is a plain nn.Sequential trained here with one fixed recipe (Adam 1e-3, batches of 64, seeded) and
-saved in its stage folder. The attacked images: the first `n_images` test images, in the experiment's seeded order,
-that the net classifies correctly. Every attack's example is re-checked by a forward pass before it counts; the
-exact search starts from the closest of them, so exact ≤ every attack by construction and each ratio is ≥ 1."""
+encode): each is a plain nn.Sequential trained here with one fixed recipe (models.controls.fit_control: Adam 1e-3,
+batches of 64, seeded) and saved in its stage folder. The attacked images: the first `n_images` test images, in the
+experiment's seeded order, that the net classifies correctly. Every attack's example is re-checked by a forward
+pass before it counts; the exact search starts from the closest of them, so exact ≤ every attack by construction
+and each ratio is ≥ 1."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from ...attacks.pgd import pgd_linf_per_image
 from ...data import load_mnist
 from ...data.datasets import subset_order
 from ...errors import SpecError
+from ...models.controls import fit_control, relu_mlp
 from ...stages import StageRunner
 from ...verify import certified_radius, exact_minimal
 
@@ -63,27 +65,8 @@ def minimal_sizes(profile: str) -> MinimalSizes:
 
 
 def relu_net(hidden: str) -> nn.Sequential:
-    widths = [int(h) for h in hidden.split("-")]
-    layers: list[nn.Module] = [nn.Flatten()]
-    for a, b in zip([784, *widths], widths):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    return nn.Sequential(*layers, nn.Linear(widths[-1], 10))
-
-
-def _train(hidden: str, sizes: MinimalSizes, seed: int) -> nn.Sequential:
-    torch.manual_seed(seed)
-    model = relu_net(hidden)
-    data = load_mnist("train", subset=sizes.train_subset)
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(sizes.epochs):
-        perm = torch.randperm(len(data.labels), generator=gen)
-        for i in range(0, len(perm), 64):
-            b = perm[i:i + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(data.images[b]), data.labels[b]).backward()
-            opt.step()
-    return model.eval()
+    """784-h1-h2-10 with ReLUs from a widths string such as "20-20"."""
+    return relu_mlp(*(int(h) for h in hidden.split("-")))
 
 
 def _pgd_bisection(model: nn.Module, x: torch.Tensor, crit: Misclassification, seed: int, rounds: int = 12,
@@ -150,7 +133,7 @@ def minimal_section(runner: StageRunner, sizes: MinimalSizes, *, seed: int = 0) 
 
             from ...io import file_digest
 
-            model = _train(hidden, sizes, seed)
+            model = fit_control(relu_net(hidden), sizes.train_subset, sizes.epochs, seed=seed)
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
             with torch.no_grad():
                 err = float((model(test.images).argmax(1) != test.labels).double().mean())
@@ -158,8 +141,8 @@ def minimal_section(runner: StageRunner, sizes: MinimalSizes, *, seed: int = 0) 
 
         trained, tfolder = runner.run(f"minimal train {name}", recipe, train_compute)
         inputs = {"net": trained["weights_sha256"], "n_images": sizes.n_images, "time_limit": sizes.time_limit,
-                  "l1_images": sizes.l1_images, "seed": seed, "attacks": ATTACKS,
-                  **({"l2_images": sizes.l2_images, "l2_time_limit": sizes.l2_time_limit} if sizes.l2_images else {})}
+                  "l1_images": sizes.l1_images, "l2_images": sizes.l2_images, "l2_time_limit": sizes.l2_time_limit,
+                  "seed": seed, "attacks": ATTACKS}
 
         def exact_compute(folder: Path, hidden: str = hidden, tfolder: Path = tfolder) -> dict[str, Any]:
             from safetensors.torch import load_file
@@ -181,7 +164,8 @@ def minimal_section(runner: StageRunner, sizes: MinimalSizes, *, seed: int = 0) 
                 for a, adv in found.items():
                     ok[a] = ~torch.isnan(adv).flatten(1).any(1) & crit.is_adversarial(model(torch.nan_to_num(adv)))
             out: dict[str, Any] = {"images": len(y), "test_indices": chosen.tolist()}
-            for norm, n, limit in (("linf", len(y), sizes.time_limit), ("l1", min(sizes.l1_images, len(y)), sizes.time_limit),
+            for norm, n, limit in (("linf", len(y), sizes.time_limit),
+                                   ("l1", min(sizes.l1_images, len(y)), sizes.time_limit),
                                    ("l2", min(sizes.l2_images, len(y)), sizes.l2_time_limit)):
                 if n == 0:
                     continue
