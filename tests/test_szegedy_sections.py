@@ -130,7 +130,7 @@ def test_sizes_for_a_profile() -> None:
 def test_a_profile_carries_every_size_and_takes_overrides() -> None:
     """The profile is one object: §3/§4.3 and §4.2 sizes travel in it (no lookup by name), the CLI's --set reaches
     nested fields, and `--profile paper --set parts=s42 --set s42.seeds=1` runs exactly the §4.2 trainings and
-    evaluation of results/szegedy2014-s42-paper-seed0 (its script's sizes: the same stage inputs, so the same keys)."""
+    evaluation of results/szegedy2014-s42-paper-seed0 (the command its provenance.json records)."""
     from dataclasses import replace
 
     from blindspots.experiments.stages import pick_profile

@@ -28,6 +28,11 @@ def _pct_span(rates: list[float]) -> str:
     return span([100 * v for v in rates], ".1f") + "%"
 
 
+# the report's names of the profile's parts (experiment.PARTS), for a run of some of them
+PART_TITLES = {"tables": "Tables 1-3", "units": "§3", "spectral": "§4.3", "s42": "§4.2",
+               "minimal": "\"How minimal is minimal?\""}
+
+
 def build_report(results: dict[str, Any]) -> Report:
     """The whole report from results.json's content alone (so a committed report.md can be checked against it)."""
     t1, t2, t3 = results.get("table1"), results.get("table2"), results.get("table3")
@@ -41,6 +46,11 @@ def build_report(results: dict[str, Any]) -> Report:
         "data file (several are from public write-ups of the paper, marked secondary there). Every number of ours "
         "is in results.json and recomputable from the saved models and adversarial sets under stages/.",
     ]
+    parts = results.get("profile", {}).get("parts", list(PART_TITLES))
+    if set(parts) != set(PART_TITLES):
+        intro.append(f"This run covers {', '.join(PART_TITLES.get(k, k) for k in parts)} only (`--set parts="
+                     f"{','.join(parts)}`); the profile's other parts were not run, and their sizes in results.json "
+                     "describe what they would have run.")
     sections = [] if t1 is None else [
         _table1_section(t1), _transfer_section("Table 2 — cross-model generalisation", t2, "table2"),
         _transfer_section("Table 3 — cross-training-set generalisation", t3, "table3")]
@@ -196,12 +206,13 @@ def _figures_section(results: dict[str, Any]) -> Section:
 
 def _facts_section(results: dict[str, Any]) -> Section:
     clean = ", ".join(f"{k}: {v['clean_errors_skipped']}" for k, v in results["attacks"].items())
-    return run_facts_section(results, [f"clean errors skipped before reaching the attacked images, per model: {clean}"])
+    return run_facts_section(results, [f"clean errors skipped before reaching the attacked images, per model: {clean}"]
+                             if clean else [])
 
 
 def terminal_summary(results: dict[str, Any]) -> str:
     """A compact text table for the end of a run: Table 1, ours (paper)."""
-    lines = [f"{'model':<14} {'test err':>16} {'av. min. distortion':>22} {'success':>8}"]
+    lines = [f"{'model':<14} {'test err':>16} {'av. min. distortion':>22} {'success':>8}"] if results.get("table1") else []
     for name, r in (results.get("table1") or {}).items():
         pt = paper_value("szegedy2014", "table1", name, "test_error")
         pd = paper_value("szegedy2014", "table1", name, "distortion")
