@@ -33,8 +33,9 @@ from pathlib import Path
 import torch
 
 from blindspots.stages import StageRunner
-from blindspots.experiments.szegedy2014.adv_report import pool_report
-from blindspots.experiments.szegedy2014.adv_training import adversarial_training_section, pool_sizes
+from blindspots.experiments.szegedy2014.adv_training import adversarial_training_section
+from blindspots.experiments.szegedy2014.profiles import pool_sizes
+from blindspots.experiments.szegedy2014.report import pool_report
 from blindspots.io import write_json_atomic
 from blindspots.report.document import Report, Section, write_report
 
