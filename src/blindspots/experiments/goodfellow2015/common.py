@@ -4,10 +4,8 @@ small prediction helpers. Run sizes are in `profiles`; no stage logic here."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +19,11 @@ from ...models.zoo import BinaryLogistic
 from ...errors import SpecError
 from ...training.adversarial import Objective
 from .profiles import Profile
+
+if TYPE_CHECKING:  # the section mixins (TrainingStages, FgsmStages, ...) are typed as the experiment they are mixed into
+    from ..stages import Experiment as Stages
+else:
+    Stages = object
 
 PAPER = "goodfellow2015"
 EPSILON = 0.25
@@ -205,18 +208,3 @@ def predict_confidence(model: nn.Module, x: Tensor, independent: bool = False,
 def mean_or_none(values: Tensor) -> float | None:
     """Mean of a possibly empty selection; None (not NaN, which JSON and equality handle badly) if empty."""
     return float(values.float().mean()) if values.numel() else None
-
-
-class Stages:
-    """What the section mixins (TrainingStages, FgsmStages, ...) use of the experiment they are mixed into
-    (blindspots.experiments.stages.Experiment: output folder, profile, seed, device, stage runner, results)."""
-
-    out: Path
-    profile: Profile
-    seed: int
-    device: str
-    progress: bool
-    runner: Any
-    models: dict[str, dict[str, Any]]
-    attacks: dict[str, tuple[dict[str, Any], Path]]
-    load_checkpoint_checked: Callable[..., nn.Module]
