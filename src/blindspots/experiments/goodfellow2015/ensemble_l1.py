@@ -20,9 +20,7 @@ from ...errors import CheckpointError
 from ...io import file_digest, write_atomic
 from ...models import Ensemble, build_model, error_rate, predict
 from ...models.train import recipe_dict
-from .common import (EPSILON, FixedNet, Stages,
-                     ensemble_members, l1_arms, mean_or_none,
-                     predict_confidence)
+from .common import EPSILON, FixedNet, Stages, ensemble_members, l1_arms, mean_or_none, predict_confidence
 from .training import Phase, Probe
 
 

@@ -18,9 +18,7 @@ from ...attacks.base import AttackResult
 from ...data import load_mnist
 from ...io import file_digest
 from . import figures
-from .common import (EPSILON, EPSILONS, LOGREG, Stages,
-                     mean_or_none,
-                     predict_confidence)
+from .common import EPSILON, EPSILONS, LOGREG, Stages, mean_or_none, predict_confidence
 
 
 class FgsmStages(Stages):

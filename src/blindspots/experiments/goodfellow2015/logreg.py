@@ -12,8 +12,7 @@ from safetensors.torch import load_file, save_file
 from ... import __version__
 from ...io import file_digest, write_atomic
 from ...models.zoo import BinaryLogistic
-from .common import (LOGREG, LOGREG_CLASSES, LOGREG_DECAY, LOGREG_LABEL, Stages,
-                     binary_error, fit_logreg, logreg_data)
+from .common import LOGREG, LOGREG_CLASSES, LOGREG_DECAY, LOGREG_LABEL, Stages, binary_error, fit_logreg, logreg_data
 
 
 class LogregStages(Stages):

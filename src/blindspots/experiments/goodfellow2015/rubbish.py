@@ -11,9 +11,7 @@ from torch import nn
 
 from ... import __version__
 from ...data import load_mnist
-from .common import (Stages,
-                     mean_or_none,
-                     noise_settings, predict_confidence, rubbish_images)
+from .common import Stages, mean_or_none, noise_settings, predict_confidence, rubbish_images
 
 
 class RubbishStages(Stages):

@@ -4,7 +4,10 @@ best model on training + validation rows until the validation objective falls to
 recorded at the best epoch (pylearn2's mnist_pi_continued.yaml, the 240-unit nets), or retrain from scratch
 on training + validation rows for the best epoch's count (the paper's 1600-unit net). Both phases record
 learning curves after every epoch and save their full state every few epochs, so a killed run resumes where it
-was (bit for bit, same seed)."""
+was (bit for bit, same seed).
+
+`TrainingStages`, mixed into the experiment, runs the protocol as stages (one per phase and seed) and trains the
+shallow softmax and the RBF net through the model store."""
 
 from __future__ import annotations
 
