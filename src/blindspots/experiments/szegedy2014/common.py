@@ -64,5 +64,3 @@ def _model_key(tm: TrainedModel) -> dict[str, Any]:
     m = tm.meta
     return {"spec": m["spec"], "weights_sha256": m["weights_sha256"], "train_subset": m.get("train_subset"),
             "epochs": m.get("epochs")}
-
-

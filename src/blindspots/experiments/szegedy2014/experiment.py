@@ -136,4 +136,3 @@ class Szegedy2014(TableStages, Experiment):
         out = minimal_section(self.runner, self.profile.minimal, seed=self.seed)
         self.timings["minimal"] = time.perf_counter() - t0
         return out
-

@@ -116,4 +116,3 @@ def spectral_section(runner: StageRunner, sizes: SectionSizes, *, pairs: Mapping
         records[spec] = result
     results = {"models": records}
     return results, spectral_report(results)
-

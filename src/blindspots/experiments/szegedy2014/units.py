@@ -57,4 +57,3 @@ def units_section(runner: StageRunner, sizes: SectionSizes, *, seed: int = 0, de
             records[f"{spec} {layer}"] = {**result, "figure": str(_rel(runner, folder / "units.png"))}
     results = {"layers": records}
     return results, units_report(results)
-
