@@ -16,7 +16,7 @@ from blindspots.attacks import Misclassification, lbfgs_attack
 from blindspots.data import ImageSet
 from blindspots.experiments.curves import CurveProbe, compare_curves, t_interval
 from blindspots.experiments.goodfellow2015.findings import curve_verdict as goodfellow_verdict
-from blindspots.experiments.szegedy2014.adv_curves import curve_verdict as szegedy_verdict
+from blindspots.experiments.szegedy2014.findings import curve_verdict as szegedy_verdict
 
 # three seeds, four epochs; per epoch, the mean of treated − control is +0.0067, +0.0033, −0.0033, −0.0133:
 # the mean treated curve is below from the third epoch on; every seed ends below (−0.02, −0.01, −0.01)

@@ -247,7 +247,7 @@ def test_l1_decay_beside_plain_and_adversarial_training(run: tuple[Path, dict]) 
     """One net per L1 coefficient beside plain and FGSM training, same seed and budget: the paper's coefficient
     leaves a higher training error than plain training and a smaller first layer; every number recomputes from
     the checkpoints and the saved FGSM sets; the plain arm is the first ensemble member (one stage)."""
-    from blindspots.experiments.goodfellow2015.protocol import split_rows
+    from blindspots.experiments.goodfellow2015.training import split_rows
     from blindspots.models import predict
     from blindspots.models.train import first_layer_weight
 

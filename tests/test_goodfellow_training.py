@@ -237,7 +237,7 @@ def test_protocol_phase_killed_mid_training_resumes(tmp_path: Path) -> None:
     """A Phase killed after its epoch-2 checkpoint resumes from it: same curve, same weights as a run never killed;
     early stopping stops `patience` epochs after the best validation epoch."""
     from blindspots.experiments.goodfellow2015 import protocol_recipe
-    from blindspots.experiments.goodfellow2015.protocol import Phase, Probe
+    from blindspots.experiments.goodfellow2015.training import Phase, Probe
 
     data = _small(300)
     boom = {"armed": True}

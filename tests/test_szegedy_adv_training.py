@@ -14,9 +14,10 @@ import torch
 from blindspots.data import load_mnist
 from blindspots.errors import SpecError
 from blindspots.stages import StageRunner
-from blindspots.experiments.szegedy2014.adv_curves import curve_verdict
-from blindspots.experiments.szegedy2014.adv_training import (POOL_SIZES, PoolSizes, adversarial_training_section,
-                                                             pool_report, pool_sizes)
+from blindspots.experiments.szegedy2014.adv_training import adversarial_training_section
+from blindspots.experiments.szegedy2014.findings import curve_verdict
+from blindspots.experiments.szegedy2014.profiles import POOL_SIZES, PoolSizes, pool_sizes
+from blindspots.experiments.szegedy2014.report import pool_report
 from blindspots.models import error_rate, fit
 from blindspots.models.checkpoint import load_checkpoint
 from blindspots.report.document import Report, to_markdown

@@ -18,8 +18,10 @@ import torch
 from blindspots.analysis import empirical_ratio, lipschitz_bound
 from blindspots.attacks import load_adversarial
 from blindspots.stages import StageRunner
-from blindspots.experiments.szegedy2014.sections import (SIZES, sizes_for, spectral_report, spectral_section,
-                                                     units_report, units_section)
+from blindspots.experiments.szegedy2014.profiles import SIZES, sizes_for
+from blindspots.experiments.szegedy2014.report import spectral_report, units_report
+from blindspots.experiments.szegedy2014.spectral import spectral_section
+from blindspots.experiments.szegedy2014.units import units_section
 from blindspots.models import train
 from blindspots.report.document import Report, to_markdown
 
@@ -135,7 +137,7 @@ def test_a_profile_carries_every_size_and_takes_overrides() -> None:
 
     from blindspots.experiments.stages import pick_profile
     from blindspots.experiments.szegedy2014 import PROFILES
-    from blindspots.experiments.szegedy2014.adv_training import pool_sizes
+    from blindspots.experiments.szegedy2014.profiles import pool_sizes
 
     quick = PROFILES["quick"]
     assert quick.sections is not None and quick.sections.train_subset == quick.train_subset == 10_000
@@ -154,7 +156,8 @@ def test_minimal_section_brackets_l2_too(tmp_path: Path) -> None:
     """"How minimal is minimal?" with an L2 row (SCIP): on a tiny ReLU net trained in the section, CROWN's L2
     radius ≤ the exact program's proven lower bound ≤ its upper bound ≤ every L2 attack's distance; the report
     renders the L2 table."""
-    from blindspots.experiments.szegedy2014.minimal import MinimalSizes, minimal_section
+    from blindspots.experiments.szegedy2014.minimal import minimal_section
+    from blindspots.experiments.szegedy2014.profiles import MinimalSizes
     from blindspots.experiments.szegedy2014.report import _minimal_section
 
     sizes = MinimalSizes(("8-8",), n_images=2, time_limit=20.0, l2_images=1, l2_time_limit=30.0, train_subset=3000)

@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 
 from blindspots.data import load_mnist
-from blindspots.experiments.goodfellow2015.config import EPSILON, PROFILES
-from blindspots.experiments.goodfellow2015.protocol import fgsm_error, split_rows
+from blindspots.experiments.goodfellow2015.common import EPSILON
+from blindspots.experiments.goodfellow2015.profiles import PROFILES
+from blindspots.experiments.goodfellow2015.training import fgsm_error, split_rows
 from blindspots.io import write_text_atomic
 from blindspots.models import error_rate, fit
 from blindspots.models.train import original_maxout_recipe

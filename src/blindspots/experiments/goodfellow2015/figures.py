@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from ...attacks import load_adversarial
 from ...report.plots import save_png
 from ...report.reference import paper_value
-from .config import EPSILON, LOGREG, LOGREG_CLASSES, LOGREG_LABEL, NETS, PAPER, predict_confidence, wide_net
+from .common import EPSILON, LOGREG, LOGREG_CLASSES, LOGREG_LABEL, NETS, PAPER, predict_confidence, wide_net
 
 CURVE_KEYS = ("maxout", "maxout_adv", "maxout_adv_wide", "maxout_sign", "maxout_uniform")
 

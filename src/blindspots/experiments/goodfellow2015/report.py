@@ -8,7 +8,7 @@ from typing import Any
 
 from ...report.document import Figure, Report, Section, Table, run_facts_section
 from ...report.format import num, pct, span
-from .config import EPSILON, EPSILONS, LOGREG, NETS
+from .common import EPSILON, EPSILONS, LOGREG, NETS
 from .figures import _labels
 
 

@@ -2,8 +2,8 @@
 pools of adversarial examples at the input and / or the hidden layers (an ablation over the same seeds and clean
 minibatches), with learning curves per epoch and a robustness evaluation per seed.
 
-Run sizes are this module's own (`PoolSizes`, presets in `POOL_SIZES` by profile name: "quick", "standard",
-"paper"; "full" runs as "standard"); every training is a stage, so a killed run resumes where it stopped."""
+Run sizes: `profiles.PoolSizes` (presets in POOL_SIZES); every training is a stage, so a killed run resumes where it
+stopped."""
 
 from __future__ import annotations
 
@@ -22,76 +22,19 @@ from ... import __version__
 from ...attacks import TargetedMisclassification, lbfgs_attack, random_targets, save_adversarial
 from ...data import ImageSet, load_mnist
 from ...data.datasets import subset_order
-from ...errors import SpecError
 from ...models import error_rate, predict
 from ...models.checkpoint import load_checkpoint, save_checkpoint
 from ...models.train import default_recipe, fit
 from ...progress import Eta
 from ...report.document import Section
-from ...training.pool import PoolConfig, train_with_pool
+from ...training.pool import train_with_pool
 from ...stages import StageRunner
-from ..curves import CurveProbe
-from .adv_curves import CurveRecorder, curve_verdict, plot_curves
-from .adv_report import ARM_TITLES, ARMS, PLAIN, POOLED, pool_report
-from .common import POOL_SPEC, _digest, _rel
-
-# The pool recipe of every arm (its layers are the arm's), chosen on a validation split (FC100-100-10 trained on the
-# first 10,000 training images for 20 epochs, measured on the last 10,000; never on the test set). Validation error,
-# weight decay alone 4.40% (seed 0) / 4.24% (seed 1): input pool with 0.1 pool examples per clean one 4.07% / 3.92%;
-# 0.05: 3.89% (seed 0 only; measured after the profile runs had started); 0.25 (the former default) raised it
-# (20,000 images: 3.50% vs 3.12%); hidden-layer pools raised it at every setting tried (act1+act2 0.25: 6.13%, 0.1:
-# 5.31%, from mid-training on: 5.52%; all layers 0.1: 5.11%, from mid-training on: 6.18%). README: §4.2 notes.
-DEFAULT_POOL = PoolConfig()
-
-
-@dataclass(frozen=True)
-class PoolSizes:
-    """How big §4.2 runs: training images and epochs of every net (None: all 60,000 / the FC recipe's 40), seeds
-    (seed, seed + 1, ...), the ablation arms (keys of ARMS), the pool recipe, the final robustness evaluation
-    (`n_robust` test images, L-BFGS options `lbfgs`) and the learning curves (every `curve_every` epochs:
-    clean and FGSM error on the test set, minimal untargeted L-BFGS distortion on `curve_images` test images)."""
-
-    name: str
-    train_subset: int | None
-    epochs: int | None
-    seeds: int = 1
-    arms: tuple[str, ...] = tuple(ARMS)
-    pool: PoolConfig = DEFAULT_POOL
-    n_robust: int = 300
-    lbfgs: Mapping[str, Any] = field(default_factory=lambda: {"search_steps": 6})
-    curve_every: int = 1
-    curve_images: int = 100
-    curve_lbfgs: Mapping[str, Any] = field(default_factory=lambda: {"search_steps": 2, "bracket_steps": 3,
-                                                                     "max_iter": 30})
-    fgsm_eps: float = 0.25
-
-    def __post_init__(self) -> None:
-        unknown = [a for a in self.arms if a not in ARMS]
-        if unknown or PLAIN not in self.arms or len(self.arms) < 2:
-            raise SpecError(f"arms must include {PLAIN!r} and at least one pool arm out of {', '.join(ARMS)}; "
-                            f"got {self.arms!r}.")
-        if self.seeds < 1 or self.curve_every < 1:
-            raise SpecError(f"seeds and curve_every must be positive, got {self.seeds} and {self.curve_every}.")
-
-
-POOL_SIZES: dict[str, PoolSizes] = {
-    # CI: one seed, weight decay alone vs all layers' pools on 5,000 images, curves every 5 epochs
-    "quick": PoolSizes("quick", train_subset=5000, epochs=10, seeds=1, arms=(PLAIN, POOLED), n_robust=50,
-                       lbfgs={"search_steps": 4, "max_iter": 50}, curve_every=5, curve_images=30),
-    # the whole ablation on 20,000 images for 20 epochs, two seeds, curves every 2 epochs
-    "standard": PoolSizes("standard", train_subset=20_000, epochs=20, seeds=2, n_robust=200, curve_every=2,
-                          curve_images=50),
-    # the paper's set-up: all 60,000 images, the FC recipe's 40 epochs, the whole ablation, three seeds
-    "paper": PoolSizes("paper", train_subset=None, epochs=None, seeds=3, n_robust=500, curve_every=2),
-}
-
-
-def pool_sizes(profile: str) -> PoolSizes:
-    """The §4.2 preset of a `reproduce` profile ("full" runs as "standard")."""
-    key = "standard" if profile == "full" else profile
-    if key not in POOL_SIZES:
-        raise SpecError(f"no §4.2 preset for profile {profile!r}; choose one of {', '.join(POOL_SIZES)} or 'full'.")
-    return POOL_SIZES[key]
+from ..curves import CURVE_KEYS, CurveProbe
+from .common import ARM_TITLES, ARMS, PLAIN, POOL_SPEC, _digest, _rel
+from .figures import plot_curves
+from .findings import curve_verdict
+from .profiles import PoolSizes
+from .report import pool_report
 
 
 def adversarial_training_section(runner: StageRunner, sizes: PoolSizes, *, seed: int = 0, device: str = "cpu",
@@ -213,5 +156,30 @@ def _transfer(res: Any, model: nn.Module, y: torch.Tensor) -> float:
     return float((predict(model, res.x_adv.cpu()[keep]) != y[keep]).float().mean())
 
 
-__all__ = ["PoolSizes", "POOL_SIZES", "pool_sizes", "adversarial_training_section", "pool_report", "ARMS", "PLAIN",
-           "POOLED", "DEFAULT_POOL"]
+@dataclass
+class CurveRecorder:
+    """`on_epoch` hook: after each `every`-th epoch (and the last), the three curves of `probe` (the L-BFGS
+    distortion NaN where the search broke no image). The seconds it spends are kept apart (`seconds`), so
+    training cost excludes them."""
+
+    probe: CurveProbe
+    epochs: int
+    every: int = 1
+    points: dict[str, list[float]] = field(default_factory=lambda: {"epoch": [], **{k: [] for k in CURVE_KEYS}})
+    seconds: float = 0.0
+
+    def __call__(self, epoch: int, model: nn.Module) -> None:
+        if epoch % self.every and epoch != self.epochs:
+            return
+        t0 = time.perf_counter()
+        self.points["epoch"].append(epoch)
+        for key, value in self.probe.measure(model).items():
+            self.points[key].append(float("nan") if value is None else value)
+        self.seconds += time.perf_counter() - t0
+
+    def record(self) -> dict[str, Any]:
+        return {**self.points, "eps": self.probe.eps, "n_lbfgs": self.probe.n_lbfgs, "lbfgs": dict(self.probe.lbfgs),
+                "probe_seconds": round(self.seconds, 3)}
+
+
+__all__ = ["adversarial_training_section", "CurveRecorder"]

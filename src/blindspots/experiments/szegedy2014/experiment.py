@@ -20,82 +20,26 @@ Documented choices where the paper is silent:
 from __future__ import annotations
 
 import json
-import platform
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from ... import __version__
-from ...errors import SpecError
 from ...io import write_json_atomic
 from ...parallel import World
 from ...progress import eta_loop
 from ...report.document import Section, write_report
 from ...stages import StageSource
-from ..stages import Experiment, pick_profile
-from .adv_training import PoolSizes, pool_sizes
-from .minimal import MinimalSizes, minimal_section, minimal_sizes
+from ..stages import Experiment
+from .adv_training import adversarial_training_section
+from .common import SPECTRAL_MODELS
+from .findings import facts
+from .minimal import minimal_section
+from .profiles import Profile
 from .report import build_report
-from .sections import (
-    SPECTRAL_MODELS,
-    SectionSizes,
-    adversarial_training_section,
-    sizes_for,
-    spectral_section,
-    units_section,
-)
+from .spectral import spectral_section
 from .tables import MAGNIFY_SIGMA, TABLE1_MODELS, ModelRef, TableStages, model_refs
-
-
-PARTS = ("tables", "units", "spectral", "s42", "minimal")  # Tables 1-3, §3, §4.3, §4.2, How minimal is minimal?
-
-
-@dataclass(frozen=True)
-class Profile:
-    """Everything about how big a run is, in one object: training data, attacked images and the L-BFGS budget of
-    Tables 1–3; `sections` the sizes of §3 and §4.3 (their FC models and CNN follow train_subset and epochs, so the
-    Table 1 checkpoints are reused); `s42` the §4.2 ablation's; `parts` which of PARTS run. Any field can be set
-    from the command line: `--set s42.seeds=1 --set parts=s42`."""
-
-    name: str
-    train_subset: int | None
-    n_attack: int
-    lbfgs: dict[str, Any] = field(default_factory=dict)
-    epochs: int | None = None  # None: each recipe's own
-    description: str = ""
-    sections: SectionSizes | None = None  # None: the preset of the same name
-    s42: PoolSizes | None = None  # None: the preset of the same name
-    minimal: MinimalSizes | None = None  # None: the preset of the same name ("How minimal is minimal?")
-    parts: tuple[str, ...] = PARTS
-
-    def __post_init__(self) -> None:
-        unknown = sorted(set(self.parts) - set(PARTS))
-        if unknown or not self.parts:
-            raise SpecError(f"parts {', '.join(unknown) or '(none)'}: choose among {', '.join(PARTS)}.")
-        sections = self.sections or sizes_for(self.name)
-        object.__setattr__(self, "sections", replace(sections, train_subset=self.train_subset, epochs=self.epochs,
-                                                     cnn_train_subset=self.train_subset))
-        if self.s42 is None:
-            object.__setattr__(self, "s42", pool_sizes(self.name))
-        if self.minimal is None:
-            object.__setattr__(self, "minimal", minimal_sizes(self.name))
-
-
-PROFILES: dict[str, Profile] = {
-    "quick": Profile("quick", train_subset=10_000, n_attack=100, lbfgs={"search_steps": 8},
-                     description="CI-sized: models trained on a 10,000-image subset, 100 images attacked per model"),
-    "standard": Profile("standard", train_subset=None, n_attack=500, lbfgs={},
-                        description="full MNIST training, 500 test images attacked per model"),
-    "full": Profile("full", train_subset=None, n_attack=10_000, lbfgs={},
-                    description="full MNIST training, every correctly classified test image attacked"),
-    "paper": Profile("paper", train_subset=None, n_attack=10_000, lbfgs={},
-                     description="the paper's scale: all 60,000 training images, every correctly classified test "
-                                 "image attacked (Tables 1-3); §3 and §4.3 at the paper preset (hours on 2 cores)"),
-}
+from .units import units_section
 
 
 # What the training stages and §3's unit stages run (the other stages are keyed by the whole package): a change to
@@ -154,7 +98,7 @@ class Szegedy2014(TableStages, Experiment):
             "section4_2_adversarial_training": sections[2], "section_minimal": self._minimal(),
             "models": self.models, "attacks": {k: self._attack_summary(k) for k in self.attacks},
             "stages": [asdict(r) for r in self.runner.log],
-            "facts": self._facts(), "wall_time_s": {k: round(v, 2) for k, v in self.timings.items()},
+            "facts": facts(self.profile, self.seed, self.device), "wall_time_s": {k: round(v, 2) for k, v in self.timings.items()},
         }
         results["wall_time_s"]["total"] = round(time.perf_counter() - t_start, 2)
         write_json_atomic(self.out / "results.json", results, sort_keys=False)
@@ -192,54 +136,3 @@ class Szegedy2014(TableStages, Experiment):
         out = minimal_section(self.runner, self.profile.minimal, seed=self.seed)
         self.timings["minimal"] = time.perf_counter() - t0
         return out
-
-    def _facts(self) -> dict[str, Any]:
-        p = self.profile
-        return {
-            "profile": p.name, "profile_description": p.description, "seed": self.seed,
-            "images_attacked_per_model": p.n_attack, "attacked_split": "test",
-            "training_data": "full 60,000-image training set" if p.train_subset is None else
-                             f"a fixed seeded subset of {p.train_subset} training images",
-            "versions": {"blindspots": __version__, "torch": torch.__version__, "numpy": np.__version__,
-                         "python": platform.python_version()},
-            "device": self.device,
-            "choices": {
-                "attack": "box-constrained L-BFGS, targeted, one random target != label per image (seeded); "
-                          "per-sample search over c (bracket, then bisection); the smallest successful "
-                          "perturbation is kept (the paper's 'minimum c' read as the largest c that succeeds)",
-                "norm_term": "see blindspots.attacks.lbfgs (the attack's params are recorded per stage)",
-                "attacked_images": "the first n test images, in a fixed seeded order, that the attacked model "
-                                   "classifies correctly; clean errors skipped are counted per model",
-                "failed_attacks": "an adversarial set holds the clean image where the attack failed",
-                "transfer_cell": "error (prediction != true label) of the column model on the row's set",
-                "weight_decay": "mean cross-entropy + (λ/2)·Σ‖W‖² over weight matrices",
-                "hidden_units": "sigmoid; training recipes per model are recorded in each checkpoint's JSON",
-                "magnification": "each perturbation rescaled to per-pixel RMS 0.1 (the paper's stated 'stddev "
-                                 "0.1'; its printed formula x + 0.1·(x'-x)/‖x'-x‖₂ is not followed), clipped to [0,1]",
-                "gaussian_noise": "N(0, σ²) per pixel on the clean images attacked for the table's base model, one "
-                                  "seeded draw shared by both readings and every column model: 'unclipped' (the "
-                                  "paper's reading; realised RMS ≈ σ; the inputs leave [0,1]) and 'clipped' to [0,1] "
-                                  "(realised RMS below σ); the distortion column gives the realised RMS; 'matched "
-                                  "noise' rows are clipped noise with the same realised RMS as each adversarial row",
-                "certified": "Table 1's certified column: per attacked image the largest L2 radius CROWN certifies "
-                             "(blindspots.verify; bisection up to the L-BFGS distance), in the table's RMS units "
-                             "(L2 / √784), averaged over the images the attack succeeded on; '—' for a model "
-                             "CROWN cannot bound",
-                "minimal": "'How minimal is minimal?': ReLU nets trained in the section (Adam 1e-3, batches of 64, "
-                           "seeded), the exact minimal L∞ (and L1) by a MILP (HiGHS) started from the closest "
-                           "attack example; an image past the time limit keeps its proven bounds, no value",
-                "splits": "P1/P2 = two halves of a fixed seeded permutation of the 60,000 training images",
-            },
-        }
-
-
-def reproduce(out: str | Path = "runs/szegedy2014", profile: str = "standard", *, seed: int = 0,
-              n_attack: int | None = None, device: str = "cpu", progress: bool = True,
-              announce: Any = print, world: World | None = None,
-              overrides: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run (or resume) the reproduction; returns results.json's content. Under torchrun (`world` of several
-    processes) the L-BFGS attack stages are split across the ranks, with the same numbers as one process; rank 0
-    runs every other stage and writes everything; the other ranks return {} after the attacks."""
-    prof = pick_profile(PROFILES, profile, n_attack, overrides)
-    return Szegedy2014(Path(out), prof, seed=seed, device=device, progress=progress, announce=announce,
-                       world=world).run()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,43 +24,13 @@ from ...attacks import Misclassification, attack_mode, run_attack
 from ...attacks.pgd import pgd_linf_per_image
 from ...data import load_mnist
 from ...data.datasets import subset_order
-from ...errors import SpecError
 from ...models.controls import fit_control, relu_mlp
 from ...stages import StageRunner
 from ...verify import certified_radius, exact_minimal
+from .profiles import MinimalSizes
 
 ATTACKS = ("lbfgs", "minimal-l2", "deepfool", "cw", "fgsm-min", "pgd-bisection")
 
-
-@dataclass(frozen=True)
-class MinimalSizes:
-    """How big "How minimal is minimal?" runs: nets (hidden widths, e.g. "20-20"), test images per net, the exact
-    program's time limit per image (seconds), images of the L1 and L2 programs (0: none; L2's own time limit: SCIP
-    proves L2 optima far more slowly, and past the limit the image gets proven bounds), the nets' training data."""
-
-    nets: tuple[str, ...]
-    n_images: int
-    time_limit: float
-    l1_images: int = 0
-    l2_images: int = 0
-    l2_time_limit: float = 60.0
-    train_subset: int = 10_000
-    epochs: int = 1
-
-
-MINIMAL_SIZES = {
-    "quick": MinimalSizes(("20-20",), n_images=4, time_limit=120.0),
-    "standard": MinimalSizes(("20-20",), n_images=8, time_limit=15.0, l2_images=3, l2_time_limit=20.0),
-    "paper": MinimalSizes(("20-20", "50-50"), n_images=100, time_limit=120.0, l1_images=10, l2_images=10,
-                          l2_time_limit=300.0),
-}
-
-
-def minimal_sizes(profile: str) -> MinimalSizes:
-    key = "standard" if profile == "full" else profile
-    if key not in MINIMAL_SIZES:
-        raise SpecError(f"no 'minimal' preset for profile {profile!r}; choose one of {', '.join(MINIMAL_SIZES)}.")
-    return MINIMAL_SIZES[key]
 
 
 def relu_net(hidden: str) -> nn.Sequential:
@@ -194,4 +163,4 @@ def minimal_section(runner: StageRunner, sizes: MinimalSizes, *, seed: int = 0) 
                                     "l2_images": sizes.l2_images, "l2_time_limit": sizes.l2_time_limit}}
 
 
-__all__ = ["MinimalSizes", "MINIMAL_SIZES", "minimal_sizes", "minimal_section", "relu_net", "ATTACKS"]
+__all__ = ["minimal_section", "relu_net", "ATTACKS"]

@@ -3,15 +3,21 @@ side, verdicts computed from the numbers, figures referenced by paths relative t
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats
+
+from ...analysis.units import ALPHA, MEASURES
 
 from ...report.document import Figure, Report, Section, Table, run_facts_section
-from ...report.format import finite, num, pct, span
-from ...report.reference import paper_value
-from .sections import pool_report, spectral_report, units_report
+from ...report.format import finite, num, pct, plus_minus, span
+from ...report.reference import paper_value, published
+from .common import ALEXNET_LAYERS, ARM_TITLES, PLAIN, POOLED
+from .findings import curve_verdict
 from .tables import MAGNIFY_SIGMA
 
 
@@ -220,3 +226,264 @@ def terminal_summary(results: dict[str, Any]) -> str:
                      f"{_ours_paper(r['distortion'], pd, is_pct=False):>22} {pct(r['success_rate']):>8}")
     lines.append("wall time: " + ", ".join(f"{k} {num(v, '.0f')} s" for k, v in results["wall_time_s"].items()))
     return "\n".join(lines)
+
+
+def verdict_sentence(name: str, v: Mapping[str, Any]) -> str:
+    """One sentence from `curve_verdict`'s numbers (a pure function of them)."""
+    ci = ("n/a with one seed" if v["ci_low"] is None or not math.isfinite(float(v["ci_low"]))
+          else f"95% CI {100 * v['ci_low']:+.2f} to {100 * v['ci_high']:+.2f} points")
+    ends = "ends below" if v["final_diff"] < 0 else "does not end below"
+    since = ("it stays below from epoch " + str(v["below_since_epoch"]) + " on" if v["below_since_epoch"] is not None
+             else "its mean curve is not below the plain one at the end")
+    return (f"{name}: the pool-trained net {ends} weight decay alone in clean test error ({pct(v['final_pool'], 2)} vs "
+            f"{pct(v['final_plain'], 2)}, difference {100 * v['final_diff']:+.2f} points, {ci}; lower on "
+            f"{v['seeds_below']} of {v['seeds']} seed(s)); {since}.")
+
+
+def units_report(results: dict[str, Any]) -> Section:
+    """The §3 Section from `units_section`'s results (e.g. read back from results.json)."""
+    records = results["layers"]
+    n_images = next(iter(records.values()))["n_images"]
+    figures = [Figure(Path(r["figure"]), f"{name}: left, top-8 test images of single units (Figure 1); right, of "
+                                         "random directions (Figure 2); the first 8 of each kind in seeded order")
+               for name, r in records.items()]
+    rows = []
+    for name, r in records.items():
+        s, t = r["summary"], r["tests"]
+        rows.append([name, str(r["width"]), _pm(s["purity"]["units"]), _pm(s["purity"]["random"]),
+                     num(t["purity"]["mannwhitney_p"], ".3g"), _pm(s["coherence"]["units"]), _pm(s["coherence"]["random"]),
+                     num(t["coherence"]["mannwhitney_p"], ".3g"), num(r["chance"]["purity"]["mean"], ".3f"),
+                     "yes" if r["told_apart"] else "no"])
+    apart = [n for n, r in records.items() if r["told_apart"]]
+    above = [n for n, r in records.items()
+             if all(r["summary"][m][kind]["mean"] > r["chance"][m]["p95"] for m in ("purity", "coherence")
+                    for kind in ("units", "random"))]
+    differences = []  # which measure told them apart in which layer, and which kind scored higher
+    for n in apart:
+        r = records[n]
+        for m, label in (("purity", "label purity"), ("coherence", "pixel coherence")):
+            if r["tests"][m]["mannwhitney_p"] < ALPHA / len(MEASURES):
+                kind = "units" if r["summary"][m]["units"]["mean"] > r["summary"][m]["random"]["mean"] else "random"
+                differences.append(f"{n}: {label}, {kind} higher")
+    verdict = (f"Both kinds of direction pick out images far more alike than chance in {len(above)} of {len(records)} "
+               f"layers (mean label purity and pixel coherence of units and of random directions above the 95th "
+               f"percentile of random 8-image sets). Single units and random directions can be told apart "
+               f"(Mann–Whitney, α = {ALPHA:g} Bonferroni over {len(MEASURES)} measures) in {len(apart)} of "
+               f"{len(records)} layers"
+               + (f" ({'; '.join(differences)})" if apart else "")
+               + ". " + ("So here, as the paper found, the semantics live in the space rather than in single units."
+                         if not apart else "So here single units are NOT interchangeable with random directions in "
+                                           "every layer, a partial departure from the paper's qualitative claim."))
+    table = Table(["model, layer", "width", "purity: units", "purity: random", "p", "coherence: units",
+                   "coherence: random", "p", "purity: chance", "told apart"], rows,
+                  f"§3 — top-8 images of single units vs random directions, over {n_images} test images "
+                  "(mean ± std over directions; p: two-sided Mann–Whitney)", verdict, fmt="str")
+    paragraphs = [
+        "Szegedy et al. compare the test images that maximise one unit's activation with those that maximise a random "
+        "direction in the same layer and find both semantically coherent; the paper shows pictures only. Here the "
+        "coherence is measured: label purity (share of the most common true label among the top 8) and pixel "
+        "coherence (mean pairwise cosine similarity of the 8 images), with a two-sided Mann–Whitney test between "
+        "units and random directions. Per-layer sentences: " + " ".join(r["verdict"] for r in records.values()),
+    ]
+    return Section("§3 — units of φ(x): single units vs random directions", paragraphs, [table], figures)
+
+
+def _pm(d: dict[str, float]) -> str:
+    """A summary's mean ± std over directions."""
+    return plus_minus(d["mean"], d["std"], ".3f")
+
+
+def _alexnet_table() -> Table:
+    values = [paper_value("szegedy2014", "table5", layer) for layer in ALEXNET_LAYERS]
+    known = [v for v in values if v is not None]
+    rows: list[list[Any]] = [[layer, num(v, "g")] for layer, v in zip(ALEXNET_LAYERS, values)]
+    rows.append(["product", num(math.prod(known), ".4g")])
+    note = published()["szegedy2014"]["table5"].get("_note", "")
+    return Table(["layer", "upper bound"], rows,
+                 f"Reference only — the paper's Table 5 for ImageNet AlexNet, a DIFFERENT model ({note}); "
+                 "ReLU, max-pooling and contrast normalisation layers not listed", fmt="str")
+
+
+def spectral_report(results: dict[str, Any]) -> Section:
+    """The §4.3 Section from `spectral_section`'s results."""
+    records = results["models"]
+    tables = []
+    for spec, r in records.items():
+        rows = []
+        for b in r["layers"]:
+            shapes = f"{'×'.join(map(str, b['input_shape']))} → {'×'.join(map(str, b['output_shape']))}"
+            rows.append([b["name"], b["kind"], shapes, num(b["bound"], ".4g") + ("" if b["exact"] else " *"),
+                         num(b["lower"], ".4g"), b["method"]])
+        rows.append(["product", "", "", num(r["product"], ".4g"), "", "upper bound on ‖f(x+r) − f(x)‖ / ‖r‖"])
+        exact = all(b["exact"] for b in r["layers"])
+        tables.append(Table(["layer", "kind", "in → out", "upper bound", "power iteration", "method"], rows,
+                            f"Table 5 for our {spec} (test error {pct(r['test_error'], 2)})"
+                            + ("" if exact else "; * an upper bound, not the layer's exact constant"), fmt="str"))
+    rows = []
+    for spec, r in records.items():
+        c = r["check"]
+        rows.append([spec, num(r["product"], ".4g"), num(c["ratio_max"], ".4g"), num(c["ratio_median"], ".4g"),
+                     num(c["local_jacobian_max"], ".4g"), num(c["looseness_vs_ratio"], ".3g") + "×",
+                     num(c["certified_radius_median"], ".3g"), num(c["adv_l2_median"], ".3g"),
+                     num(c["adv_over_certified_min"], ".3g") + "×",
+                     f"{c['pairs']} ({r['pairs_source']})", "yes" if c["holds"] else "NO"])
+    checks = [r["check"] for r in records.values()]
+    fails = [s for s, r in records.items() if not r["check"]["holds"]]
+    loose = [c["looseness_vs_ratio"] for c in checks]
+    gaps = [c["adv_over_certified_min"] for c in checks if c["adv_over_certified_min"] is not None]
+    verdict = (("The product bound holds on every pair of every model (and at every clean image's local Jacobian)"
+                if not fails else
+                f"The product bound FAILS on {', '.join(fails)} (a bug: it must hold)")
+               + f" ({sum(c['pairs'] for c in checks)} pairs). It is loose: {span(loose, '.3g')}× the "
+               "largest ratio ‖f(x_adv) − f(x)‖/‖r‖ seen on the adversarial pairs")
+    if gaps:
+        verdict += (f", and the adversarial examples lie {num(min(gaps), '.3g')}× or more beyond the radius the bound "
+                    "certifies around their clean image, margin/(√2·L)")
+    verdict += (". As in the paper, a large product does not by itself prove adversarial examples exist, and these "
+                "bounds are too loose to certify robustness at the distortions the attacks need.")
+    summary = Table(["model", "∏ bound L", "max ratio", "median ratio", "max ‖J_f(x)‖", "L / max ratio",
+                     "median certified radius", "median adv. ‖r‖₂", "min adv. ‖r‖ / certified", "pairs", "holds"],
+                    rows, "§4.3 — the product bound checked on adversarial pairs (ℓ2, on the logits)", verdict,
+                    fmt="str")
+    paragraphs = [
+        "Per-layer upper Lipschitz bounds in ℓ2 (Szegedy et al. §4.3): σ_max(W) for fully connected layers, the "
+        "DFT bound of each convolution on the zero-padded grid (verified above by power iteration on the real "
+        "layer: the true norm lies between the two columns), 1 for ReLU and non-overlapping max pooling, 1/4 for "
+        "the sigmoid. The product bounds how much the logits can move per unit of input change; it is checked "
+        "against each model's own minimal adversarial pairs and the local Jacobian norm at their clean images.",
+    ]
+    return Section("§4.3 — upper Lipschitz bounds per layer (Table 5)", paragraphs,
+                   [summary, *tables, _alexnet_table()])
+
+
+def _mean_ci(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and the half-width of the 95% t interval over seeds (NaN for fewer than two)."""
+    v = np.asarray([finite(x) for x in values], dtype=float)
+    if v.size < 2:
+        return float(v.mean()) if v.size else float("nan"), float("nan")
+    return float(v.mean()), float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+
+
+def _points(v: float) -> str:
+    return "n/a" if not math.isfinite(finite(v)) else f"{100 * v:+.2f}"
+
+
+def pool_report(results: Mapping[str, Any]) -> Section:
+    """The §4.2 Section from `adversarial_training_section`'s results (also after a JSON round trip)."""
+    runs, arms = results["seeds"], results["arms"]
+    paper = {PLAIN: paper_value("szegedy2014", "section4_2", "weight_decay_only_test_error"),
+             POOLED: paper_value("szegedy2014", "section4_2", "adversarial_training_test_error_below")}
+
+    def per_seed(arm: str, get: Any) -> list[float]:
+        return [finite(get(run, run["arms"][arm])) for run in runs.values()]
+
+    plain_wall = per_seed(PLAIN, lambda run, r: r["wall_time_s"])
+    rows, summary = [], {}
+    for arm in arms:
+        err = per_seed(arm, lambda run, r: r["test_error"])
+        diff = [e - p for e, p in zip(err, per_seed(PLAIN, lambda run, r: r["test_error"]))]
+        d_mean, d_half = _mean_ci(diff)
+        dist = per_seed(arm, lambda run, r, a=arm: run["evaluation"]["per_arm"][a]["mean_distortion"])
+        ratio = per_seed(arm, lambda run, r, a=arm: run["evaluation"]["per_arm"][a]["mean_ratio_to_plain"])
+        fgsm_err = per_seed(arm, lambda run, r: r["curve"]["fgsm_error"][-1])
+        wall = per_seed(arm, lambda run, r: r["wall_time_s"])
+        attack = per_seed(arm, lambda run, r: r["attack_seconds"])
+        p_values = per_seed(arm, lambda run, r, a=arm: run["evaluation"]["mcnemar"][a]["p"])
+        summary[arm] = (d_mean, d_half, p_values)
+        ref = paper.get(arm)
+        seeds_text = span([100 * e for e in err], ".2f") + "%" if len(err) > 1 else "—"
+        rows.append([ARM_TITLES[arm], pct(float(np.mean(err)), 2), seeds_text,
+                     "—" if ref is None else ("< " if arm == POOLED else "") + pct(ref, 1),
+                     "—" if arm == PLAIN else (_points(d_mean) + ("" if not math.isfinite(d_half)
+                                                                  else f" ± {100 * d_half:.2f}")),
+                     "—" if arm == PLAIN else span(p_values, ".3g"), pct(float(np.mean(fgsm_err)), 1),
+                     num(float(np.nanmean(dist)) if any(map(math.isfinite, dist)) else None, ".4f"),
+                     "—" if arm == PLAIN else span(ratio, ".2f") + "×", num(float(np.mean(wall)), ".0f"),
+                     f"{np.mean(wall) / np.mean(plain_wall):.1f}×",
+                     "—" if arm == PLAIN else pct(float(np.sum(attack) / np.sum(wall)), 0)])
+    n_seeds = len(runs)
+    better = [ARM_TITLES[a] for a in arms if a != PLAIN and summary[a][0] < 0]
+    sure = [ARM_TITLES[a] for a in arms if a != PLAIN and math.isfinite(summary[a][1])
+            and summary[a][0] + summary[a][1] < 0]
+    null = [f"{ARM_TITLES[a]} ({_points(summary[a][0])} ± {100 * summary[a][1]:.2f} points)" for a in arms
+            if a != PLAIN and math.isfinite(summary[a][1]) and summary[a][0] - summary[a][1] <= 0 <= summary[a][0]
+            + summary[a][1]]
+    harm = [ARM_TITLES[a] for a in arms if a != PLAIN and math.isfinite(summary[a][1])
+            and summary[a][0] - summary[a][1] > 0]
+    verdict = (f"Over {n_seeds} seed(s), the mean test error is below weight decay alone for "
+               f"{', '.join(better) if better else 'no pool arm'}"
+               + (f"; the 95% CI of the difference excludes 0 for {', '.join(sure) if sure else 'none of them'}"
+                  if n_seeds > 1 else " (a CI needs two seeds or more)")
+               + (f"; a null result, not a harm: {'; '.join(null)}" if null else "")
+               + (f"; above weight decay alone with a CI that excludes 0: {', '.join(harm)}" if harm else "")
+               + ". The paper: 1.6% → below 1.2% with a pool for every layer (at least −0.4 points). "
+               "McNemar p per seed compares each arm with weight decay alone on the same test images. "
+               "The paper leaves the pool's method open (its size, replacement, attack budget and mixing ratio): "
+               "this verdict is a result of our stated choices — " + _choices_text(results) + " — not a test "
+               "of the paper's own settings.")
+    table = Table(["FC100-100-10 trained with", "test err. (mean)", "per seed", "paper",
+                   "Δ vs alone (points, ± 95% CI)", "McNemar p", "FGSM err. ε=0.25",
+                   "min. L-BFGS distortion", "× alone (paired)", "training (s)", "cost", "in attacks"], rows,
+                  f"§4.2 — ablation of the adversarial pools ({_data_text(results)}; distortion: targeted L-BFGS "
+                  f"with random targets on {_n_robust(results)} test images that every arm of a seed classifies "
+                  "correctly; training time under the machine's load at the time, curve probes excluded)",
+                  verdict, fmt="str")
+    verdicts = {arm: curve_verdict([r["arms"][PLAIN]["curve"] for r in runs.values()],
+                                   [r["arms"][arm]["curve"] for r in runs.values()]) for arm in arms if arm != PLAIN}
+    curve_rows = [[ARM_TITLES[arm], pct(v["final_plain"], 2), pct(v["final_pool"], 2), _points(v["final_diff"]),
+                   "n/a" if not math.isfinite(finite(v["ci_low"])) else
+                   f"{_points(v['ci_low'])} to {_points(v['ci_high'])}", f"{v['seeds_below']} of {v['seeds']}",
+                   "never" if v["below_since_epoch"] is None else str(v["below_since_epoch"])]
+                  for arm, v in verdicts.items()]
+    curve_table = Table(["pool arm", "alone, last epoch", "pool, last epoch", "Δ (points)", "95% CI",
+                         "seeds below", "mean curve below from epoch"], curve_rows,
+                        "§4.2 — learning curves: clean test error at the last epoch, each pool arm against weight "
+                        "decay alone (same seeds)", " ".join(verdict_sentence(ARM_TITLES[a], v)
+                                                             for a, v in verdicts.items()), fmt="str")
+    first = next(iter(runs.values()))
+    transfer = Table(["adversarial examples of ↓ / fed to →", *(ARM_TITLES[a] for a in arms)],
+                     [[ARM_TITLES[src], *(pct(first["evaluation"]["per_arm"][src]["transfer"][dst], 1)
+                                          for dst in arms)] for src in arms],
+                     f"§4.2 — error of each net on the others' minimal adversarial examples (seed {next(iter(runs))};"
+                     " diagonal: 100% by construction)", fmt="str")
+    paragraphs = [
+        f"Every arm shares the recipe ({results['recipe']['note']}; weight decay λ = "
+        f"{results['recipe']['weight_decay']:g} in (λ/2)·Σ‖W‖²), the seed, the epochs and the very same sequence of "
+        f"clean minibatches; the pool arms also train on adversarial examples: {results['pool_description']} "
+        "(layers per arm as named). A hidden layer's examples are its outputs pushed across the decision boundary of "
+        "the layers above it, in [0, 1], and train those layers only, as the paper describes.",
+        "Pools over the first seed's runs: " + "; ".join(_pool_text(ARM_TITLES[a], first["arms"][a]["pool"])
+                                                        for a in arms if a != PLAIN) + ".",
+        f"Learning curves: every {_every(first)} epoch(s), clean test error and FGSM error (ε = "
+        f"{first['arms'][PLAIN]['curve']['eps']:g}) on all test images, and the mean minimal untargeted L-BFGS "
+        f"distortion on the first {first['arms'][PLAIN]['curve']['n_lbfgs']} test images (those the net gets right)."]
+    figures = [Figure(Path(results["curve_figure"]), "§4.2 learning curves: mean over seeds (bold) and each seed "
+                      "(faint) of every arm")] if results.get("curve_figure") else []
+    return Section("§4.2 — training on adversarial examples", paragraphs, [table, curve_table, transfer], figures)
+
+
+def _choices_text(results: Mapping[str, Any]) -> str:
+    """The choices behind the §4.2 verdict, from the run's own records (pool, recipe)."""
+    return f"{results['pool_description']}; {results['recipe']['note']}"
+
+
+def _data_text(results: Mapping[str, Any]) -> str:
+    images = "all 60,000" if results["train_subset"] is None else f"{results['train_subset']:,}"
+    return f"{images} training images, {results['epochs']} epochs, {len(results['seeds'])} seed(s)"
+
+
+def _n_robust(results: Mapping[str, Any]) -> str:
+    return span([run["evaluation"]["n_robust"] for run in results["seeds"].values()], ".0f")
+
+
+def _every(run: Mapping[str, Any]) -> str:
+    epochs = run["arms"][PLAIN]["curve"]["epoch"]
+    return str(epochs[1] - epochs[0]) if len(epochs) > 1 else str(epochs[0])
+
+
+def _pool_text(title: str, pool: Mapping[str, Any] | None) -> str:
+    if not pool:
+        return f"{title}: no pool"
+    layers = ", ".join(f"{k} {v['added']} of {v['attacked']} attacks added (mean RMS distortion "
+                       f"{num(v['mean_rms_distortion'], '.3f')})" for k, v in pool["layers"].items())
+    return f"{title} ({pool['refreshes']} refreshes): {layers}"

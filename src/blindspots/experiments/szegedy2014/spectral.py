@@ -25,20 +25,18 @@ from ...attacks import (
 from ...data import load_mnist
 from ...data.datasets import subset_order
 from ...models import TrainedModel
-from ...report.document import Section, Table
-from ...report.format import num, pct, span
-from ...report.reference import paper_value, published
+from ...report.document import Section
 from ...stages import StageRunner
 from .common import (
-    ALEXNET_LAYERS,
     SPECTRAL_MODELS,
     PairSource,
-    SectionSizes,
     _digest,
     _model_key,
     _spec_name,
     _trained,
 )
+from .profiles import SectionSizes
+from .report import spectral_report
 
 # ---------------------------------------------------------------------------------------------- §4.3 bounds
 
@@ -118,66 +116,3 @@ def spectral_section(runner: StageRunner, sizes: SectionSizes, *, pairs: Mapping
         records[spec] = result
     results = {"models": records}
     return results, spectral_report(results)
-
-
-def _alexnet_table() -> Table:
-    values = [paper_value("szegedy2014", "table5", layer) for layer in ALEXNET_LAYERS]
-    known = [v for v in values if v is not None]
-    rows: list[list[Any]] = [[layer, num(v, "g")] for layer, v in zip(ALEXNET_LAYERS, values)]
-    rows.append(["product", num(math.prod(known), ".4g")])
-    note = published()["szegedy2014"]["table5"].get("_note", "")
-    return Table(["layer", "upper bound"], rows,
-                 f"Reference only — the paper's Table 5 for ImageNet AlexNet, a DIFFERENT model ({note}); "
-                 "ReLU, max-pooling and contrast normalisation layers not listed", fmt="str")
-
-
-def spectral_report(results: dict[str, Any]) -> Section:
-    """The §4.3 Section from `spectral_section`'s results."""
-    records = results["models"]
-    tables = []
-    for spec, r in records.items():
-        rows = []
-        for b in r["layers"]:
-            shapes = f"{'×'.join(map(str, b['input_shape']))} → {'×'.join(map(str, b['output_shape']))}"
-            rows.append([b["name"], b["kind"], shapes, num(b["bound"], ".4g") + ("" if b["exact"] else " *"),
-                         num(b["lower"], ".4g"), b["method"]])
-        rows.append(["product", "", "", num(r["product"], ".4g"), "", "upper bound on ‖f(x+r) − f(x)‖ / ‖r‖"])
-        exact = all(b["exact"] for b in r["layers"])
-        tables.append(Table(["layer", "kind", "in → out", "upper bound", "power iteration", "method"], rows,
-                            f"Table 5 for our {spec} (test error {pct(r['test_error'], 2)})"
-                            + ("" if exact else "; * an upper bound, not the layer's exact constant"), fmt="str"))
-    rows = []
-    for spec, r in records.items():
-        c = r["check"]
-        rows.append([spec, num(r["product"], ".4g"), num(c["ratio_max"], ".4g"), num(c["ratio_median"], ".4g"),
-                     num(c["local_jacobian_max"], ".4g"), num(c["looseness_vs_ratio"], ".3g") + "×",
-                     num(c["certified_radius_median"], ".3g"), num(c["adv_l2_median"], ".3g"),
-                     num(c["adv_over_certified_min"], ".3g") + "×",
-                     f"{c['pairs']} ({r['pairs_source']})", "yes" if c["holds"] else "NO"])
-    checks = [r["check"] for r in records.values()]
-    fails = [s for s, r in records.items() if not r["check"]["holds"]]
-    loose = [c["looseness_vs_ratio"] for c in checks]
-    gaps = [c["adv_over_certified_min"] for c in checks if c["adv_over_certified_min"] is not None]
-    verdict = (("The product bound holds on every pair of every model (and at every clean image's local Jacobian)"
-                if not fails else
-                f"The product bound FAILS on {', '.join(fails)} (a bug: it must hold)")
-               + f" ({sum(c['pairs'] for c in checks)} pairs). It is loose: {span(loose, '.3g')}× the "
-               "largest ratio ‖f(x_adv) − f(x)‖/‖r‖ seen on the adversarial pairs")
-    if gaps:
-        verdict += (f", and the adversarial examples lie {num(min(gaps), '.3g')}× or more beyond the radius the bound "
-                    "certifies around their clean image, margin/(√2·L)")
-    verdict += (". As in the paper, a large product does not by itself prove adversarial examples exist, and these "
-                "bounds are too loose to certify robustness at the distortions the attacks need.")
-    summary = Table(["model", "∏ bound L", "max ratio", "median ratio", "max ‖J_f(x)‖", "L / max ratio",
-                     "median certified radius", "median adv. ‖r‖₂", "min adv. ‖r‖ / certified", "pairs", "holds"],
-                    rows, "§4.3 — the product bound checked on adversarial pairs (ℓ2, on the logits)", verdict,
-                    fmt="str")
-    paragraphs = [
-        "Per-layer upper Lipschitz bounds in ℓ2 (Szegedy et al. §4.3): σ_max(W) for fully connected layers, the "
-        "DFT bound of each convolution on the zero-padded grid (verified above by power iteration on the real "
-        "layer: the true norm lies between the two columns), 1 for ReLU and non-overlapping max pooling, 1/4 for "
-        "the sigmoid. The product bounds how much the logits can move per unit of input change; it is checked "
-        "against each model's own minimal adversarial pairs and the local Jacobian norm at their clean images.",
-    ]
-    return Section("§4.3 — upper Lipschitz bounds per layer (Table 5)", paragraphs,
-                   [summary, *tables, _alexnet_table()])

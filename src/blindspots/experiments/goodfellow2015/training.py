@@ -4,7 +4,10 @@ best model on training + validation rows until the validation objective falls to
 recorded at the best epoch (pylearn2's mnist_pi_continued.yaml, the 240-unit nets), or retrain from scratch
 on training + validation rows for the best epoch's count (the paper's 1600-unit net). Both phases record
 learning curves after every epoch and save their full state every few epochs, so a killed run resumes where it
-was (bit for bit, same seed)."""
+was (bit for bit, same seed).
+
+`TrainingStages`, mixed into the experiment, runs the protocol as stages (one per phase and seed) and trains the
+shallow softmax and the RBF net through the model store."""
 
 from __future__ import annotations
 
@@ -20,12 +23,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from ... import __version__
 from ...data import ImageSet, load_mnist
-from ...io import write_atomic, write_json_atomic
-from ...models.train import Recipe, fit, training_loss
+from ...errors import CheckpointError
+from ...io import file_digest, write_atomic, write_json_atomic
+from ...models import build_model, error_rate, train
+from ...models.train import Recipe, fit, recipe_dict, training_loss
 from ...training.adversarial import Objective
 from ..curves import CurveProbe, clean_error, fgsm_error
-from .config import EPSILON, TRAIN_ROWS, Net, Profile
+from .common import EPSILON, Net, Stages, protocol_recipe
+from .profiles import TRAIN_ROWS, Profile
 
 # the curve's minimal-distortion probe: untargeted L-BFGS with a short c search (c from 1, 3 bracket and 3
 # bisection steps, at most 50 L-BFGS iterations per solve); a cheap, fixed estimate, not the attack's best
@@ -212,3 +219,122 @@ def curve_summary(curve: dict[str, list[Any]]) -> dict[str, Any]:
     """The last point of every metric (the trained model's values)."""
     return {k: v[-1] for k, v in curve.items() if v and k != "epoch"} | {"epochs": len(curve.get("epoch", []))}
 
+
+class TrainingStages(Stages):
+    """The training stages, mixed into the experiment: the maxout nets by the protocol (one stage per phase and
+    seed), the shallow softmax and the RBF net through the model store."""
+
+    def _seeds(self, net: Net) -> list[int]:
+        return list(range(self.seed, self.seed + self.profile.seeds)) if net.compare else [self.seed]
+
+    def _protocol_stages(self, net: Net, seed: int) -> dict[str, Any]:
+        """Early stopping on the validation rows (keeping the best model), then the second phase on training +
+        validation rows: continue the best model until the validation objective falls to the training objective
+        of the best epoch (net.second_phase "continue"), or retrain from scratch for the best epoch's count."""
+        p = self.profile
+        recipe = protocol_recipe(net.spec, p.max_epochs)
+        base = {"spec": net.spec, "objective": None if net.objective is None else net.objective.as_dict(),
+                "seed": seed, "recipe": recipe_dict(recipe), "n_train": p.n_train, "n_valid": p.n_valid,
+                "version": __version__}
+        continues = net.second_phase == "continue"
+        es_inputs = base | {"phase": "early stopping", "patience": p.patience, "stop_on": net.stop_on}
+        if continues or p.early_stop_curves:
+            es_inputs |= {"keep_best": continues, "early_stop_curves": p.early_stop_curves,
+                          "n_curve_fgsm": p.n_curve_fgsm}
+        train_rows, valid_rows, both = split_rows(p)
+        stop_metric = "valid_fgsm_error" if net.stop_on == "fgsm" else "valid_error"
+
+        def early_stop(folder: Path) -> dict[str, Any]:
+            phase = Phase(net.spec, train_rows, recipe, net.objective, seed, p.max_epochs,
+                          validation_probe(net, valid_rows, p), self._work(f"early-stop {net.key} s{seed}", es_inputs),
+                          p.checkpoint_every, stop_metric, p.patience,
+                          best_objective=train_rows if continues else None)
+            phase.run(self.device, self.progress)
+            best = phase.best_epoch()
+            out = {"curve": phase.curve, "best_epoch": best, "stop_metric": stop_metric,
+                   "best_value": phase.curve[stop_metric][best - 1]}
+            if continues:
+                assert phase.best is not None
+                weights = folder / "best.safetensors"
+                write_atomic(weights, lambda f: save_file({k: v.contiguous() for k, v in phase.best.items()},
+                                                          str(f)))
+                out |= {"best_weights_sha256": file_digest(weights, "sha256"),
+                        "train_objective_at_best": phase.curve["train_objective"][best - 1],
+                        "batches_per_epoch": -(-len(train_rows) // recipe.batch_size)}
+            return out
+
+        es, es_folder = self.runner.run(f"early-stop {net.key} s{seed}", es_inputs, early_stop)
+        best_epoch = int(es["best_epoch"])
+        phase2 = {"phase": "continue" if continues else "retrain", "curves": net.curves,
+                  "n_curve_fgsm": p.n_curve_fgsm, "n_curve_lbfgs": p.n_curve_lbfgs, "lbfgs_every": p.lbfgs_every}
+        if continues:
+            phase2 |= {"from": es["best_weights_sha256"], "target": es["train_objective_at_best"],
+                       "best_epoch": best_epoch}
+        else:
+            phase2 |= {"epochs": best_epoch}
+        rt_inputs = base | phase2
+
+        def second_phase(folder: Path) -> dict[str, Any]:
+            t0 = time.perf_counter()
+            work = self._work(f"train {net.key} s{seed}", rt_inputs)
+            if continues:
+                path = es_folder / "best.safetensors"
+                if file_digest(path, "sha256") != es["best_weights_sha256"]:
+                    raise CheckpointError(f"{path} does not match the hash its stage recorded; delete {es_folder}.")
+                probe = test_probe(net, p, None)
+                valid_obj = "valid_objective"
+                probe.metrics[valid_obj] = lambda model, e: objective_value(model, valid_rows, net.objective,
+                                                                             net.spec, seed)
+                phase = Phase(net.spec, both, recipe, net.objective, seed, p.max_epochs, probe, work,
+                              p.checkpoint_every, target=(valid_obj, float(es["train_objective_at_best"])),
+                              init=load_file(str(path)),
+                              offset=(best_epoch, best_epoch * int(es["batches_per_epoch"])))
+            else:
+                phase = Phase(net.spec, both, recipe, net.objective, seed, best_epoch,
+                              test_probe(net, p, best_epoch), work, p.checkpoint_every)
+            model = phase.run(self.device, self.progress)
+            wall = time.perf_counter() - t0
+            weights = folder / "weights.safetensors"
+            write_atomic(weights, lambda f: save_file({k: v.detach().cpu().contiguous()
+                                                       for k, v in model.state_dict().items()}, str(f)))
+            objective = None if net.objective is None else {**net.objective.as_dict(),
+                                                            "description": net.objective.describe()}
+            epochs = len(phase.curve["epoch"])
+            return {"spec": net.spec, "seed": seed, "label": net.label, "weights_sha256": file_digest(weights, "sha256"),
+                    "train_error": error_rate(model, both), "test_error": phase.curve["test_error"][-1],
+                    "epochs": epochs, "second_phase": phase2["phase"],
+                    "reached_target": bool(not continues or phase.curve["valid_objective"][-1]
+                                           <= float(es["train_objective_at_best"])),
+                    "n_train": len(both), "recipe": recipe_dict(recipe), "objective": objective,
+                    "wall_time_s": round(wall, 2), "curve": phase.curve, "final": curve_summary(phase.curve)}
+
+        result, folder = self.runner.run(f"train {net.key} s{seed}", rt_inputs, second_phase)
+        return result | {"early_stop": es, "checkpoint": str(folder / "weights.safetensors"), "stopped_on": net.stop_on}
+
+    def _work(self, name: str, inputs: dict[str, Any]) -> Path:
+        return self.out / "work" / self.runner.folder(name, inputs).name
+
+    def _store_stage(self, net: Net) -> dict[str, Any]:
+        """The shallow softmax and the RBF net: their own recipes, through the model store."""
+        n = self.profile.store_subset
+        inputs = {"spec": net.spec, "objective": None, "seed": self.seed, "train_subset": n, "version": __version__}
+
+        def compute(folder: Path) -> dict[str, Any]:
+            tm = train(net.spec, seed=self.seed, train_subset=n, device=self.device, progress=self.progress)
+            keep = ("spec", "seed", "train_error", "test_error", "weights_sha256", "wall_time_s", "recipe", "epochs",
+                    "n_train", "objective")
+            return {k: tm.meta.get(k) for k in keep} | {"checkpoint": str(tm.path), "label": net.label}
+
+        result, _ = self.runner.run(f"train {net.key}", inputs, compute)
+        return result
+
+    def _load(self, net: Net) -> nn.Module:
+        m = self.models[net.key]
+        if net.is_maxout:
+            path = Path(m["checkpoint"])
+            if file_digest(path, "sha256") != m["weights_sha256"]:
+                raise CheckpointError(f"{path} does not match the hash its stage recorded; delete the stage folder.")
+            model = build_model(net.spec)
+            model.load_state_dict(load_file(str(path)))
+            return model.to(self.device).eval()
+        return self.load_checkpoint_checked(m["checkpoint"], net.spec, m["weights_sha256"])
