@@ -1,7 +1,10 @@
 """`blindspots audit` against torchattacks' AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square) on the same MNIST
 test images: robust accuracy side by side at L∞ 0.1/0.2/0.3 and L2 1/1.5/2, the images each finds adversarial
-that the other misses, and the wall time of each. The audit's per-image verdict is read back from the examples it
-keeps (stages/verdict-*/best_examples.safetensors) and re-checked here by a forward pass.
+that the other misses, the wall time of each, and the model's forward and backward passes per image (counted by
+hooks on the model, so machine-independent). The audit's per-image verdict is read back from the examples it keeps
+(stages/verdict-*/best_examples.safetensors) and re-checked here by a forward pass. The audit's time is split into
+its attacks (what the robust accuracy rests on) and its certified bounds (CROWN/IBP and the exact MILP, which
+AutoAttack has no counterpart of).
 
     pip install --no-deps torchattacks==3.5.1    # benchmark only; the package never imports it
     python benchmarks/bench_audit_vs_autoattack.py [--n 200] [--models CNN,FC100-100-10,relu-cnn,masked] [--fast] [--device cuda]
@@ -14,6 +17,7 @@ robust accuracy near 100% to a gradient attack, near 0% in truth). `--device cud
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +41,30 @@ def load(name: str, device: str) -> nn.Module:
     if name == "masked":
         return GradientMasked(fit_control(relu_mlp(128), images=10_000, epochs=3, batch=100, device=device)).eval()
     return train(name, progress=False, device=device).model.eval()
+
+
+class PassCounter:
+    """Forward and backward passes of a model, in images: a forward hook adds each batch's rows, and a gradient
+    hook on the logits adds them again when a backward pass runs through the model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.forward = self.backward = 0
+        model.register_forward_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        rows = int(out.shape[0])
+        self.forward += rows
+        if out.requires_grad:
+            out.register_hook(lambda g: self._backward(rows))
+
+    def _backward(self, rows: int) -> None:
+        self.backward += rows
+
+    def take(self) -> tuple[int, int]:
+        """The counts since the last take."""
+        out = (self.forward, self.backward)
+        self.forward = self.backward = 0
+        return out
 
 
 def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
@@ -66,27 +94,40 @@ def main() -> int:
     x, y = data.images.to(args.device), data.labels.to(args.device)
     for name in args.models.split(","):
         model = load(name, args.device)
+        counter = PassCounter(model)
         out = Path(tempfile.mkdtemp(prefix="bench-aa-"))
         t0 = time.perf_counter()
         run_audit(AuditConfig([LoadedModel(name, model, name)], n=args.n, out=out, eps_linf=EPS["linf"],
                               eps_l2=EPS["l2"], fast=args.fast, progress=False,
                               device=args.device), announce=lambda _: None)
         t_audit = time.perf_counter() - t0
+        f_audit, b_audit = counter.take()
+        t_bounds = json.loads((out / "results.json").read_text(encoding="utf-8"))["wall_time_s"].get("bounds", 0.0)
         from safetensors.torch import load_file
 
         best = load_file(str(next(out.glob("stages/verdict-*")) / "best_examples.safetensors"), device=args.device)
-        print(f"\n{name}: {args.n} images; audit {t_audit:.0f} s (all its stages)")
-        print(f"{'norm':<5}{'ε':>6}{'audit':>9}{'AutoAttack':>12}{'audit only':>12}{'AA only':>9}{'AA s':>8}")
+        print(f"\n{name}: {args.n} images; audit {t_audit:.0f} s: attacks {t_audit - t_bounds:.0f} s, certified "
+              f"bounds {t_bounds:.0f} s; {f_audit / args.n:.0f} forward and {b_audit / args.n:.0f} backward passes "
+              f"per image, all six ε and every stage ({out})")
+        print(f"{'norm':<5}{'ε':>6}{'audit':>9}{'AutoAttack':>12}{'audit only':>12}{'AA only':>9}{'AA s':>8}"
+              f"{'AA fwd/img':>12}{'AA bwd/img':>12}")
+        t_aa = f_aa = b_aa = 0.0
         for norm, grid in EPS.items():
             for k, eps in enumerate(grid):
                 with torch.no_grad():
                     ours = model(best[norm][:, k]).argmax(1) != y
+                counter.take()
                 t = time.perf_counter()
                 theirs = autoattack(model, x, y, norm, eps)
-                t_aa = time.perf_counter() - t
+                dt = time.perf_counter() - t
+                f, b = counter.take()
+                t_aa, f_aa, b_aa = t_aa + dt, f_aa + f, b_aa + b
                 print(f"{norm:<5}{eps:>6g}{1 - float(ours.double().mean()):>9.1%}"
                       f"{1 - float(theirs.double().mean()):>12.1%}{int((ours & ~theirs).sum()):>12}"
-                      f"{int((theirs & ~ours).sum()):>9}{t_aa:>8.0f}")
+                      f"{int((theirs & ~ours).sum()):>9}{dt:>8.0f}{f / args.n:>12.0f}{b / args.n:>12.0f}")
+        print(f"AutoAttack, six ε: {t_aa:.0f} s, {f_aa / args.n:.0f} forward and {b_aa / args.n:.0f} backward passes "
+              f"per image; audit / AutoAttack time: {t_audit / t_aa:.2f} in all, {(t_audit - t_bounds) / t_aa:.2f} "
+              f"for the attacks alone")
     return 0
 
 

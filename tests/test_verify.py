@@ -18,7 +18,7 @@ from blindspots.data import load_mnist
 from blindspots.errors import InputError
 from blindspots.models.zoo import Maxout, RBFLayer
 from blindspots.verify import (UnsupportedLayerError, attack_upper_bounds, certified, certified_radius,
-                               exact_minimal, lp_margin_bounds, margin_bounds)
+                               exact_minimal, hidden_units, lp_margin_bounds, margin_bounds, unstable_units)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = 1e-6
@@ -212,6 +212,11 @@ def test_conv_pool_maxout_and_normalized_layers_are_bounded_soundly():
             pgd = run_attack("pgd", model, x, Misclassification(y), [eps], norm=norm, steps=30)
             assert bool((margins_at(model, pgd.x_adv[0], y) >= crown - TOL).all())
             assert not bool((certified(model, x, y, eps, norm=norm) & pgd.success[0]).any())
+        # the exact program's size: IBP's looser bounds count at least CROWN's unstable units, and both grow with ε
+        small, large = ([unstable_units(model, x, e, method=m) for m in ("crown", "ibp")] for e in (0.01, 0.05))
+        assert bool((small[1] >= small[0]).all() and (large[1] >= large[0]).all())
+        assert bool((large[0] >= small[0]).all() and (large[0] > 0).any())
+        assert bool((large[1] <= hidden_units(model, tuple(x.shape[1:]))).all())
     exact = exact_minimal(maxout, x[:2], y[:2], norm="linf", time_limit=60)
     radius = certified_radius(maxout, x[:2], y[:2])
     assert bool((radius <= exact.lower + TOL).all())

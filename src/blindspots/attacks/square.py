@@ -22,8 +22,9 @@ left to ε; the whole perturbation is then rescaled onto the ε-sphere. Clipping
 each pixel's change, so the kept example stays within ε without a further projection. Concentrated squares cross
 thresholds (e.g. an input quantisation) that the spread-out small steps of gradient attacks stay under.
 
-Randomness comes from one CPU generator seeded with `seed` only (never the global RNG), drawn for every image of a
-batch at every query whether or not it is still active, so a call is reproducible on any device.
+Randomness comes from CPU generators seeded from `seed`, the ε and the batch only (never the global RNG; one per ε and batch), drawn for
+every image of a batch at every query whether or not it is still active, so a call is reproducible on any device; a
+search stops early once every image of its batch is adversarial (no later draw could change anything).
 """
 
 from __future__ import annotations
@@ -99,10 +100,10 @@ def _search(model: nn.Module, x: Tensor, crit: Criterion, x_best: Tensor, *, n_q
     margin = crit.loss(logits_of(model, x_best, batch_size), "margin").float()
     queries = torch.ones(x.shape[0], dtype=torch.long)
     for it in range(n_queries - 1):
-        d = draw(it)
         active = (margin >= 0).nonzero().flatten()
         if not active.numel():
-            continue  # keep drawing, so an image's draws never depend on when the others succeed
+            break  # every image is adversarial for good (a margin only falls): no later draw can matter
+        d = draw(it)  # every image's draws, active or not, so an image's draws never depend on when others succeed
         on_cpu = active.cpu()  # the draws live on the CPU (one generator on every device), the images beside the model
         best = x_best[active]
         proposal = propose(d, on_cpu, x[active], best)
@@ -223,7 +224,6 @@ def square(a: Prepared, *, norm: str = "linf", n_queries: int = 1000, p_init: fl
     x, crit, eps = a.x, a.criterion, a.budgets
     assert eps is not None
     run = _run_l2 if norm == "l2" else _run_linf
-    gen = torch.Generator().manual_seed(seed)
     x_adv = torch.empty((len(eps), *x.shape), device=x.device, dtype=x.dtype)
     queries = torch.zeros((len(eps), x.shape[0]), dtype=torch.long)
     with torch.no_grad():
@@ -233,6 +233,9 @@ def square(a: Prepared, *, norm: str = "linf", n_queries: int = 1000, p_init: fl
                 if e == 0:
                     x_adv[k, sl], queries[k, sl] = x[sl], 1
                     continue
+                # one generator per ε and batch, from (seed, ε, batch) only: a search stops once its images are all
+                # adversarial, so a shared one would make the next search's draws depend on when that happened
+                gen = torch.Generator().manual_seed(seed * 1_000_003 + round(e * 1e6) * 1009 + i // batch_size)
                 x_adv[k, sl], queries[k, sl] = run(a.model, x[sl], crit.subset(sl), e, n_queries=n_queries,
                                                    p_init=p_init, gen=gen, bounds=bounds, batch_size=batch_size)
     return Run(x_adv, measures=a.assess(x, x_adv, crit, per_budget=True), extras={"queries": queries.to(x.device)},

@@ -214,7 +214,8 @@ def _bounds(results: dict[str, Any]) -> Section:
         counts = ", ".join(f"{s} {c}" for s, c in x["statuses"].items())
         solve = x.get("solve_time")
         paragraphs.append(
-            line + f" Exact minimal L∞ (MILP, HiGHS) within a budget of {x['max_unstable']} unstable units and "
+            line + f" Exact minimal L∞ (MILP, HiGHS) within a budget of {x['max_unstable']} unstable units "
+            f"(counted by {x.get('unstable_method', 'crown').upper()}) and "
             f"{x['time_limit']:g} s per image: {counts}" + (f"; solve time median {_n(solve['median'], '.3g')} s, "
                                                             f"max {_n(solve['max'], '.3g')} s" if solve else "")
             + f". {'PASS' if x['violations'] == 0 else 'FLAG'}: certified radius ≤ exact ≤ best attack on all "

@@ -92,15 +92,22 @@ def hidden_units(model: nn.Module | Network, in_shape: tuple[int, ...]) -> int:
 
 
 def unstable_units(model: nn.Module | Network, x: Tensor, eps: float | Tensor, *, norm: str = "linf",
-                   bounds: tuple[float, float] = (0.0, 1.0), batch_size: int = 50) -> Tensor:
-    """[N]: per image, the ReLUs whose CROWN pre-activation bounds over the ε ball ∩ box straddle 0, plus the max
+                   bounds: tuple[float, float] = (0.0, 1.0), batch_size: int = 50, method: str = "crown") -> Tensor:
+    """[N]: per image, the ReLUs whose pre-activation bounds over the ε ball ∩ box straddle 0, plus the max
     units (maxout, max-pooling) with more than one piece that can be the maximum: the binary variables the exact
-    program needs (exact.py), the measure of its size. Smooth activations (sigmoid, tanh) count none."""
+    program needs (exact.py), the measure of its size. Smooth activations (sigmoid, tanh) count none.
+    method "crown" (the bounds the exact program uses) or "ibp": looser, so its count is an upper bound of
+    CROWN's, at the cost of one forward pass instead of one backward pass per unit (for nets too large for CROWN)."""
+    if method not in ("crown", "ibp"):
+        raise InputError(f"method must be crown or ibp, got {method!r}.")
     net = model if isinstance(model, Network) else network(model, tuple(x.shape[1:]))
     out = []
     with torch.no_grad():
         for rows, inputs in _input_sets(x, eps, norm, bounds, batch_size):
-            unit_bounds, _ = crown.layer_bounds(net, inputs)
+            if method == "crown":
+                unit_bounds, _ = crown.layer_bounds(net, inputs)
+            else:
+                unit_bounds = ibp.interval_bounds(net, *inputs.box())[:-1]
             count = torch.zeros(x[rows].shape[0], dtype=torch.long)
             for op, b in zip(net.ops, unit_bounds):
                 if b is None:
