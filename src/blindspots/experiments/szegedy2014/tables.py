@@ -308,7 +308,7 @@ class TableStages:
         matched: dict[str, tuple[dict, SetMaker, dict]] = {}
         for ref in rows:  # clipped noise with the same realised distortion as each adversarial row
             target = self.attacks[ref.label][0]["mean_distortion"]
-            if not np.isfinite(target):  # no successful example: nothing to match
+            if target is None or not np.isfinite(target):  # no successful example (NaN, stored as null): no match
                 continue
             sigma = self._matched_sigma(ref, target)
             key, make, record = self._noise_set(ref, sigma)
