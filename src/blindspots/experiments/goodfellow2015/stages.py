@@ -25,6 +25,7 @@ from ...io import file_digest, write_atomic, write_json_atomic
 from ...models import Ensemble, build_model, error_rate, predict, train
 from ...models.train import recipe_dict
 from ...models.zoo import BinaryLogistic, TwoClassLogits
+from ...stages import StageSource
 from ..stages import Experiment
 from . import figures
 from .config import (EPSILON, EPSILONS, LOGREG, LOGREG_CLASSES, LOGREG_DECAY, LOGREG_LABEL, PAPER, FixedNet, Net,
@@ -36,10 +37,30 @@ from .report import build_report
 from ...report.document import write_report
 
 
+# What each kind of stage runs (stages.StageSource): the modules its compute calls into, with what they import, and
+# this module as a file. Every stage reads earlier stages' output under a key of its hash (weights_sha256,
+# file_sha256), so none needs another's parts. tests/test_stage_sources.py traces real tiny runs of these kinds.
+_HERE = ("experiments/goodfellow2015/stages.py",)
+_LOAD = ("blindspots.experiments.goodfellow2015.config", "blindspots.experiments.stages", "blindspots.models.store",
+         "blindspots.models.zoo")
+_MODELS = StageSource(modules=("blindspots.experiments.goodfellow2015.protocol", *_LOAD), files=_HERE)
+_FGSM = StageSource(modules=("blindspots.attacks.fgsm", "blindspots.attacks.storage", *_LOAD), files=_HERE)
+STAGE_SOURCES = {
+    "early-stop ": _MODELS,
+    "train ": _MODELS,
+    "fixed ": _MODELS,
+    "fgsm ": _FGSM,
+    "ensemble": _FGSM.with_(modules=("blindspots.models.ensemble",)),
+    "transfer": StageSource(modules=("blindspots.attacks.storage", *_LOAD), files=_HERE),
+    "rubbish": StageSource(modules=_LOAD, files=_HERE),
+}
+
+
 class Goodfellow2015(Experiment):
     """The experiment: holds the profile, the stage runner, and what each stage returned."""
 
     profile: Profile
+    stage_sources = STAGE_SOURCES
 
     # ---- models -------------------------------------------------------------------------------
     def _seeds(self, net: Net) -> list[int]:
