@@ -142,3 +142,49 @@ def test_each_stage_kind_runs_only_its_declared_parts(tmp_path: Path, monkeypatc
     kinds = {(what, _kind(sources, name)) for what, (ran, sources) in traced.items() for name in ran.ran}
     assert {("szegedy2014", k) for k in ("train ", "attack ", "transfer ", "certify ", "units ")} <= kinds
     assert {("goodfellow2015", "train "), ("goodfellow2015", "fgsm "), ("audit", "curves-")} <= kinds
+
+
+def test_an_attack_change_re_keys_only_the_stages_that_run_it(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """On edited copies of the package: an attack's file re-keys the stage kinds that run it and leaves training,
+    units and the stages of other attacks alone; the stage machinery re-keys everything; report code nothing."""
+    from test_reliability import _package_copy
+
+    from blindspots.audit.runner import AUDIT_STAGE_SOURCES
+    from blindspots.experiments.goodfellow2015.stages import STAGE_SOURCES as GOODFELLOW
+    from blindspots.experiments.szegedy2014.experiment import STAGE_SOURCES as SZEGEDY
+
+    stages = {"szegedy2014": (SZEGEDY, ("train FC100", "attack FC100", "transfer FC100 -> FC10(1)", "certify FC100",
+                                        "units CNN relu3", "bounds CNN", "s4.2 train plain seed 0",
+                                        "minimal train 20-20", "minimal exact 20-20")),
+              "goodfellow2015": (GOODFELLOW, ("train maxout s0", "early-stop maxout s0", "fixed ens plain s0",
+                                              "fgsm maxout", "ensemble", "transfer", "rubbish")),
+              "audit": (AUDIT_STAGE_SOURCES, ("clean-m", "minimal-l2-m", "minimal-linf-m", "curves-m",
+                                              "lipschitz-m", "units-m", "sanity-m", "transfer", "bounds-m",
+                                              "verdict-m"))}
+    runners = {what: StageRunner(tmp_path / what, announce=lambda s: None, sources=sources)
+               for what, (sources, _) in stages.items()}
+
+    def keys(root: Path) -> dict[str, str]:
+        monkeypatch.setattr(blindspots.io, "SOURCE_ROOT", root)
+        return {f"{what}: {name}": runners[what].folder(name, {"n": 5}).name
+                for what, (_, names) in stages.items() for name in names}
+
+    def changed(edit: str) -> set[str]:
+        after = keys(_package_copy(tmp_path, edit.replace("/", "_"), edit))
+        return {k for k in base if after[k] != base[k]}
+
+    base = keys(_package_copy(tmp_path, "base"))
+    assert changed("experiments/szegedy2014/report.py") == set()
+    assert changed("audit/report.py") == set()
+    assert changed("stages.py") == set(base)
+    assert changed("attacks/square.py") == {"szegedy2014: minimal exact 20-20", "audit: sanity-m", "audit: verdict-m"}
+    lbfgs = changed("attacks/lbfgs.py")
+    assert {"szegedy2014: attack FC100", "szegedy2014: transfer FC100 -> FC10(1)", "szegedy2014: certify FC100",
+            "szegedy2014: minimal exact 20-20", "audit: minimal-l2-m", "audit: curves-m"} <= lbfgs
+    assert not {"szegedy2014: train FC100", "szegedy2014: units CNN relu3", "audit: clean-m", "audit: units-m",
+                "audit: minimal-linf-m", "goodfellow2015: fgsm maxout", "goodfellow2015: rubbish"} & lbfgs
+    fgsm = changed("attacks/fgsm.py")
+    assert "goodfellow2015: fgsm maxout" in fgsm and "audit: minimal-linf-m" in fgsm
+    assert not {"szegedy2014: train FC100", "szegedy2014: units CNN relu3", "szegedy2014: attack FC100",
+                "audit: clean-m", "audit: minimal-l2-m"} & fgsm

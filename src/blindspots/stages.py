@@ -37,7 +37,8 @@ RESULT = "result.json"
 PACKAGE = __name__.split(".")[0]
 LOCK = ".blindspots.lock"
 BROKEN = ".broken"  # stage folders with a missing, damaged or altered result.json or file are moved here
-# Stage results depend on all the package's code except the report and the command line, which are re-rendered
+# A stage is keyed by the parts its kind runs (StageSource), or by the whole package for a stage of no declared kind;
+# never by the report and the command line, which are re-rendered
 # from the stage results on every run (the audit's and the papers' report, findings and figures code too: a
 # reworded report or a redrawn figure never retrains a model).
 STAGE_SOURCE_EXCLUDE = ("report", "cli", "audit/report.py", "audit/figures.py", "experiments/szegedy2014/report.py",
