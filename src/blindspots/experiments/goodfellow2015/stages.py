@@ -45,15 +45,10 @@ _LOAD = ("blindspots.experiments.goodfellow2015.config", "blindspots.experiments
          "blindspots.models.zoo")
 _MODELS = StageSource(modules=("blindspots.experiments.goodfellow2015.protocol", *_LOAD), files=_HERE)
 _FGSM = StageSource(modules=("blindspots.attacks.fgsm", "blindspots.attacks.storage", *_LOAD), files=_HERE)
-STAGE_SOURCES = {
-    "early-stop ": _MODELS,
-    "train ": _MODELS,
-    "fixed ": _MODELS,
-    "fgsm ": _FGSM,
-    "ensemble": _FGSM.with_(modules=("blindspots.models.ensemble",)),
+STAGE_SOURCES = dict.fromkeys(("early-stop ", "train ", "fixed "), _MODELS) | {
+    "fgsm ": _FGSM, "ensemble": _FGSM.with_(modules=("blindspots.models.ensemble",)),
     "transfer": StageSource(modules=("blindspots.attacks.storage", *_LOAD), files=_HERE),
-    "rubbish": StageSource(modules=_LOAD, files=_HERE),
-}
+    "rubbish": StageSource(modules=_LOAD, files=_HERE)}
 
 
 class Goodfellow2015(Experiment):
