@@ -37,7 +37,8 @@ RESULT = "result.json"
 PACKAGE = __name__.split(".")[0]
 LOCK = ".blindspots.lock"
 BROKEN = ".broken"  # stage folders with a missing, damaged or altered result.json or file are moved here
-# Stage results depend on all the package's code except the report and the command line, which are re-rendered
+# A stage is keyed by the parts its kind runs (StageSource), or by the whole package for a stage of no declared kind;
+# never by the report and the command line, which are re-rendered
 # from the stage results on every run (the audit's and the papers' report, findings and figures code too: a
 # reworded report or a redrawn figure never retrains a model).
 STAGE_SOURCE_EXCLUDE = ("report", "cli", "audit/report.py", "audit/figures.py", "experiments/szegedy2014/report.py",
@@ -55,10 +56,12 @@ def stage_source_hash(source: StageSource | None = None) -> str:
 
 @dataclass(frozen=True)
 class StageSource:
-    """What one kind of stage runs: `modules` (dotted names) with everything they import when loaded, and `files`
-    (package-relative, e.g. the experiment module holding the stage's compute, hashed by their bytes alone). The
-    stage machinery itself is always part of it. tests/test_reliability.py checks that running such a stage loads
-    no blindspots module outside these parts."""
+    """What one kind of stage runs: `modules` (dotted names: the modules whose functions its compute calls) with all
+    they reach through imports (import_closure), and `files` (package-relative, e.g. the experiment module holding
+    the stage's compute, hashed by their bytes alone, its imports not followed). The stage machinery itself is
+    always part of it. A stage that reads another stage's output under a key without that stage's source (e.g. its
+    inputs rather than its result's hash) must include that stage's parts (`with_`). tests/test_stage_sources.py
+    traces the files a real tiny run of each kind executes and checks they lie in these parts."""
 
     modules: tuple[str, ...]
     files: tuple[str, ...] = ()
@@ -66,47 +69,101 @@ class StageSource:
     def parts(self) -> tuple[str, ...]:
         return tuple(sorted(set(self.files) | import_closure((*self.modules, __name__))))
 
+    def with_(self, *others: StageSource, modules: tuple[str, ...] = (), files: tuple[str, ...] = ()) -> StageSource:
+        """This kind's parts together with `others`' and the given extra modules and files."""
+        every = (self, *others, StageSource(modules, files))
+        return StageSource(tuple(dict.fromkeys(m for o in every for m in o.modules)),
+                           tuple(dict.fromkeys(f for o in every for f in o.files)))
+
 
 def import_closure(modules: tuple[str, ...]) -> frozenset[str]:
-    """Package-relative files of the blindspots modules that importing `modules` loads: their module-level imports
-    (not those inside functions), followed transitively, with every parent package's __init__.py."""
+    """Package-relative files of what running `modules` can reach through imports (see _import_closure)."""
     return _import_closure(PACKAGE, tuple(sorted(modules)), str(io_module.SOURCE_ROOT))
+
+
+# Modules that dispatch by name to many others (attacks.registry imports every attack): reached through an import,
+# their file is hashed but their imports are not followed, so a stage that calls through one lists the entries it
+# reaches in its kind's `modules` and a change to another attack leaves it alone; named in a kind's `modules`
+# itself, one is followed in full (the stage may call any entry). tests/test_stage_sources.py keeps this honest.
+OPAQUE = ("blindspots.attacks.registry",)
 
 
 @functools.cache
 def _import_closure(package: str, modules: tuple[str, ...], root_text: str) -> frozenset[str]:
+    """The files reached from `modules` by following every import statement of the package (at module level or
+    inside a function: a lazily imported module runs as much as an eager one), transitively:
+    - `import pkg.mod`, `from pkg import mod` (a submodule): mod is followed;
+    - `from pkg import name`, where pkg's __init__.py re-exports name (`from .sub import name`): sub is followed
+      (through chains of re-exports), not the rest of what the __init__.py imports;
+    - `from mod import name` for a plain module, or a name a package's __init__.py defines itself (or `import *`):
+      that whole module is followed.
+    Every parent package's __init__.py of a followed module is hashed as a file, its own imports not followed
+    unless the package is followed for something it defines. An OPAQUE module is hashed, and followed only when it
+    is one of `modules`."""
     root = Path(root_text)
 
     def file_of(name: str) -> Path | None:
+        if name.split(".")[0] != package:
+            return None
         base = root.joinpath(*name.split(".")[1:])
         return next((f for f in (base / "__init__.py", base.with_suffix(".py")) if f.is_file()), None)
 
-    seen: set[str] = set()
+    def imports(name: str) -> list[tuple[str, str | None]]:
+        """(module, imported name or None for the module itself) of every import statement in module `name`."""
+        f = file_of(name)
+        assert f is not None
+        here = name if f.name == "__init__.py" else name.rsplit(".", 1)[0]
+        out: list[tuple[str, str | None]] = []
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                out += [(a.name, None) for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = here.split(".")[: len(here.split(".")) - node.level + 1]
+                    base = ".".join(anchor + ([base] if base else []))
+                out += [(base, a.name) for a in node.names]
+        return out
+
+    def reexports(name: str) -> dict[str, tuple[str, str]]:
+        """Names a package's __init__.py binds by `from X import a [as b]` at module level: b -> (X, a)."""
+        f = file_of(name)
+        if f is None or f.name != "__init__.py":
+            return {}
+        tree = ast.parse(f.read_text(encoding="utf-8"))
+        out: dict[str, tuple[str, str]] = {}
+        for node in _module_level(tree):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = ".".join(name.split(".")[: len(name.split(".")) - node.level + 1] + ([node.module] if node.module else []))
+                out.update({a.asname or a.name: (base, a.name) for a in node.names if a.name != "*"})
+        return out
+
+    def targets(module: str, name: str | None, depth: int = 0) -> list[str]:
+        """The modules to follow for `from module import name` (name None: `import module`)."""
+        if name is None or name == "*" or file_of(module) is None:
+            return [module]
+        source = reexports(module).get(name)  # a package's own binding comes first, as for Python's import
+        if source is not None and depth < 20:
+            return [module + ":file", *targets(*source, depth=depth + 1)]
+        return [f"{module}.{name}" if file_of(f"{module}.{name}") is not None else module]
+
+    hashed: set[str] = set()
+    followed: set[str] = set()
     todo = list(modules)
     while todo:
         name = todo.pop()
+        if name.endswith(":file"):
+            hashed.add(name[: -len(":file")])
+            continue
+        if name in followed or file_of(name) is None:
+            continue
+        followed.add(name)
         parts = name.split(".")
-        for i in range(1, len(parts) + 1):  # a.b.c loads a and a.b first
-            parent = ".".join(parts[:i])
-            if parent in seen or file_of(parent) is None:
-                continue
-            seen.add(parent)
-            f = file_of(parent)
-            assert f is not None
-            here = parent if f.name == "__init__.py" else parent.rsplit(".", 1)[0]
-            for node in _module_level(ast.parse(f.read_text(encoding="utf-8"))):
-                if isinstance(node, ast.Import):
-                    todo += [a.name for a in node.names if a.name.split(".")[0] == package]
-                elif isinstance(node, ast.ImportFrom):
-                    base = node.module or ""
-                    if node.level:
-                        anchor = here.split(".")[: len(here.split(".")) - node.level + 1]
-                        base = ".".join(anchor + ([base] if base else []))
-                    if base.split(".")[0] != package:
-                        continue
-                    todo.append(base)
-                    todo += [f"{base}.{a.name}" for a in node.names if file_of(f"{base}.{a.name}") is not None]
-    return frozenset(f.relative_to(root).as_posix() for f in map(file_of, seen) if f is not None)
+        hashed.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+        if name not in OPAQUE or name in modules:
+            for module, imported in imports(name):
+                todo += targets(module, imported)
+    return frozenset(f.relative_to(root).as_posix() for f in map(file_of, hashed) if f is not None)
 
 
 def _module_level(tree: ast.Module) -> list[ast.stmt]:

@@ -12,7 +12,7 @@ import torch
 
 from .. import parallel
 from ..progress import Eta
-from ..stages import StageRunner, run_stage
+from ..stages import StageRunner, StageSource, run_stage
 from .config import CHUNK
 
 Compute = Callable[[Path | None], dict[str, Any]]
@@ -24,6 +24,30 @@ def chunk_seed(seed: int, chunk: int, salt: int = 0) -> int:
     return (seed * 100_003 + chunk) * 1_009 + salt
 
 
+# What each kind of audit stage runs (stages.StageSource): the audit module holding its compute, with what it imports,
+# and the attacks it reaches through the registry (audit.common.attack -> attacks.run_attack, whose imports are not
+# followed). A stage that starts from another's results (handed over in memory, not in its key) includes that
+# stage's parts; the verdict reads them all. tests/test_stage_sources.py traces real tiny runs of these kinds.
+_CLEAN = StageSource(modules=("blindspots.audit.attacks",))
+_MINIMAL_L2 = _CLEAN.with_(modules=("blindspots.attacks.lbfgs", "blindspots.attacks.deepfool", "blindspots.attacks.minimal"))
+_MINIMAL_LINF = _CLEAN.with_(modules=("blindspots.attacks.fgsm", "blindspots.attacks.pgd"))
+_CURVES = _MINIMAL_L2.with_(_MINIMAL_LINF)
+_SANITY = _CURVES.with_(modules=("blindspots.audit.analysis", "blindspots.attacks.square"))
+_BOUNDS = _MINIMAL_LINF.with_(modules=("blindspots.audit.bounds",))
+AUDIT_STAGE_SOURCES = {
+    "clean-": _CLEAN,
+    "minimal-l2-": _MINIMAL_L2,
+    "minimal-linf-": _MINIMAL_LINF,
+    "curves-": _CURVES,
+    "lipschitz-": _MINIMAL_L2.with_(modules=("blindspots.audit.analysis",)),
+    "units-": StageSource(modules=("blindspots.audit.analysis",)),
+    "sanity-": _SANITY,
+    "transfer": _CURVES.with_(modules=("blindspots.audit.analysis",)),
+    "bounds-": _BOUNDS,
+    "verdict-": _SANITY.with_(_BOUNDS, modules=("blindspots.audit.verdict",)),
+}
+
+
 class AuditRunner:
     """StageRunner on rank 0, collective computation everywhere; `announce` prints on rank 0 only."""
 
@@ -32,7 +56,7 @@ class AuditRunner:
         self.world = world
         self._say = announce
         self.progress = progress
-        self.stages = StageRunner(out, announce=announce) if world.is_main else None
+        self.stages = StageRunner(out, announce=announce, sources=AUDIT_STAGE_SOURCES) if world.is_main else None
 
     def announce(self, line: str) -> None:
         if self.world.is_main:
@@ -75,4 +99,4 @@ def load_tensors(folder: Path, name: str) -> dict[str, torch.Tensor]:
     return load_file(str(folder / name))
 
 
-__all__ = ["AuditRunner", "chunk_seed", "save_tensors", "load_tensors"]
+__all__ = ["AUDIT_STAGE_SOURCES", "AuditRunner", "chunk_seed", "save_tensors", "load_tensors"]

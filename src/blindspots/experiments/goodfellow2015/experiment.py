@@ -30,12 +30,31 @@ from .report import build_report
 from .rubbish import RubbishStages
 from .training import TrainingStages, split_rows
 from ...report.document import write_report
+from ...stages import StageSource
+
+# What each kind of stage runs (stages.StageSource): the section module holding its compute, with what it imports, and
+# what loads the models it reads. Every stage reads earlier stages' output under a key of its hash (weights_sha256,
+# file_sha256), so none needs another's parts. tests/test_stage_sources.py traces real tiny runs of these kinds.
+_PKG = "blindspots.experiments.goodfellow2015"
+_LOAD = (f"{_PKG}.common", "blindspots.experiments.stages", "blindspots.models.store", "blindspots.models.zoo")
+_LOADER = ("experiments/goodfellow2015/training.py",)  # TrainingStages._load, which every consumer of a net calls
+_TRAINING = StageSource(modules=(f"{_PKG}.training", *_LOAD))
+_FGSM = StageSource(modules=(f"{_PKG}.fgsm", *_LOAD), files=_LOADER)
+STAGE_SOURCES = {
+    "early-stop ": _TRAINING, "train ": _TRAINING,
+    "fixed ": _TRAINING.with_(files=("experiments/goodfellow2015/ensemble_l1.py",)),  # its compute lives there
+    f"train {LOGREG}": StageSource(modules=(f"{_PKG}.logreg", *_LOAD)),
+    "fgsm ": _FGSM, "transfer": _FGSM,
+    "ensemble": StageSource(modules=(f"{_PKG}.ensemble_l1", *_LOAD), files=_LOADER),
+    "rubbish": StageSource(modules=(f"{_PKG}.rubbish", *_LOAD), files=_LOADER),
+}
 
 
 class Goodfellow2015(TrainingStages, LogregStages, FgsmStages, FixedStages, RubbishStages, Experiment):
     """The experiment: holds the profile, the stage runner, and what each stage returned."""
 
     profile: Profile
+    stage_sources = STAGE_SOURCES
 
     # ---- the whole run ------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:

@@ -42,13 +42,28 @@ from .tables import MAGNIFY_SIGMA, TABLE1_MODELS, ModelRef, TableStages, model_r
 from .units import units_section
 
 
-# What the training stages and §3's unit stages run (the other stages are keyed by the whole package): a change to
-# an attack or to §4.3 never retrains the zoo or redoes §3. tests/test_reliability.py runs both kinds of work in a
-# fresh interpreter and checks that nothing outside these parts is loaded.
+# What each kind of stage runs (stages.StageSource): the modules whose functions its compute calls, with what they
+# import; the module holding the compute as a file. A change to one attack re-keys only the stages that run it (the
+# zoo is never retrained for an attack fix). Transfer and certify read the attack stage's adversarial sets under a
+# key of its inputs, so they include its parts. tests/test_stage_sources.py traces real tiny runs of these kinds.
+_TABLES = "experiments/szegedy2014/tables.py"
+_TRAIN = StageSource(modules=("blindspots.models.store",), files=(_TABLES,))
+_ATTACK = StageSource(modules=("blindspots.attacks.lbfgs", "blindspots.attacks.storage", "blindspots.data.datasets",
+                               "blindspots.models.inference", "blindspots.experiments.stages"), files=(_TABLES,))
+_SPECTRAL = StageSource(modules=("blindspots.experiments.szegedy2014.spectral",))
+_MINIMAL = StageSource(modules=("blindspots.experiments.szegedy2014.minimal",))
 STAGE_SOURCES = {
-    "train ": StageSource(modules=("blindspots.models",), files=("experiments/szegedy2014/tables.py",)),
-    "units ": StageSource(modules=("blindspots.analysis.units", "blindspots.models"),
+    "train ": _TRAIN,
+    "attack ": _ATTACK,
+    "transfer ": _ATTACK.with_(modules=("blindspots.attacks.noise",)),
+    "certify ": _ATTACK.with_(modules=("blindspots.verify.certify",)),
+    "units ": StageSource(modules=("blindspots.analysis.units", "blindspots.models.store"),
                           files=("experiments/szegedy2014/units.py", "experiments/szegedy2014/common.py")),
+    "bound pairs ": _SPECTRAL,
+    "bounds ": _SPECTRAL,
+    "s4.2 ": StageSource(modules=("blindspots.experiments.szegedy2014.adv_training",)),
+    "minimal train ": _MINIMAL,
+    "minimal exact ": _MINIMAL.with_(modules=("blindspots.attacks.registry",)),  # every registered attack
 }
 
 
