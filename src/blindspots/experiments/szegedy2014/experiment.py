@@ -49,7 +49,9 @@ from .units import units_section
 _TABLES = "experiments/szegedy2014/tables.py"
 _TRAIN = StageSource(modules=("blindspots.models.store",), files=(_TABLES,))
 _ATTACK = StageSource(modules=("blindspots.attacks.lbfgs", "blindspots.attacks.storage", "blindspots.data.datasets",
-                               "blindspots.models.inference", "blindspots.experiments.stages"), files=(_TABLES,))
+                               "blindspots.models.inference", "blindspots.experiments.stages",
+                               "blindspots.report.figures", "blindspots.report.plots"),  # its examples, histogram
+                        files=(_TABLES,))
 _SPECTRAL = StageSource(modules=("blindspots.experiments.szegedy2014.spectral",))
 _MINIMAL = StageSource(modules=("blindspots.experiments.szegedy2014.minimal",))
 STAGE_SOURCES = {
@@ -57,7 +59,8 @@ STAGE_SOURCES = {
     "attack ": _ATTACK,
     "transfer ": _ATTACK.with_(modules=("blindspots.attacks.noise",)),
     "certify ": _ATTACK.with_(modules=("blindspots.verify.certify",)),
-    "units ": StageSource(modules=("blindspots.analysis.units", "blindspots.models.store"),
+    "units ": StageSource(modules=("blindspots.analysis.units", "blindspots.models.store",
+                                   "blindspots.report.unit_figures"),  # the unit grids it draws
                           files=("experiments/szegedy2014/units.py", "experiments/szegedy2014/common.py")),
     "bound pairs ": _SPECTRAL,
     "bounds ": _SPECTRAL,
