@@ -19,7 +19,7 @@ from ..errors import BlindspotsError
 from ..models import predict
 from ..models.store import train
 from .common import Ctx, as_list, attack, from_list, quantiles
-from .config import first
+from .config import QUERY_CHUNK, first
 from .models import AuditModel, state_hash
 from .runner import AuditRunner, chunk_seed, load_tensors, save_tensors
 
@@ -122,7 +122,8 @@ def sanity_stage(ctx: Ctx, clean: dict[str, Any], curves: dict[str, Any]) -> tup
     the gradient-free Square attack (L∞ there; L2 at each L2 ε on the images the gradient L2 attacks left robust),
     and PGD at an unbounded ε = hi − lo; on every image (--fast: the first ones), through the same adaptive module
     as the curves. Square gets `square_queries_masked` queries where the gradient probe found masking (AutoAttack's
-    5000), else `square_queries`. The examples are saved for the verdict."""
+    5000), else `square_queries`; Square runs on chunks of QUERY_CHUNK images, the rest on chunks of CHUNK. The
+    examples are saved for the verdict."""
     e, cfg = ctx.config.effort, ctx.config
     n = first(e.sanity_images, ctx.n)
     correct = torch.tensor(clean["correct"], dtype=torch.bool)
@@ -142,14 +143,18 @@ def sanity_stage(ctx: Ctx, clean: dict[str, Any], curves: dict[str, Any]) -> tup
             r = pgd(m, x, crit, [cfg.eps_ref], restarts=e.restarts, seed=chunk_seed(cfg.seed, i, 101), **kw)
             many = r.success[0] | err
             unbounded = pgd(m, x, crit, [cfg.span], seed=chunk_seed(cfg.seed, i, 102), **kw).success[0] | err
+            return {"grid": grid.T.cpu(), "one": one.cpu(), "many": many.cpu(), "unbounded": unbounded.cpu(),
+                    "grid_adv": g.x_adv.transpose(0, 1).cpu(), "restarts_adv": r.x_adv[0].cpu(),
+                    "gradient_l2": gradient_l2[rows]}
+
+        def queried(i: int, rows: slice) -> dict[str, torch.Tensor]:  # Square, on chunks of QUERY_CHUNK images
+            x, crit, err = ctx.x[rows], ctx.crit(rows), (~correct[rows]).to(ctx.x.device)
             sq = attack(free, ctx, x, crit, [cfg.eps_ref], n_queries=queries, seed=chunk_seed(cfg.seed, i, 103))
             l2 = _square_l2(ctx, x, ctx.y[rows], err, gradient_l2[rows], queries, chunk_seed(cfg.seed, i, 104))
-            return {"grid": grid.T.cpu(), "one": one.cpu(), "many": many.cpu(), "unbounded": unbounded.cpu(),
-                    "free": (sq.success[0] | err).cpu(), "grid_adv": g.x_adv.transpose(0, 1).cpu(),
-                    "restarts_adv": r.x_adv[0].cpu(), "free_adv": sq.x_adv[0].cpu(),
-                    "gradient_l2": gradient_l2[rows], **l2}
+            return {"free": (sq.success[0] | err).cpu(), "free_adv": sq.x_adv[0].cpu(), **l2}
 
         f = ctx.runner.map(fn, n, f"sanity runs {ctx.model.name}")
+        f |= ctx.runner.map(queried, n, f"Square {ctx.model.name}", chunk=QUERY_CHUNK)
         save_tensors(folder, "examples.safetensors",
                      {k: f[k] for k in ("grid_adv", "restarts_adv", "free_adv", "free_l2_adv")})
         ra = {k: float((~f[k]).double().mean()) for k in ("one", "many", "unbounded", "free")}

@@ -17,6 +17,9 @@ from ..models.external import LoadedModel
 DEFAULT_EPS_LINF = (0.05, 0.1, 0.15, 0.2, 0.3)
 DEFAULT_EPS_L2 = (0.5, 1.0, 1.5, 2.0, 3.0)
 CHUNK = 100  # images per work unit: fixed, whatever the number of processes (the determinism rule)
+# images per work unit of the query attacks (Square): their cost is a fixed overhead per query more than per image, so
+# they run on bigger batches (5× fewer query loops at 500 images); fixed as well, so any number of processes agrees
+QUERY_CHUNK = 500
 
 ModelArg = tuple[str, str | None] | LoadedModel
 
@@ -133,8 +136,8 @@ class AuditConfig:
                 "mean": None if self.mean is None else list(self.mean),
                 "std": None if self.std is None else list(self.std), "eps_linf": list(self.linf_grid),
                 "eps_l2": list(self.l2_grid), "eps_ref": self.eps_ref, "layer": self.layer, "zoo": list(self.zoo),
-                "seed": self.seed, "device": self.device, "chunk": CHUNK, "effort": asdict(self.effort),
+                "seed": self.seed, "device": self.device, "chunk": CHUNK, "query_chunk": QUERY_CHUNK, "effort": asdict(self.effort),
                 "bpda": list(self.bpda), "fast": self.fast}
 
 
-__all__ = ["AuditConfig", "Effort", "FAST", "first", "DEFAULT_EPS_LINF", "DEFAULT_EPS_L2", "CHUNK"]
+__all__ = ["AuditConfig", "Effort", "FAST", "first", "DEFAULT_EPS_LINF", "DEFAULT_EPS_L2", "CHUNK", "QUERY_CHUNK"]

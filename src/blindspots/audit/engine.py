@@ -19,7 +19,7 @@ from .analysis import lipschitz_stage, sanity_stage, transfer_stage, units_stage
 from .attacks import adapt, clean_stage, curves_stage, minimal_l2_stage, minimal_linf_stage
 from .bounds import bounds_stage
 from .common import Ctx
-from .config import CHUNK, AuditConfig, first
+from .config import CHUNK, QUERY_CHUNK, AuditConfig, first
 from .models import load_models
 from .runner import AuditRunner
 from .sanity import sanity_lines
@@ -131,8 +131,8 @@ def _facts(config: AuditConfig, models: list[Any], data_id: dict[str, Any], worl
             "normalisation": "none" if config.mean is None else
                              f"attacks.Normalized(model, mean={list(config.mean)}, std={list(config.std or ())}); "
                              "attacks work in the data's own space",
-            "seed": f"{config.seed}; randomness per chunk of {CHUNK} images seeded from (seed, chunk index) only, so "
-                    "any number of processes gives the same numbers",
+            "seed": f"{config.seed}; randomness per chunk of {CHUNK} images ({QUERY_CHUNK} for Square) seeded from "
+                    "(seed, chunk index) only, so any number of processes gives the same numbers",
             "budgets": f"L∞ {list(config.linf_grid)}, L2 {list(config.l2_grid)}; reference ε (transfer, sanity "
                        f"runs) {config.eps_ref:g}",
             "robust_accuracy": f"the verdict: per image and ε, broken when any example of any attack the audit ran "

@@ -71,17 +71,18 @@ class AuditRunner:
         return run_stage(self.stages, self.world, name, inputs,
                                   lambda folder: compute(folder if main else None), collective=collective)
 
-    def map(self, fn: Callable[[int, slice], dict[str, torch.Tensor]], n: int, desc: str) -> dict[str, torch.Tensor]:
-        """parallel.sharded_map over fixed chunks of CHUNK images, announcing chunks done and an ETA on rank 0."""
+    def map(self, fn: Callable[[int, slice], dict[str, torch.Tensor]], n: int, desc: str,
+            chunk: int = CHUNK) -> dict[str, torch.Tensor]:
+        """parallel.sharded_map over fixed chunks of `chunk` images, announcing chunks done and an ETA on rank 0."""
         # a line every 2 s with progress bars on, every 15 s with --no-progress
-        eta = Eta(desc, -(-n // CHUNK), self.announce, unit=" chunks", every_s=2.0 if self.progress else 15.0,
+        eta = Eta(desc, -(-n // chunk), self.announce, unit=" chunks", every_s=2.0 if self.progress else 15.0,
                   indent="    ")
 
         def progress(done: int, total: int) -> None:  # called on rank 0 after each of its chunks
             eta.total = total
             eta.step(done - eta.done)
 
-        return parallel.sharded_map(fn, n, CHUNK, self.world, progress)
+        return parallel.sharded_map(fn, n, chunk, self.world, progress)
 
 
 def save_tensors(folder: Path | None, name: str, tensors: dict[str, torch.Tensor]) -> None:
