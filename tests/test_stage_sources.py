@@ -122,7 +122,8 @@ def test_each_stage_kind_runs_only_its_declared_parts(tmp_path: Path, monkeypatc
     small = Effort(pgd_steps=2, apgd_steps=2, minimal_l2={"steps": 2, "lanes": 1}, lbfgs_images=2, bisect_rounds=1,
                    bisect_steps=2, restarts=1, unit_directions=5, square_queries=10, apgd_targets=1)
     monkeypatch.setattr(audit_runner, "StageRunner", TracingRunner)
-    config = AuditConfig([LoadedModel("fc", sz._load(ref).cpu(), "the Szegedy train stage's")], n=8, out=tmp_path / "audit", eps_linf=(0.1,), eps_l2=(1.0,),
+    config = AuditConfig([LoadedModel("fc", sz._load(ref).cpu(), "the Szegedy train stage's")], n=8,
+                         out=tmp_path / "audit", eps_linf=(0.1,), eps_l2=(1.0,),
                          effort=small, progress=False)
     runner = audit_runner.AuditRunner(config.out, World(), progress=False, **quiet)
     data = load_eval_data("mnist", n=8)
@@ -161,7 +162,8 @@ def test_an_attack_change_re_keys_only_the_stages_that_run_it(tmp_path: Path,
     stages = {"szegedy2014": (SZEGEDY, ("train FC100", "attack FC100", "transfer FC100 -> FC10(1)", "certify FC100",
                                         "units CNN relu3", "bounds CNN", "s4.2 train plain seed 0",
                                         "minimal train 20-20", "minimal exact 20-20")),
-              "goodfellow2015": (GOODFELLOW, ("train maxout s0", "early-stop maxout s0", "fixed ens plain s0", "train logreg37",
+              "goodfellow2015": (GOODFELLOW, ("train maxout s0", "early-stop maxout s0", "fixed ens plain s0",
+                                              "train logreg37",
                                               "fgsm maxout", "ensemble", "transfer", "rubbish")),
               "audit": (AUDIT_STAGE_SOURCES, ("clean-m", "minimal-l2-m", "minimal-linf-m", "curves-m",
                                               "lipschitz-m", "units-m", "sanity-m", "transfer", "bounds-m",

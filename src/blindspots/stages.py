@@ -112,21 +112,33 @@ def _import_closure(package: str, modules: tuple[str, ...], root_text: str) -> f
         base = root.joinpath(*name.split(".")[1:])
         return next((f for f in (base / "__init__.py", base.with_suffix(".py")) if f.is_file()), None)
 
-    def imports(name: str) -> list[tuple[str, str | None]]:
-        """(module, imported name or None for the module itself) of every import statement in module `name`."""
+    trees: dict[str, ast.Module] = {}
+
+    def tree(name: str) -> ast.Module:
+        """Module `name` parsed, once per closure (a package's __init__.py is read for every name imported from it)."""
+        if name not in trees:
+            f = file_of(name)
+            assert f is not None
+            trees[name] = ast.parse(f.read_text(encoding="utf-8"))
+        return trees[name]
+
+    def absolute(name: str, node: ast.ImportFrom) -> str:
+        """The module a `from ... import` statement of module `name` names, relative levels resolved."""
+        if not node.level:
+            return node.module or ""
         f = file_of(name)
         assert f is not None
-        here = name if f.name == "__init__.py" else name.rsplit(".", 1)[0]
+        here = (name if f.name == "__init__.py" else name.rsplit(".", 1)[0]).split(".")
+        return ".".join(here[: len(here) - node.level + 1] + ([node.module] if node.module else []))
+
+    def imports(name: str) -> list[tuple[str, str | None]]:
+        """(module, imported name or None for the module itself) of every import statement in module `name`."""
         out: list[tuple[str, str | None]] = []
-        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+        for node in ast.walk(tree(name)):
             if isinstance(node, ast.Import):
                 out += [(a.name, None) for a in node.names]
             elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    anchor = here.split(".")[: len(here.split(".")) - node.level + 1]
-                    base = ".".join(anchor + ([base] if base else []))
-                out += [(base, a.name) for a in node.names]
+                out += [(absolute(name, node), a.name) for a in node.names]
         return out
 
     def reexports(name: str) -> dict[str, tuple[str, str]]:
@@ -134,12 +146,10 @@ def _import_closure(package: str, modules: tuple[str, ...], root_text: str) -> f
         f = file_of(name)
         if f is None or f.name != "__init__.py":
             return {}
-        tree = ast.parse(f.read_text(encoding="utf-8"))
         out: dict[str, tuple[str, str]] = {}
-        for node in _module_level(tree):
+        for node in _module_level(tree(name)):
             if isinstance(node, ast.ImportFrom) and node.level:
-                base = ".".join(name.split(".")[: len(name.split(".")) - node.level + 1] + ([node.module] if node.module else []))
-                out.update({a.asname or a.name: (base, a.name) for a in node.names if a.name != "*"})
+                out.update({a.asname or a.name: (absolute(name, node), a.name) for a in node.names if a.name != "*"})
         return out
 
     def targets(module: str, name: str | None, depth: int = 0) -> list[str]:

@@ -22,9 +22,10 @@ left to ε; the whole perturbation is then rescaled onto the ε-sphere. Clipping
 each pixel's change, so the kept example stays within ε without a further projection. Concentrated squares cross
 thresholds (e.g. an input quantisation) that the spread-out small steps of gradient attacks stay under.
 
-Randomness comes from CPU generators seeded from `seed`, the ε and the batch only (never the global RNG; one per ε and batch), drawn for
-every image of a batch at every query whether or not it is still active, so a call is reproducible on any device; a
-search stops early once every image of its batch is adversarial (no later draw could change anything).
+Randomness comes from CPU generators seeded from `seed`, the ε and the batch only (never the global RNG; one per ε
+and batch), drawn for every image of a batch at every query whether or not it is still active, so a call is
+reproducible on any device; a search stops early once every image of its batch is adversarial (no later draw could
+change anything).
 """
 
 from __future__ import annotations

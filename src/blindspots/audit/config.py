@@ -136,7 +136,8 @@ class AuditConfig:
                 "mean": None if self.mean is None else list(self.mean),
                 "std": None if self.std is None else list(self.std), "eps_linf": list(self.linf_grid),
                 "eps_l2": list(self.l2_grid), "eps_ref": self.eps_ref, "layer": self.layer, "zoo": list(self.zoo),
-                "seed": self.seed, "device": self.device, "chunk": CHUNK, "query_chunk": QUERY_CHUNK, "effort": asdict(self.effort),
+                "seed": self.seed, "device": self.device, "chunk": CHUNK, "query_chunk": QUERY_CHUNK,
+                "effort": asdict(self.effort),
                 "bpda": list(self.bpda), "fast": self.fast}
 
 

@@ -154,7 +154,8 @@ def _facts(config: AuditConfig, models: list[Any], data_id: dict[str, Any], worl
                       f"certified L∞ radius (bisection up to the best attack's distance) and the exact minimal L∞ "
                       f"(MILP, HiGHS) on the first {first(e.exact_images, data_id['n'])} images of a piecewise-linear "
                       f"model, each image within {e.exact_max_unstable} unstable units (CROWN bounds over the best "
-                      f"attack's ball; IBP's, an upper bound of that count, above the CROWN budget) and {e.exact_time_limit:g} s",
+                      f"attack's ball; IBP's, an upper bound of that count, above the CROWN budget) and "
+                      f"{e.exact_time_limit:g} s",
             "distributions": "over the correctly classified images an attack ran on; a failed attack counts as ∞",
             "sanity_runs": f"first {first(e.sanity_images, data_id['n'])} images; {e.restarts} restarts; Square "
                            f"L∞ at the reference ε and L2 at every L2 ε (on the images the gradient L2 attacks left "

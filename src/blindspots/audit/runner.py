@@ -29,7 +29,8 @@ def chunk_seed(seed: int, chunk: int, salt: int = 0) -> int:
 # followed). A stage that starts from another's results (handed over in memory, not in its key) includes that
 # stage's parts; the verdict reads them all. tests/test_stage_sources.py traces real tiny runs of these kinds.
 _CLEAN = StageSource(modules=("blindspots.audit.attacks",))
-_MINIMAL_L2 = _CLEAN.with_(modules=("blindspots.attacks.lbfgs", "blindspots.attacks.deepfool", "blindspots.attacks.minimal"))
+_MINIMAL_L2 = _CLEAN.with_(modules=("blindspots.attacks.lbfgs", "blindspots.attacks.deepfool",
+                                     "blindspots.attacks.minimal"))
 _MINIMAL_LINF = _CLEAN.with_(modules=("blindspots.attacks.fgsm", "blindspots.attacks.pgd"))
 _CURVES = _MINIMAL_L2.with_(_MINIMAL_LINF)
 _SANITY = _CURVES.with_(modules=("blindspots.audit.analysis", "blindspots.attacks.square"))

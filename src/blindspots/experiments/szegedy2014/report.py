@@ -218,7 +218,8 @@ def _facts_section(results: dict[str, Any]) -> Section:
 
 def terminal_summary(results: dict[str, Any]) -> str:
     """A compact text table for the end of a run: Table 1, ours (paper)."""
-    lines = [f"{'model':<14} {'test err':>16} {'av. min. distortion':>22} {'success':>8}"] if results.get("table1") else []
+    header = f"{'model':<14} {'test err':>16} {'av. min. distortion':>22} {'success':>8}"
+    lines = [header] if results.get("table1") else []
     for name, r in (results.get("table1") or {}).items():
         pt = paper_value("szegedy2014", "table1", name, "test_error")
         pd = paper_value("szegedy2014", "table1", name, "distortion")
