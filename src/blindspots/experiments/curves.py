@@ -133,6 +133,8 @@ def compare_curves(treated: Sequence[Sequence[float]], control: Sequence[Sequenc
     mean_diff = diff.mean(axis=0)
     below_from = None
     for i in range(common - 1, -1, -1):
+        if np.isnan(mean_diff[i]):  # an epoch some curve did not probe (curves probed every few epochs)
+            continue
         if not mean_diff[i] < 0:
             break
         below_from = int(epochs[i])

@@ -249,9 +249,12 @@ def _sgd_epochs(model: nn.Module, params: list[nn.Parameter], x: torch.Tensor, y
                 recipe: Recipe, epochs: int, gen: torch.Generator, device: torch.device,
                 desc: str, progress: bool, loss_fn: Any = None, objective: TrainingObjective | None = None,
                 on_epoch: EpochHook | None = None, resume: dict[str, torch.Tensor] | None = None,
-                on_state: StateHook | None = None, offset: tuple[int, int] = (0, 0)) -> None:
+                on_state: StateHook | None = None, offset: tuple[int, int] = (0, 0),
+                freeze_momentum: bool = False) -> None:
     """SGD epochs. `offset` = (epochs, minibatches) an earlier run already trained this model for: the lr and
-    momentum schedules continue from there (the maxout protocol's continuation on all 60,000 rows)."""
+    momentum schedules continue from there (the maxout protocol's continuation on all 60,000 rows);
+    `freeze_momentum` holds the momentum at the offset epoch's value instead (pylearn2's mnist_pi_continued.yaml
+    starts a fresh Momentum rule at the value the first run had reached, with no MomentumAdjustor)."""
     opt: torch.optim.Optimizer
     if recipe.nesterov:
         opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=True)
@@ -279,7 +282,7 @@ def _sgd_epochs(model: nn.Module, params: list[nn.Parameter], x: torch.Tensor, y
             for group in opt.param_groups:
                 group["lr"] = epoch_lr(recipe, epoch0 + epoch)
         for group in opt.param_groups:
-            group["momentum"] = epoch_momentum(recipe, epoch0 + epoch)
+            group["momentum"] = epoch_momentum(recipe, epoch0 if freeze_momentum else epoch0 + epoch)
         perm = torch.randperm(n, generator=gen).to(device)
         for b, i in enumerate(range(0, n, recipe.batch_size)):
             if per_batch:
@@ -406,14 +409,14 @@ def fit(spec: str | ModelSpec, data: ImageSet, *, seed: int = 0, epochs: int | N
         recipe: Recipe | None = None, objective: TrainingObjective | None = None,
         on_epoch: EpochHook | None = None, resume: dict[str, torch.Tensor] | None = None,
         on_state: StateHook | None = None, init: dict[str, torch.Tensor] | None = None,
-        offset: tuple[int, int] = (0, 0)) -> tuple[nn.Sequential, Recipe]:
+        offset: tuple[int, int] = (0, 0), freeze_momentum: bool = False) -> tuple[nn.Sequential, Recipe]:
     """Train a fresh model of `spec` on `data`; same seed and data give the same weights (on CPU).
 
     `objective` (training.Objective, training.AdversarialPool) replaces the loss J by an adversarial-training or
     noise-control objective built on J (SGD recipes only); `on_epoch(epoch, model)` runs after every SGD epoch
     (returning True stops early); `on_state(epoch, state)` hands out the run's state, `resume=state` continues it;
     `init` starts from these weights instead of a fresh initialisation, with the schedules at `offset` (see
-    `_sgd_epochs`)."""
+    `_sgd_epochs`, and `freeze_momentum` there)."""
     s = parse_spec(spec)
     recipe = recipe or default_recipe(s)
     if epochs is not None:
@@ -448,7 +451,7 @@ def fit(spec: str | ModelSpec, data: ImageSet, *, seed: int = 0, epochs: int | N
         params = [p for p in model.parameters() if p.requires_grad]
         _sgd_epochs(model, params, x, y, recipe, recipe.epochs, gen, device, s.name, progress,
                     loss_fn=training_loss(s), objective=objective, on_epoch=on_epoch, resume=resume,
-                    on_state=on_state, offset=offset)
+                    on_state=on_state, offset=offset, freeze_momentum=freeze_momentum)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
