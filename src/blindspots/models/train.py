@@ -86,13 +86,16 @@ class Recipe:
     init_range: float | None = None  # weights U(−r, r) and biases 0 (None: PyTorch's default initialisation)
     input_dropout_scale: float | None = None  # maxout input dropout: kept pixels × this (None: 1/keep, inverted)
     l1_first: float = 0.0  # c in loss + c·Σ|W| over the first layer's weights (Goodfellow 2015's L1 decay)
+    # how λ enters the loss: "half" (λ/2)·Σ‖W‖² over all weight matrices; "layer_mean" λ·Σ_layers Σw²/k, k the
+    # layer's weight count (the per-layer form of public reproductions of Szegedy et al.)
+    decay_form: str = "half"
 
 
 # Fields added after checkpoints were first stored: left out of recipe_dict (so of the checkpoint-name hash)
 # while at their default, so adding them renamed no existing checkpoint.
 _LATER_FIELDS = ("pretrain_lr", "pretrain_cosine", "pretrain_decay", "lr_decay", "lr_floor", "nesterov",
                  "lr_batch_decay", "momentum_final", "momentum_saturate", "init_range", "input_dropout_scale",
-                 "l1_first")
+                 "l1_first", "decay_form")
 
 
 def original_maxout_recipe(max_epochs: int) -> Recipe:
@@ -201,13 +204,18 @@ def first_layer_weight(model: nn.Module) -> torch.Tensor:
     raise ValueError("the model has no Linear or Conv2d layer")
 
 
-def decay_penalty(model: nn.Module, lam: float) -> torch.Tensor:
-    """(λ/2)·Σ‖W‖² over weight matrices and conv kernels (parameters with ≥ 2 dims, not biases)."""
-    terms = [p.square().sum() for name, p in model.named_parameters() if p.requires_grad and p.dim() >= 2
-             and not name.endswith(("centers", "log_beta"))]
-    if not terms or lam == 0:
+def decay_penalty(model: nn.Module, lam: float, form: str = "half") -> torch.Tensor:
+    """(λ/2)·Σ‖W‖² over weight matrices and conv kernels (parameters with ≥ 2 dims, not biases); form
+    "layer_mean": λ·Σ over those layers of the mean squared weight (λ·Σw²/k)."""
+    if form not in ("half", "layer_mean"):
+        raise ValueError(f"unknown weight-decay form {form!r}; choose 'half' or 'layer_mean'.")
+    weights = [p for name, p in model.named_parameters() if p.requires_grad and p.dim() >= 2
+               and not name.endswith(("centers", "log_beta"))]
+    if not weights or lam == 0:
         return torch.zeros(())
-    return 0.5 * lam * torch.stack(terms).sum()
+    if form == "layer_mean":
+        return lam * torch.stack([w.square().mean() for w in weights]).sum()
+    return 0.5 * lam * torch.stack([w.square().sum() for w in weights]).sum()
 
 
 def epoch_lr(recipe: Recipe, epoch: int) -> float:
@@ -296,7 +304,7 @@ def _sgd_epochs(model: nn.Module, params: list[nn.Parameter], x: torch.Tensor, y
             else:
                 loss = objective.loss(model, xb, yb, loss_fn, gen)
             if decay:
-                loss = loss + decay_penalty(model, decay).to(device)
+                loss = loss + decay_penalty(model, decay, recipe.decay_form).to(device)
             if recipe.l1_first:
                 loss = loss + recipe.l1_first * first_layer_weight(model).abs().sum()
             loss.backward()
@@ -343,7 +351,7 @@ def _lbfgs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, d
 
     def closure() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y) + decay_penalty(model, recipe.weight_decay).to(device)
+        loss = F.cross_entropy(model(x), y) + decay_penalty(model, recipe.weight_decay, recipe.decay_form).to(device)
         loss.backward()
         bar.update(1)
         return loss
