@@ -41,6 +41,24 @@ def test_adversarial_training_lowers_fgsm_error(run: tuple[Path, dict]) -> None:
         assert results["fgsm"][key]["at_0.25"]["error"] > adv, key
 
 
+def test_mcnemar_per_seed_from_the_saved_predictions(run: tuple[Path, dict]) -> None:
+    """Each seed's second-phase stages saved every test image's clean and FGSM label; McNemar per seed counts
+    the images only one arm gets wrong, and their difference is the two arms' error difference on 10,000 images."""
+    _, results = run
+    paired = results["paired_tests"]["maxout_adv"]
+    seeds = {str(r["seed"]): r for r in results["seeds"]["maxout_adv"]}
+    plain = {str(r["seed"]): r for r in results["seeds"]["maxout"]}
+    assert sorted(paired) == sorted(seeds) and len(paired) == results["profile"]["seeds"]
+    for seed, tests in paired.items():
+        for kind, err in (("clean", "test_error_all"), ("fgsm", "fgsm_error_all")):
+            m = tests[kind]
+            diff = m["only_treated_wrong"] - m["only_control_wrong"]
+            assert diff == round(10_000 * (seeds[seed][err] - plain[seed][err])), (seed, kind)
+            assert 0 < m["p"] <= 1
+        assert seeds[seed]["test_error_all"] == pytest.approx(seeds[seed]["test_error"], abs=1e-6)
+    assert results["findings"]["curve_verdicts"]["maxout_adv"]["mcnemar"] == {s: v["clean"] for s, v in paired.items()}
+
+
 def test_every_experiment_is_in_all_three_files(run: tuple[Path, dict]) -> None:
     out, results = run
     md, page = (out / "report.md").read_text(), (out / "report.html").read_text()

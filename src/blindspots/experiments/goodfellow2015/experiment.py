@@ -23,12 +23,12 @@ from . import figures
 from .common import LOGREG, LOGREG_LABEL, PAPER, logreg_data, nets
 from .ensemble_l1 import FixedStages
 from .fgsm import FgsmStages
-from .findings import facts, findings
+from .findings import COMPARISONS, facts, findings
 from .logreg import LogregStages
 from .profiles import Profile
 from .report import build_report
 from .rubbish import RubbishStages
-from .training import TrainingStages, split_rows
+from .training import TrainingStages, paired_tests, split_rows
 from ...report.document import write_report
 from ...stages import StageSource
 
@@ -107,11 +107,13 @@ class Goodfellow2015(TrainingStages, LogregStages, FgsmStages, FixedStages, Rubb
         attacks = {k: v[0] for k, v in self.attacks.items()}
         curves = {k: [{"seed": r["seed"], "early_stop": r["early_stop"], "retrain": r["curve"]} for r in v]
                   for k, v in runs.items() if "early_stop" in v[0]}
+        paired = paired_tests(runs, COMPARISONS)
         results = {
             "experiment": PAPER, "profile": asdict(self.profile), "seed": self.seed,
             "models": self.models, "seeds": {k: [_strip(r) for r in v] for k, v in runs.items()}, "curves": curves,
             "fgsm": attacks, "transfer": transfer, "rubbish": rubbish, "ensemble": ensemble, "l1_decay": l1,
-            "findings": findings(self.models, attacks, transfer, rubbish, curves, ensemble, l1),
+            "paired_tests": paired,
+            "findings": findings(self.models, attacks, transfer, rubbish, curves, ensemble, l1, paired),
             "figures": fig_paths, "stages": [asdict(r) for r in self.runner.log],
             "facts": facts(self.profile, self.seed, self.device),
             "wall_time_s": {k: round(v, 2) for k, v in self.timings.items()},

@@ -180,6 +180,10 @@ def _verdict_sentence(label: str, v: dict[str, Any]) -> str:
     interval = "n/a (one seed)" if ci is None else f"[{num(100 * ci[0], '+.2f')}, {num(100 * ci[1], '+.2f')}] points"
     when = ("never below the plain net's on the epochs both ran" if v["below_from_epoch"] is None else
             f"below the plain net's from retraining epoch {v['below_from_epoch']} on (of {v['common_epochs']} both ran)")
+    paired = v.get("mcnemar")
+    mcnemar = ("" if not paired else " McNemar on the 10,000 test images, per seed: " + "; ".join(
+        f"seed {s}: {m['only_treated_wrong']} images only it gets wrong against {m['only_control_wrong']} only the "
+        f"plain net gets wrong, p = {num(m['p'], '.3f')}" for s, m in paired.items()) + ".")
     return (f"{label}: final clean test error {span(v['adv_final'], '.2%')} against {span(v['plain_final'], '.2%')} "
             f"for plain training over {v['n']} seed(s); the difference (adversarial − plain) is "
             f"{num(100 * v['mean_difference'], '+.2f')} points, 95% t-interval {interval}; "
@@ -189,7 +193,8 @@ def _verdict_sentence(label: str, v: dict[str, Any]) -> str:
                "Adversarial training ends below plain training in clean error here, as in the paper."
                if v["ends_below"] and ci[1] < 0 else
                "Adversarial training ends below on average, but the interval includes no difference."
-               if v["ends_below"] else "The paper's direction (adversarial below plain) does not reproduce here."))
+               if v["ends_below"] else "The paper's direction (adversarial below plain) does not reproduce here.")
+            + mcnemar)
 
 
 def _sec_learning(results: dict[str, Any]) -> Section:

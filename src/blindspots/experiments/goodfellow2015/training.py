@@ -31,7 +31,7 @@ from ...attacks import Misclassification, fgsm
 from ...models import build_model, error_rate, predict, train
 from ...models.train import Recipe, fit, recipe_dict, training_loss
 from ...training.adversarial import Objective
-from ..curves import CurveProbe, clean_error, fgsm_error
+from ..curves import CurveProbe, clean_error, fgsm_error, mcnemar
 from .common import EPSILON, Net, Stages, protocol_recipe
 from .profiles import TRAIN_ROWS, Profile
 
@@ -238,6 +238,33 @@ def test_predictions(model: nn.Module) -> tuple[Tensor, Tensor]:
     device = next(model.parameters()).device
     res = fgsm(model, test.images.to(device), Misclassification(test.labels.to(device)), [EPSILON])
     return predict(model, test.images).to(torch.uint8), res.pred[0].cpu().to(torch.uint8)
+
+
+def paired_tests(runs: dict[str, list[dict[str, Any]]], pairs: tuple[tuple[str, str], ...]
+                 ) -> dict[str, dict[str, dict[str, Any]]]:
+    """McNemar per seed between each (treated, control) pair of protocol nets, on the clean and the FGSM test
+    predictions their second-phase stages saved ({treated: {seed: {"clean": …, "fgsm": …}}}); seeds whose stages
+    saved no predictions (made by older code) are left out."""
+    labels = load_mnist("test").labels.to(torch.uint8)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for treated, control in pairs:
+        by_seed = {r["seed"]: r for r in runs.get(control, []) if "predictions_sha256" in r}
+        for r in runs.get(treated, []):
+            c = by_seed.get(r["seed"])
+            if c is None or "predictions_sha256" not in r:
+                continue
+            a, b = _predictions(r), _predictions(c)
+            out.setdefault(treated, {})[str(r["seed"])] = {
+                kind: mcnemar(b[kind] != labels, a[kind] != labels) for kind in ("clean", "fgsm")}
+    return out
+
+
+def _predictions(run: dict[str, Any]) -> dict[str, Tensor]:
+    """A second-phase stage's saved test predictions, checked against the hash the stage recorded."""
+    path = Path(run["checkpoint"]).parent / "predictions.safetensors"
+    if file_digest(path, "sha256") != run["predictions_sha256"]:
+        raise CheckpointError(f"{path} does not match the hash its stage recorded; delete {path.parent}.")
+    return load_file(str(path))
 
 
 def curve_summary(curve: dict[str, list[Any]]) -> dict[str, Any]:
