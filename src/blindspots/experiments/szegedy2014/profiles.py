@@ -158,7 +158,7 @@ class Profile:
             "minimal": f"exact minima on {m.n_images} images per net ({', '.join(m.nets)})"}
         sections = "; ".join(text for part, text in parts.items() if part in self.parts)
         if "tables" not in self.parts:
-            return f"{data}; {sections} (Tables 1-3 not run)"
+            return f"{sections} (Tables 1-3 not run)"
         return f"{data}, {attacked}" + (f"; {sections}" if sections else "")
 
 
