@@ -5,7 +5,7 @@ No size is looked up by a profile's name, so `--set` reaches every one of them."
 
 from __future__ import annotations
 
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import ClassVar, TypedDict
 
 from ...errors import SpecError
@@ -162,6 +162,15 @@ class Profile:
         return f"{data}, {attacked}" + (f"; {sections}" if sections else "")
 
 
+# full-data CNN and FC nets, 100 directions over all 10,000 test images, 100 CNN pairs; §4.2 the whole ablation on 20,000
+# images for 20 epochs, two seeds, curves every 2 epochs
+_STANDARD = Profile(
+    "standard", train_subset=None, n_attack=500, lbfgs={},
+    sections=SectionSizes("standard", train_subset=None, epochs=None, cnn_train_subset=None, cnn_epochs=None,
+                          unit_images=None, n_directions=100, n_pairs=100, lbfgs={"search_steps": 6}),
+    s42=PoolSizes("standard", train_subset=20_000, epochs=20, seeds=2, n_robust=200, curve_every=2, curve_images=50),
+    minimal=MinimalSizes(("20-20",), n_images=8, time_limit=15.0, l2_images=3, l2_time_limit=20.0))
+
 PROFILES: dict[str, Profile] = {
     # CI-sized: small subsets, 20 directions, 30 pairs; §4.2 weight decay alone vs all layers' pools on 5,000 images,
     # curves every 5 epochs
@@ -173,23 +182,9 @@ PROFILES: dict[str, Profile] = {
         s42=PoolSizes("quick", train_subset=5000, epochs=10, seeds=1, arms=(PLAIN, POOLED), n_robust=50,
                       lbfgs={"search_steps": 4, "max_iter": 50}, curve_every=5, curve_images=30),
         minimal=MinimalSizes(("20-20",), n_images=4, time_limit=120.0)),
-    # full-data CNN and FC nets, 100 directions over all 10,000 test images, 100 CNN pairs; §4.2 the whole ablation on
-    # 20,000 images for 20 epochs, two seeds, curves every 2 epochs
-    "standard": Profile(
-        "standard", train_subset=None, n_attack=500, lbfgs={},
-        sections=SectionSizes("standard", train_subset=None, epochs=None, cnn_train_subset=None, cnn_epochs=None,
-                              unit_images=None, n_directions=100, n_pairs=100, lbfgs={"search_steps": 6}),
-        s42=PoolSizes("standard", train_subset=20_000, epochs=20, seeds=2, n_robust=200, curve_every=2,
-                      curve_images=50),
-        minimal=MinimalSizes(("20-20",), n_images=8, time_limit=15.0, l2_images=3, l2_time_limit=20.0)),
+    "standard": _STANDARD,
     # standard with every correctly classified test image attacked (its §4.2 sizes keep standard's name)
-    "full": Profile(
-        "full", train_subset=None, n_attack=10_000, lbfgs={},
-        sections=SectionSizes("full", train_subset=None, epochs=None, cnn_train_subset=None, cnn_epochs=None,
-                              unit_images=None, n_directions=100, n_pairs=100, lbfgs={"search_steps": 6}),
-        s42=PoolSizes("standard", train_subset=20_000, epochs=20, seeds=2, n_robust=200, curve_every=2,
-                      curve_images=50),
-        minimal=MinimalSizes(("20-20",), n_images=8, time_limit=15.0, l2_images=3, l2_time_limit=20.0)),
+    "full": replace(_STANDARD, name="full", n_attack=10_000, sections=replace(_STANDARD.sections, name="full")),
     # the paper's scale (hours on 2 cores): all 60,000 training images, every correctly classified test image attacked;
     # §3 every unit of each analysed layer (100 wide) over all 10,000 test images, §4.3 1,000 CNN pairs attacked with
     # the full L-BFGS search (the Table 1 models' pairs are every correctly classified test image); §4.2 the paper's
