@@ -5,9 +5,11 @@ the fields, and `reproduce --help` listing every profile. No training: these bui
 from __future__ import annotations
 
 import inspect
+import re
+from collections.abc import Mapping
 from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Literal, get_type_hints
 
 import pytest
 
@@ -16,7 +18,7 @@ from blindspots.cli import build_parser, main
 from blindspots.cli.reproduce import _overrides
 from blindspots.errors import SpecError
 from blindspots.experiments.goodfellow2015 import PROFILES as GF
-from blindspots.experiments.overrides import pick_profile
+from blindspots.experiments.overrides import parse_value, pick_profile
 from blindspots.experiments.szegedy2014 import PROFILES as SZ
 from blindspots.experiments.szegedy2014.findings import facts
 from blindspots.experiments.szegedy2014.profiles import LbfgsOptions
@@ -158,3 +160,24 @@ def test_a_bad_set_stops_the_command_before_any_work(tmp_path: Path, capsys: pyt
     err = capsys.readouterr().err
     assert code == 2 and "--set lbfgs.search_steps=two: expected an integer" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("text,kind,value", [
+    ("3", int, 3), (" 2.5 ", float, 2.5), ("1e-3", float, 1e-3), ("No", bool, False), ("x y", str, "x y"),
+    ("none", int | None, None), ("4", int | None, 4), ("a=1,b=2.5,c=ce,d=none", dict[str, Any],
+                                                     {"a": 1, "b": 2.5, "c": "ce", "d": None}),
+    ("a=1, b=2", Mapping[str, int], {"a": 1, "b": 2}), ("1,2", tuple[int, ...], (1, 2)), ("", tuple[str, ...], ()),
+    ("1,x", tuple[int, str], (1, "x")), ("b", Literal["a", "b"], "b")])
+def test_parse_value_reads_each_type(text: str, kind: Any, value: Any) -> None:
+    got = parse_value(text, kind, "f")
+    assert got == value and type(got) is type(value)
+
+
+@pytest.mark.parametrize("text,kind,expected", [
+    ("3.0", int, "an integer"), ("x", float, "a number"), ("2", bool, "true or false"),
+    ("c", Literal["a", "b"], "one of a, b"),
+    ("1", tuple[int, str], "a comma-separated list of an integer, text"), ("a:1", dict[str, int], "KEY=VALUE pairs"),
+    ("a=x", dict[str, int], "--set f.a=x: expected an integer")])
+def test_parse_value_refuses_what_does_not_fit(text: str, kind: Any, expected: str) -> None:
+    with pytest.raises(SpecError, match=re.escape(expected)):
+        parse_value(text, kind, "f")

@@ -125,20 +125,16 @@ def parse_value(text: str, kind: Any, key: str) -> Any:
 
 def _mapping(t: str, kind: Any, key: str) -> dict[str, Any]:
     """KEY=VALUE pairs separated by commas: each value read as the TypedDict's type for its key (Any elsewhere)."""
-    if typing.is_typeddict(kind):
-        types_ = get_type_hints(kind)
-    else:
-        value_type = get_args(kind)[1] if len(get_args(kind)) == 2 else Any
+    options = get_type_hints(kind) if typing.is_typeddict(kind) else None
+    value_type = get_args(kind)[1] if len(get_args(kind)) == 2 else Any
     out: dict[str, Any] = {}
     for item in (v.strip() for v in t.split(",") if v.strip()):
         name, sep, value = (s.strip() for s in item.partition("="))
         if not sep or not name:
             raise ValueError(item)
-        if typing.is_typeddict(kind):
-            if name not in types_:
-                raise SpecError(f"--set {key}=…: no option {name!r}; options: {', '.join(types_)}.")
-            value_type = types_[name]
-        out[name] = parse_value(value, value_type, f"{key}.{name}")
+        if options is not None and name not in options:
+            raise SpecError(f"--set {key}=…: no option {name!r}; options: {', '.join(options)}.")
+        out[name] = parse_value(value, value_type if options is None else options[name], f"{key}.{name}")
     return out
 
 
