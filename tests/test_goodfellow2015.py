@@ -15,7 +15,7 @@ from blindspots.attacks import Misclassification, load_adversarial
 from blindspots.experiments.goodfellow2015 import (LOGREG, NETS, PROFILES, build_report, predict_confidence, reproduce,
                                                    terminal_summary)
 from blindspots.io import file_digest
-from blindspots.experiments.stages import recorded_path
+from blindspots.experiments.paths import recorded_path
 from blindspots.models import build_model, load_model
 from blindspots.report.document import to_markdown
 from blindspots.models.zoo import BinaryLogistic, TwoClassLogits

@@ -47,7 +47,7 @@ def test_committed_results_name_no_folder_of_the_machine_that_made_them(folder: 
 def test_run_results_record_checkpoints_relative_to_the_run_or_the_store(tmp_path: Path) -> None:
     """portable_paths writes a checkpoint under the run folder relative to it and one in the model store under
     $BLINDSPOTS_HOME/; recorded_path reads each back to the same file; the stage results it reads are not changed."""
-    from blindspots.experiments.stages import portable_paths, recorded_path
+    from blindspots.experiments.paths import portable_paths, recorded_path
     from blindspots.io import home
 
     run, store = tmp_path / "run", home() / "models" / "FC10__s0.safetensors"

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from ...data import load_mnist
 from ...io import write_json_atomic
 from ...models.zoo import TwoClassLogits
+from ..paths import portable_paths
 from ..stages import Experiment
 from . import figures
 from .common import LOGREG, LOGREG_LABEL, PAPER, logreg_data, nets

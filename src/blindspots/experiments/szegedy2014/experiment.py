@@ -30,7 +30,8 @@ from ...parallel import World
 from ...progress import eta_loop
 from ...report.document import Section, write_report
 from ...stages import StageSource
-from ..stages import Experiment, portable_paths
+from ..paths import portable_paths
+from ..stages import Experiment
 from .adv_training import adversarial_training_section
 from .common import SPECTRAL_MODELS
 from .findings import facts
