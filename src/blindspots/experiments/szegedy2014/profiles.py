@@ -162,8 +162,8 @@ class Profile:
         return f"{data}, {attacked}" + (f"; {sections}" if sections else "")
 
 
-# full-data CNN and FC nets, 100 directions over all 10,000 test images, 100 CNN pairs; §4.2 the whole ablation on 20,000
-# images for 20 epochs, two seeds, curves every 2 epochs
+# full-data CNN and FC nets, 100 directions over all 10,000 test images, 100 CNN pairs; §4.2 the whole ablation on
+# 20,000 images for 20 epochs, two seeds, curves every 2 epochs
 _STANDARD = Profile(
     "standard", train_subset=None, n_attack=500, lbfgs={},
     sections=SectionSizes("standard", train_subset=None, epochs=None, cnn_train_subset=None, cnn_epochs=None,
