@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from ...data import load_mnist
 from ...io import write_json_atomic
 from ...models.zoo import TwoClassLogits
+from ..paths import portable_paths
 from ..stages import Experiment
 from . import figures
 from .common import LOGREG, LOGREG_LABEL, PAPER, logreg_data, nets
@@ -119,6 +120,7 @@ class Goodfellow2015(TrainingStages, LogregStages, FgsmStages, FixedStages, Rubb
             "wall_time_s": {k: round(v, 2) for k, v in self.timings.items()},
         }
         results["wall_time_s"]["total"] = round(time.perf_counter() - t_start, 2)
+        results = portable_paths(results, self.out)  # checkpoints relative to the run folder or the model store
         write_json_atomic(self.out / "results.json", results, sort_keys=False)  # the report reads it in run order
         write_report(build_report(results), self.out)
         return results
