@@ -4,11 +4,12 @@ criterion's `is_adversarial`, an argmax of the logits), never a logit's value no
 gradient masking and needs no graph from the output to the input.
 
 Per image (the paper's Algorithm 2, with its geometric-progression step size), d pixels, x* the clean image:
-1. A start: the caller's `starts` where they are adversarial (e.g. images of the target class, for a targeted
-   criterion); else uniform noise in the bounds, drawn until the model's label says adversarial (at most INIT_TRIES
-   draws), as the authors' code does; else (a model that labels all noise alike, common on MNIST) the nearest other
-   image of the batch whose clean top-1 label meets this image's criterion (Foolbox's dataset start). The start is
-   then blended towards x* by bisection on the blend weight (to width BLEND_TOL), as the authors' code does.
+1. A start: uniform noise in the bounds, drawn until the model's label says adversarial (at most INIT_TRIES draws),
+   the paper's start; the caller's `starts` instead where adversarial (e.g. images of the target class); else the
+   nearest other image of the batch whose clean top-1 label meets the image's criterion (Foolbox's dataset start: a
+   model may label all noise alike, as a small MNIST net labels it "2"). The start is then blended towards x* by
+   bisection on the blend weight (to width BLEND_TOL), as the authors' code does. (Taking the nearest of the blended
+   candidates instead was measured no better: median L2 1.45× minimal-l2's either way, 100 digits, 2,000 queries.)
 2. A binary search between x* and the start to the boundary, to precision θ = γ/d^{3/2} (L2, on the blend weight) or
    min(θ·dist, θ·(hi − lo)) with θ = γ/d² (L∞, on the L∞ radius of a box around x*): its adversarial end is x_t.
 3. For t = 1 … steps: δ_t = 0.1·(hi − lo) at t = 1, else √d·θ·d_{t−1} (L2) or d·θ·d_{t−1} (L∞), d_{t−1} the L_p distance
@@ -102,27 +103,42 @@ def boundary(oracle: Oracle, x: Tensor, p: Tensor, idx: Tensor, norm: str, theta
 
 
 def _nearest_other(pool: Tensor, labels: Tensor, crit: Criterion, x: Tensor, idx: Tensor) -> Tensor:
-    """Per image, the index into `pool` of the nearest (L2) pool image whose clean top-1 label meets its criterion
-    (−1: none): the images' own labels, already known, so no query."""
-    out = torch.full_like(idx, -1)
-    for k in range(len(idx)):  # one image at a time: no [images, pool] matrix
-        meets = crit.subset(idx[k:k + 1].expand(len(labels))).is_adversarial(labels)
-        if bool(meets.any()):
-            far = (pool - x[k]).flatten(1).double().norm(dim=1).masked_fill_(~meets, math.inf)
-            out[k] = far.argmin()
+    """Per image, the index into `pool` of the nearest (L2) pool image whose clean top-1 label (one-hot `labels`)
+    meets its criterion (−1: none): labels already known, so no query."""
+    out, p = torch.full_like(idx, -1), pool.shape[0]
+    for s in range(0, len(idx), 64):  # 64 images at a time: no [images, pool] matrix
+        k = idx[s:s + 64]
+        meets = crit.subset(k.repeat_interleave(p)).is_adversarial(labels.repeat(len(k), 1)).view(len(k), p)
+        far = torch.cdist(x[s:s + 64].flatten(1).double(), pool.flatten(1).double()).masked_fill_(~meets, math.inf)
+        near = far.argmin(dim=1)
+        out[s:s + 64] = torch.where(torch.isfinite(far.gather(1, near[:, None]).squeeze(1)), near, -1)
     return out
+
+
+def _blend(oracle: Oracle, x: Tensor, s: Tensor, idx: Tensor) -> Tensor:
+    """(1 − w)·x + w·s at the smallest blend weight w found adversarial by bisection (s itself is adversarial)."""
+    w_lo = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    w_hi = torch.ones_like(w_lo)
+    while True:
+        go = ((w_hi - w_lo > BLEND_TOL) & (oracle.left(idx) > 0)).nonzero().flatten()
+        if not go.numel():
+            break
+        mid = (w_lo[go] + w_hi[go]) / 2
+        ok = oracle(project(x[go], s[go], mid, "l2"), idx[go])
+        w_hi[go] = torch.where(ok, mid, w_hi[go])
+        w_lo[go] = torch.where(ok, w_lo[go], mid)
+    return torch.where(_view(w_hi == 1, x).bool(), s, project(x, s, w_hi, "l2"))
 
 
 def _start(oracle: Oracle, x: Tensor, idx: Tensor, gens: list[torch.Generator], starts: Tensor | None,
            bounds: Bounds, pool: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """(start, found) per image: an adversarial point ((1 − w)·s + w·x at the smallest w found), from the caller's
-    starts, uniform noise, or the nearest other image of the batch `pool` that meets the criterion by its clean
-    top-1 label (one-hot `labels`)."""
+    """(start, found) per image, blended towards x: the caller's start where adversarial, else uniform noise, else the
+    nearest image of the batch `pool` whose clean top-1 label (one-hot `labels`) meets the image's criterion."""
     lo, hi = bounds
-    noise, found = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    point, found = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     if starts is not None:
         found = oracle(starts, idx)
-        noise[found] = starts[found]
+        point[found] = starts[found]
     for _ in range(INIT_TRIES):
         go = (~found & (oracle.left(idx) > 0)).nonzero().flatten()
         if not go.numel():
@@ -130,25 +146,17 @@ def _start(oracle: Oracle, x: Tensor, idx: Tensor, gens: list[torch.Generator], 
         draw = torch.stack([torch.rand(x.shape[1:], generator=gens[i]) for i in idx[go].tolist()]).to(x)
         draw = draw * (hi - lo) + lo
         ok = oracle(draw, idx[go])
-        noise[go[ok]], found[go[ok]] = draw[ok], True
+        point[go[ok]], found[go[ok]] = draw[ok], True
     go = (~found & (oracle.left(idx) > 0)).nonzero().flatten()
     if go.numel():
         other = _nearest_other(pool, labels, oracle.criterion, x[go], idx[go])
-        go = go[other >= 0]
+        go, other = go[other >= 0], other[other >= 0]
         if go.numel():
-            ok = oracle(pool[other[other >= 0]], idx[go])  # re-checked: a fresh decision for this image
-            noise[go[ok]], found[go[ok]] = pool[other[other >= 0]][ok], True
-    w_lo = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-    w_hi = torch.ones_like(w_lo)
-    while True:
-        go = (found & (w_hi - w_lo > BLEND_TOL) & (oracle.left(idx) > 0)).nonzero().flatten()
-        if not go.numel():
-            break
-        mid = (w_lo[go] + w_hi[go]) / 2
-        ok = oracle(project(x[go], noise[go], mid, "l2"), idx[go])
-        w_hi[go] = torch.where(ok, mid, w_hi[go])
-        w_lo[go] = torch.where(ok, w_lo[go], mid)
-    return torch.where(_view(w_hi == 1, x).bool(), noise, project(x, noise, w_hi, "l2")), found
+            ok = oracle(pool[other], idx[go])  # a fresh decision for this image
+            point[go[ok]], found[go[ok]] = pool[other[ok]], True
+    go = found.nonzero().flatten()
+    point[go] = _blend(oracle, x[go], point[go], idx[go])
+    return point, found
 
 
 def estimate(oracle: Oracle, xt: Tensor, idx: Tensor, delta: Tensor, count: int, gens: list[torch.Generator],
