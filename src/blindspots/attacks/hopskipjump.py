@@ -20,6 +20,9 @@ Per image (the paper's Algorithm 2, with its geometric-progression step size), d
    binary search from x* back to the boundary gives the next x_t.
 Every x_t is an adversarial end of a binary search, so each was decided adversarial; the one nearest x* is kept.
 
+γ (`gamma`) is the paper's 1 by default; a larger γ probes the boundary farther out (δ and the binary search's precision
+both scale with it), which an input quantised by the model needs (the audit uses γ = 300 in L2 there).
+
 Budget: `max_queries` decisions per image, counted per image (extras["queries"]). An image is not estimated again once
 its budget cannot pay for B_t decisions; a step-size or binary search stops where the budget runs out, keeping its
 adversarial end. Images the model already misclassifies (by the clean top-1 label) are returned as they are, for no
