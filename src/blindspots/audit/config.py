@@ -43,6 +43,9 @@ class Effort:
     restarts: int = 5
     square_queries: int = 1000  # the gradient-free check's query budget per image and ε (Square attack, L∞ and L2)
     square_queries_masked: int = 5000  # ... where the gradient probe finds masking (AutoAttack's Square budget)
+    hsj_images: int = 20  # HopSkipJump (decision-based minimal L2 and L∞) as a check on the first images, with
+    hsj_queries: int = 2000  # ... this many queries per image and norm;
+    hsj_queries_unusable: int = 5000  # on every image, with this many, where the probe finds the gradients unusable
     units_images: int = 1000
     unit_directions: int = 100
     unit_k: int = 8
