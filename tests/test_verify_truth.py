@@ -120,3 +120,22 @@ def test_time_limit_keeps_the_certified_radius_as_lower_bound() -> None:
     true = truth(net, x, y, "linf")
     assert bool((r.lower >= r.radius).all() and (r.radius > 0).all() and (r.lower <= true).all())
     assert bool((r.upper >= true).all())
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_nudge_crosses_the_tie_with_a_pinned_coordinate(norm: str) -> None:
+    """A point 1e-9 logits on the label's side of a tie, its steepest coordinate pinned at the box's side: the nudge
+    moves the other coordinate, by about 1e-9, onto the adversarial side (the forward pass needs no tolerance)."""
+    from blindspots.verify.network import network
+    from blindspots.verify.polish import margin, nudge
+
+    lin = torch.nn.Linear(2, 2)
+    with torch.no_grad():  # logit_1 − logit_0 = 2·x0 + x1 − 2.5
+        lin.weight.copy_(torch.tensor([[0.0, 0.0], [2.0, 1.0]]))
+        lin.bias.copy_(torch.tensor([0.0, -2.5]))
+    net = network(torch.nn.Sequential(lin), (2,))
+    point = torch.tensor([1.0, 0.5 - 1e-9], dtype=torch.float64)
+    assert margin(net, point, 0) > 0
+    moved = nudge(net, point.clone(), 0, point, norm, (0.0, 1.0))
+    assert margin(net, moved, 0) <= 0 and float(moved[0]) == 1.0
+    assert 0 < float(moved[1] - point[1]) < 1e-8

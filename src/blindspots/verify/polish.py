@@ -21,7 +21,7 @@ from torch import Tensor
 from .milp import INF, Program
 from .network import Activation, Affine, MaxPieces, Network
 
-NUDGE_STEPS = 4
+NUDGE_STEPS = 8
 
 
 def margin(net: Network, x: Tensor, y: int) -> float:
@@ -115,14 +115,18 @@ def nudge(net: Network, x: Tensor, y: int, point: Tensor, norm: str, bounds: tup
             j = int(torch.cat([logits[:y], torch.full((1,), -math.inf), logits[y + 1:]]).argmax())
             (grad,) = torch.autograd.grad(logits[y] - logits[j], z)
         step = m * (1 + 1e-9) + 1e-15 * (1 + float(logits.detach().abs().max()))
+        # only coordinates that can move against the gradient (not pinned at the box's side) count
+        grad = grad * (((grad > 0) & (cand > bounds[0])) | ((grad < 0) & (cand < bounds[1])))
+        if not bool((grad != 0).any()):
+            return cand
         if norm == "l2":
-            delta = -step * grad / max(float(grad.pow(2).sum()), 1e-300)
+            delta = -step * grad / float(grad.pow(2).sum())
         elif norm == "linf":
-            delta = -step * grad.sign() / max(float(grad.abs().sum()), 1e-300)
+            delta = -step * grad.sign() / float(grad.abs().sum())
         else:
             k = int(grad.abs().flatten().argmax())
             delta = torch.zeros_like(cand).flatten()
-            delta[k] = -step / float(grad.flatten()[k]) if float(grad.flatten()[k]) != 0 else 0.0
+            delta[k] = -step / float(grad.flatten()[k])
             delta = delta.reshape(cand.shape)
         cand = (cand + delta).clamp(*bounds)
     return cand
