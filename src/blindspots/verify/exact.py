@@ -341,7 +341,8 @@ def exact_minimal(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf",
         rows.append((a, pruned, r, time.perf_counter() - t0))
     f64 = dict(dtype=torch.float64)
     return ExactResult(norm, torch.tensor([a.value for a, *_ in rows], **f64),
-                       torch.tensor([a.lower for a, *_ in rows], **f64), torch.tensor([a.upper for a, *_ in rows], **f64),
+                       torch.tensor([a.lower for a, *_ in rows], **f64),
+                       torch.tensor([a.upper for a, *_ in rows], **f64),
                        [a.status for a, *_ in rows], torch.stack([a.x_adv for a, *_ in rows]),
                        torch.tensor([t for *_, t in rows], **f64), torch.tensor([p for _, p, _, _ in rows]),
                        torch.tensor([r for _, _, r, _ in rows], **f64), ["; ".join(a.flags) for a, *_ in rows])
