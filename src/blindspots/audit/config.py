@@ -54,6 +54,7 @@ class Effort:
     exact_images: int = 20  # exact minimal L∞ (MILP) on the first images only, each within the two budgets below:
     exact_max_unstable: int = 100  # unstable ReLUs / max units over the best attack's ball (the program's binaries)
     exact_time_limit: float = 20.0  # seconds per image; past it the proven bounds are reported, not a value
+    exact_check_images: int = 2  # of those, solved a second time without the certified-radius cut (FLAG if they differ)
 
 
 FAST = {"lbfgs_images": 100, "bisect_images": 200, "sanity_images": 100}  # --fast: these attacks on the first images

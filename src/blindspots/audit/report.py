@@ -224,7 +224,10 @@ def _bounds(results: dict[str, Any]) -> Section:
                                                             f"max {_n(solve['max'], '.3g')} s" if solve else "")
             + f". {'PASS' if x['violations'] == 0 else 'FLAG'}: certified radius ≤ exact ≤ best attack on all "
             f"{x['checked']} images with an exact value" + ("" if x["violations"] == 0 else
-                                                          f" except {x['violations']} — a bound or solver bug") + ".")
+                                                          f" except {x['violations']} — a bound or solver bug")
+            + (f" (first: {next(f for f in x['flags'] if f)})" if any(x.get("flags", [])) else "")
+            + (f"; {x['checked_without_cut']} images re-solved without the radius cut" if x.get("checked_without_cut")
+               else "") + ".")
         rows = [[a, str(g["images"]), _ratio(g["median"]), _ratio(g["worst"])] for a, g in x["gap"].items()]
         tables.append(Table(["attack", "images", "median L∞ / exact", "worst"], rows,
                             f"{name}: each L∞ attack's distortion over the exact minimum", fmt="str"))
