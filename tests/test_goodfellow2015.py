@@ -55,7 +55,7 @@ def test_mcnemar_per_seed_from_the_saved_predictions(run: tuple[Path, dict]) -> 
             m = tests[kind]
             diff = m["only_treated_wrong"] - m["only_control_wrong"]
             assert diff == round(10_000 * (seeds[seed][err] - plain[seed][err])), (seed, kind)
-            assert 0 < m["p"] <= 1
+            assert 0 <= m["p"] <= 1  # FGSM: thousands of discordant images, p underflows to 0
         assert seeds[seed]["test_error_all"] == pytest.approx(seeds[seed]["test_error"], abs=1e-6)
     assert results["findings"]["curve_verdicts"]["maxout_adv"]["mcnemar"] == {s: v["clean"] for s, v in paired.items()}
 
