@@ -9,7 +9,7 @@ module compares each number of a committed results.json with the rerun's by its 
   coefficient of variation of CV (Z·CV·sqrt(2/n): 37% over 60 images);
 - a p-value: by its verdict (below ALPHA or not); a test statistic (U, t, AUC) not at all (its p-value carries it);
 - an epoch (early stopping, first epoch below): within EPOCH_WINDOW;
-- a count of config (n, seeds, sizes), a label, a flag, a verdict: exactly (numbers inside a verdict text masked);
+- a count of config (n, seeds, sizes), a label, a flag, a verdict: exactly (a verdict's text but for its numbers);
 - a property of one trained net with no sampling error (a spectral bound, a unit's index, a per-epoch curve): not
   at all; the verdict drawn from it is compared instead.
 A difference then means the code computes something else, not that the machine differs; `source_changes` says which
@@ -39,9 +39,9 @@ NFinder = Callable[[dict[str, Any], Where], "float | None"]
 
 @dataclass(frozen=True)
 class Rule:
-    """Numbers at paths matching `pattern` (a regex searched in the dotted path, list items as [i]) are of `kind`
-    ("rate", "count", "mean", "p", "epoch", "exact" or "skip"); `n` finds the n of a rate, count or mean in a
-    results object."""
+    """Values at paths matching `pattern` (a regex searched in the dotted path, list items as [i]) are of `kind`:
+    "rate", "count", "mean", "p", "epoch", "exact", "text" (exact but for the numbers in it) or "skip"; `n` finds
+    the n of a rate, count or mean in a results object."""
 
     pattern: str
     kind: str
@@ -101,11 +101,6 @@ def times(rate: NFinder, count: NFinder) -> NFinder:
     return find
 
 
-def sibling(key: str) -> NFinder:
-    """The value of `key` beside the number (e.g. the error rate beside a confidence on mistakes)."""
-    return lambda results, path: _number(get(results, path[:-1]).get(key))
-
-
 def _number(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
@@ -148,11 +143,11 @@ def differences(ours: dict[str, Any], committed: dict[str, Any], rules: list[Rul
 
 def _disagreement(kind: str, a: Any, b: Any, rule: Rule | None, ours: dict[str, Any], committed: dict[str, Any],
                   path: Where) -> str | None:
-    """None when `a` (ours) agrees with `b` (committed) for a number of `kind`, else why not ('' for plain inequality)."""
+    """None when `a` (ours) agrees with `b` (committed) as values of `kind` do, else why not ('' if plainly unequal)."""
     numbers = _number(a) is not None and _number(b) is not None
-    if kind == "exact" or not numbers:
-        if isinstance(a, str) and isinstance(b, str):
-            return None if NUMBER.sub("#", a) == NUMBER.sub("#", b) else "text differs beyond its numbers"
+    if kind == "text" and isinstance(a, str) and isinstance(b, str):
+        return None if NUMBER.sub("#", a) == NUMBER.sub("#", b) else "the text differs beyond its numbers"
+    if kind in ("exact", "text") or not numbers:
         return None if a == b or (a != a and b != b) else ""
     if kind == "p":
         return None if (a < ALPHA) == (b < ALPHA) else f"significant at {ALPHA} in one run only"
@@ -255,7 +250,8 @@ def goodfellow_rules(n_test: int) -> list[Rule]:
         "2_logreg.clean_error": attacked("logreg37"), "2_logreg.fgsm_error": attacked("logreg37"),
         "2_logreg.fgsm_confidence": mistakes("2_logreg.fgsm_error", attacked("logreg37")),
         "3_adv_training.clean_error_before": test, "3_adv_training.clean_error_after": test,
-        "3_adv_training.fgsm_error_before": attacked("maxout"), "3_adv_training.fgsm_error_after": attacked("maxout_adv"),
+        "3_adv_training.fgsm_error_before": attacked("maxout"),
+        "3_adv_training.fgsm_error_after": attacked("maxout_adv"),
         "3_adv_training.confidence_on_mistakes_after": mistakes("3_adv_training.fgsm_error_after",
                                                                 attacked("maxout_adv")),
         "3_adv_training.transfer_original_to_adv": attacked("maxout"),
@@ -294,6 +290,7 @@ def szegedy_rules(n_test: int) -> list[Rule]:
         # whether an exact solve ends at its time limit (bounds only) depends on the machine's load, not the code
         Rule(r"\.exact\.proven_bounds_median", "skip"),
         Rule(r"(_p|\.p)$", "p"),
+        Rule(r"\.verdict$", "text"),
         Rule(r"epoch", "epoch"),
         Rule(r"\.(seeds_below)$", "count", nearest("seeds")),
         Rule(r"\.(clean_errors_skipped)$", "count", nearest("n_attacked")),
