@@ -232,6 +232,9 @@ def goodfellow_rules(n_test: int) -> list[Rule]:
         Rule(f + r"curve_verdicts\.\w+\.(\w+_epochs|below_from_epoch|common_epochs)", "epoch"),
         Rule(f + r"7_curves\.(\w+)\.error\[", "rate",
              lambda r, p: _number(get(r, ("fgsm", p[2], "n_attacked")))),
+        # how much Gaussian noise a quick maxout net calls a digit is the net's own: training noise alone moves it far
+        # past its sampling error over 1,000 images (same code: 0.325 published at 2 threads, 0.626 at 1 thread)
+        Rule(f + r"6_rubbish\.maxout_fooled\.ours$", "skip"),
         Rule(f + r"6_rubbish\.\w+_fooled\.ours$", "rate", noise),
         Rule(f + r"3_adv_training\.baseline\.plain$", "rate", test),
         Rule(f + r"8_ensemble\.(member_)?clean_error", "rate", test),
