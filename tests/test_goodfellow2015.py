@@ -290,7 +290,8 @@ def test_the_committed_quick_results_still_hold(run: tuple[Path, dict]) -> None:
     """results/goodfellow2015-quick/ is what this code computes: every finding of the committed quick run comes out
     again up to what another machine explains (any thread count: float reductions differ and training amplifies
     them), each by its kind (tests/agreement.py): rates within 4 standard errors for their n, epochs within 2,
-    verdicts and the paper's numbers exactly. A failure says whether the stages' source hashes changed (code) or not."""
+    verdicts and the paper's numbers exactly; maxout's rubbish rate, the net's own, not at all. A failure says whether
+    the stages' source hashes changed (code) or not."""
     out, _ = run
     ours = json.loads((out / "results.json").read_text())
     committed = json.loads((Path(__file__).resolve().parent.parent / "results" / "goodfellow2015-quick" /
