@@ -104,3 +104,46 @@ def test_result_differences_finds_changed_numbers_only() -> None:
     assert result_differences(moved, committed, abs_tol=0.02, where="r")[:1] == ["r.table.error: 0.9609 vs 0.0423"]
     del moved["curve"]
     assert "curve: missing" in result_differences(moved, committed)
+
+
+def test_the_agreement_takes_another_machines_noise_and_catches_changes() -> None:
+    """tests/agreement.py on the committed quick runs: what another machine gave (issue 31: maxout's rubbish rate 0.400
+    vs 0.325 over 1,000 noise images, 0.626 at one thread, an early-stopping epoch 4 vs 3, Mann–Whitney p 0.775 vs
+    0.708 and 0.456 vs 0.654, U 93 vs 91) agrees; a rate 4.6 standard errors away, a p-value across 0.05, a flipped verdict, an attack
+    parameter or a paper value changed do not."""
+    import copy
+
+    from agreement import differences, goodfellow_rules, szegedy_rules
+
+    from blindspots.data import load_mnist
+
+    n_test = len(load_mnist("test"))
+    gf, sz = (json.loads((RESULTS / f"{name}-quick" / "results.json").read_text(encoding="utf-8"))
+              for name in ("goodfellow2015", "szegedy2014"))
+    gf_rules, sz_rules = goodfellow_rules(n_test), szegedy_rules(n_test)
+    gf2, sz2 = copy.deepcopy(gf), copy.deepcopy(sz)
+    f = gf2["findings"]
+    f["6_rubbish"]["maxout_fooled"]["ours"] = 0.626  # 0.400 on issue 31's machine, 0.626 at one thread
+    f["6_rubbish"]["maxout_confidence"]["ours"] = 0.680  # 0.613 of 325 fooled images; 0.680 of 626 at one thread
+    f["curve_verdicts"]["maxout_adv"]["adv_epochs"][1] = 4
+    units = sz2["section3_units"]["layers"]["CNN relu3"]["tests"]
+    units["coherence"].update(mannwhitney_p=0.775, mannwhitney_u=93.0)
+    units["purity"]["mannwhitney_p"] = 0.456
+    assert differences(gf2, gf, gf_rules, under=("findings",)) == []
+    assert differences(sz2, sz, sz_rules) == []
+    f["1_fgsm"]["maxout_error"]["ours"] = 0.93  # 0.982 over 1,000 images: 4.7 standard errors
+    f["1_fgsm"]["maxout_error"]["paper"] = 0.9
+    f["curve_verdicts"]["maxout_adv"]["adv_epochs"][0] = 6
+    assert [d.split(":")[0] for d in differences(gf2, gf, gf_rules, under=("findings",))] == [
+        "findings.1_fgsm.maxout_error.ours", "findings.1_fgsm.maxout_error.paper",
+        "findings.curve_verdicts.maxout_adv.adv_epochs[0]"]
+    units["purity"]["mannwhitney_p"] = 0.01
+    layer = sz2["section3_units"]["layers"]["CNN relu3"]
+    layer["told_apart"], layer["verdict"] = True, layer["verdict"].replace("can NOT be told apart", "can be told apart")
+    sz2["attacks"]["FC100-100-10"]["attack_params"]["c_init"] = 0.5
+    sz2["table1"]["FC100-100-10"]["success_rate"] = 0.7  # 1.0 over 60 images: 4.6 standard errors
+    sz2["table1"]["FC100-100-10"]["distortion"] *= 1.05  # within a mean's error over 60 images: agrees
+    assert [d.split(":")[0] for d in differences(sz2, sz, sz_rules)] == [
+        "table1.FC100-100-10.success_rate", "section3_units.layers.CNN relu3.tests.purity.mannwhitney_p",
+        "section3_units.layers.CNN relu3.told_apart", "section3_units.layers.CNN relu3.verdict",
+        "attacks.FC100-100-10.attack_params.c_init"]

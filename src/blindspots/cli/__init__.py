@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import sys
+import time
 from pathlib import Path
 
 from ..errors import BlindspotsError
@@ -14,9 +16,13 @@ from .common import check_args
 
 # Modules of this package that each add their subcommands.
 COMMAND_MODULES = ("data", "models", "attack", "analysis", "reproduce", "audit", "gc")
+# Test hook (tests/test_reliability.py): set, build_parser prints this line to stdout once every command module is
+# imported, then sleeps, so a test can send a real Ctrl-C (SIGINT) at a known point instead of guessing when.
+PAUSE_HOOK = "BLINDSPOTS_TEST_PAUSE_IN_PARSER"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `blindspots` parser with every command group's subcommands (importing them imports torch: seconds)."""
     from .. import __version__
 
     parser = argparse.ArgumentParser(prog="blindspots", description=(
@@ -33,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command group not built yet
             raise
         module.register(sub)
+    if os.environ.get(PAUSE_HOOK):
+        print(PAUSE_HOOK, flush=True)
+        time.sleep(120)
     return parser
 
 
