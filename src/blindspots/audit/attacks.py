@@ -12,7 +12,7 @@ import torch
 from ..attacks import TargetedMisclassification
 from ..attacks.apgd import apgd
 from ..attacks.base import attack_mode
-from ..attacks.bpda import StraightThrough, gradient_probe
+from ..attacks.bpda import gradient_probe
 from ..attacks.pgd import pgd_linf_per_image
 from ..models import predict_logits
 from ..models.external import check_outputs
@@ -32,6 +32,8 @@ def clean_stage(ctx: Ctx) -> dict[str, Any]:
 
     def compute(folder: Path | None) -> dict[str, Any]:
         kind = check_outputs(ctx.model.module, ctx.x, ctx.data_id["n_classes"], labels=ctx.y)
+        if any(note.startswith("outputs are probabilities") for note in ctx.model.adapted):
+            kind["kind"] = "probabilities (attacked as their logarithm)"
 
         def fn(i: int, rows: slice) -> dict[str, torch.Tensor]:
             x = ctx.x[rows]
@@ -46,24 +48,9 @@ def clean_stage(ctx: Ctx) -> dict[str, Any]:
         probe = gradient_probe(ctx.model.module, ctx.x[pick], ctx.crit(pick), noise=0.05 * ctx.config.span,
                                seed=ctx.config.seed, bounds=ctx.config.bounds) if pick.numel() else None
         return {"accuracy": float(correct.double().mean()), "n": ctx.n, "errors": int((~correct).sum()),
-                "output": kind, "gradients": probe, "correct": as_list(correct), "margin": as_list(own - rival)}
+                "output": kind, "gradients": probe, "probe_rows": [int(i) for i in pick.tolist()], "correct": as_list(correct), "margin": as_list(own - rival)}
 
     return ctx.runner.run(f"clean-{ctx.model.name}", ctx.inputs(), compute)[0]
-
-
-def adapt(ctx: Ctx, clean: dict[str, Any]) -> None:
-    """Adaptive attacks (Tramèr et al. 2020) from what the clean stage found: straight-through gradients (BPDA)
-    through rounding calls and zero-gradient layers when the gradient probe finds masking, and through the layers
-    named with --bpda; EOT over `eot_samples` draws when the outputs are random. Sets ctx.attacked and ctx.eot."""
-    probe = clean.get("gradients") or {}
-    prefix = "model." if ctx.model.module is not ctx.model.inner else ""
-    layers = [prefix + n for n in ctx.config.bpda] + [n for n in probe.get("zero_layers", [])
-                                                        if n.removeprefix(prefix) not in ctx.config.bpda]
-    masked = bool(probe.get("masked"))
-    ctx.attacked = StraightThrough(ctx.model.module, layers, functions=masked) if masked or layers else None
-    ctx.eot = 1 if clean["output"].get("deterministic", True) else ctx.config.effort.eot_samples
-    ctx.adaptive = {"bpda": ctx.attacked is not None, "bpda_layers": layers, "bpda_rounding_calls": masked,
-                    "eot": ctx.eot}
 
 
 def _minimal_fields(r: Any, grid: tuple[float, ...], norm: str, clean_err: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -323,4 +310,4 @@ def curves_stage(ctx: Ctx, clean: dict[str, Any], minimal: dict[str, dict[str, A
     return ctx.runner.run(f"curves-{ctx.model.name}", ctx.inputs(adaptive=ctx.adaptive), compute)
 
 
-__all__ = ["adapt", "clean_stage", "minimal_l2_stage", "minimal_linf_stage", "curves_stage"]
+__all__ = ["clean_stage", "minimal_l2_stage", "minimal_linf_stage", "curves_stage"]

@@ -52,7 +52,8 @@ def robust_curves(name: str, m: dict[str, Any], path: Path) -> None:
     fig = Figure(figsize=(8.4, 3.0), dpi=100)
     for ax, norm, label in zip(fig.subplots(1, 2), ("linf", "l2"), ("L∞", "L2")):
         c = m["curves"][norm]
-        lines = {**c["lines"], "every attack (verdict)": m["verdict"][norm]["robust"]}
+        v = m["verdict"][norm]  # a random model: every line an expectation over the draws, as the verdict
+        lines = {**(v["lines"] if "draws" in v else c["lines"]), "every attack (verdict)": v["robust"]}
         for line, values in lines.items():
             v = [np.nan if x is None else x for x in values]
             style = {"color": "k", "lw": 2} if line == "every attack (verdict)" else {"lw": 1.2}
