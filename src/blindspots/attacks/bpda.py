@@ -66,8 +66,8 @@ class StraightThrough(nn.Module):
     `functions`, through torch.round/floor/ceil/trunc/sign called anywhere in its forward code. `standins` maps a
     layer to a differentiable module of the layer's input whose gradient replaces the layer's. `cuts` maps
     forward code that cuts the graph to how its gradient flows: "<input of NAME>" (the code before layer NAME,
-    from the model's input) and "<model output>" (the code after the last layer that kept a graph, `last`), each
-    to a stand-in of its source, or None for the identity."""
+    from the model's input: a stand-in of it, or None for the identity) and "<model output>" (None: the code after
+    the last layer that kept a graph, `last`, is skipped under a gradient, its output taken as the logits)."""
 
     def __init__(self, model: nn.Module, layers: Sequence[str] = (), functions: bool = True,
                  standins: Mapping[str, nn.Module] | None = None, cuts: Mapping[str, nn.Module | None] | None = None,
@@ -123,8 +123,12 @@ class StraightThrough(nn.Module):
             if self.functions:
                 stack.enter_context(_RoundingMode())
             out = self.model(x)
-        if OUTPUT in self._cuts and "last" in seen and not out.requires_grad and torch.is_grad_enabled():
-            out = self._through(self._cuts[OUTPUT], seen["last"], out)
+        if OUTPUT in self._cuts and "last" in seen and seen["last"].shape == out.shape and torch.is_grad_enabled() \
+                and seen["last"].requires_grad:
+            # the code after the last layer that kept a graph (e.g. an argmax-based rejection) gives the loss no
+            # signal in value either: under a gradient, the attacked outputs are that layer's (a surrogate forward
+            # pass; every example is re-verified on the model itself)
+            out = seen["last"]
         return out
 
 

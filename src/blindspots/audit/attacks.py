@@ -228,6 +228,7 @@ def _chain(ctx: Ctx, x: torch.Tensor, y: torch.Tensor, clean_logits: torch.Tenso
     e, cfg = ctx.config.effort, ctx.config
     kw = {"norm": norm, "steps": e.apgd_steps, "eot": ctx.eot, "bounds": cfg.bounds}
     adv, broken = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    rate = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)  # share of draws misclassifying adv
     n_classes = clean_logits.shape[1]
     rivals = clean_logits.scatter(1, y.view(-1, 1), -math.inf).argsort(1, descending=True)
     runs: list[tuple[str, int]] = [("ce", -1), ("dlr", -1)]
@@ -242,12 +243,26 @@ def _chain(ctx: Ctx, x: torch.Tensor, y: torch.Tensor, clean_logits: torch.Tenso
         crit = Misclassification(y[todo]) if t < 0 else TargetedMisclassification(rivals[todo, t], y[todo])
         r = apgd(ctx.target, x[todo], crit, [eps], loss=loss, seed=seed * 7 + j, **kw)
         idx = todo.nonzero().flatten()
-        # re-verified on the model itself (a targeted success must also be a misclassification)
+        # re-verified on the model itself (a targeted success must also be a misclassification); a random model's
+        # over `eot` draws: broken when misclassified on most, each image keeping its most often misclassified example
         with torch.no_grad(), attack_mode(ctx.model.module) as m:
-            ok = m(r.x_adv[0]).argmax(1) != y[todo]
-        keep = ok | (j == 0)
+            wrong = torch.stack([m(r.x_adv[0]).argmax(1) != y[todo] for _ in range(ctx.eot)]).double().mean(0)
+        ok = wrong > 0.5
+        keep = (wrong > rate[idx]) | (j == 0)
         adv[idx[keep]] = r.x_adv[0][keep]
+        rate[idx[keep]] = wrong[keep]
         broken[idx[ok]] = True
+    if ctx.eot > 1:  # a random model: PGD with EOT on every image too, each keeping its most often wrong example
+        from .adaptive import eot_pgd
+
+        sub = rate < 0.9  # the images no example breaks on 90% of the draws yet
+        if bool(sub.any()):
+            cand = eot_pgd(ctx.target, x[sub], y[sub], eps, norm, 4 * e.apgd_steps, ctx.eot, cfg.bounds)
+            with torch.no_grad(), attack_mode(ctx.model.module) as m:
+                wrong = torch.stack([m(cand).argmax(1) != y[sub] for _ in range(ctx.eot)]).double().mean(0)
+            idx, keep = sub.nonzero().flatten(), wrong > rate[sub]
+            adv[idx[keep]], rate[idx[keep]] = cand[keep], wrong[keep]
+            broken[idx[wrong > 0.5]] = True
     return adv, broken
 
 
@@ -270,7 +285,9 @@ def curves_stage(ctx: Ctx, clean: dict[str, Any], minimal: dict[str, dict[str, A
                 broken, steps, examples = err.clone(), [], []
                 current = x.clone()
                 for k, eps in enumerate(grid):
-                    todo = torch.ones_like(broken) if (norm == "linf" and k == ref_k) else ~broken
+                    # every image at the reference ε (the transfer set) and, for a random model (whose successes
+                    # are only likely), at every ε
+                    todo = torch.ones_like(broken) if (norm == "linf" and k == ref_k) or ctx.eot > 1 else ~broken
                     if bool(todo.any()):
                         adv, ok = _chain(ctx, x[todo], y[todo], z[todo], eps, norm, chunk_seed(cfg.seed, i, salt + k))
                         idx = todo.nonzero().flatten()

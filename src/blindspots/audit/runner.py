@@ -28,7 +28,10 @@ def chunk_seed(seed: int, chunk: int, salt: int = 0) -> int:
 # and the attacks it reaches through the registry (audit.common.attack -> attacks.run_attack, whose imports are not
 # followed). A stage that starts from another's results (handed over in memory, not in its key) includes that
 # stage's parts; the verdict reads them all. tests/test_stage_sources.py traces real tiny runs of these kinds.
-_CLEAN = StageSource(modules=("blindspots.audit.attacks",))
+# every stage after the clean one attacks through what audit.adaptive builds from it (BPDA, stand-ins), or stands down
+# (audit.gradient_free)
+_CLEAN = StageSource(modules=("blindspots.audit.attacks", "blindspots.audit.adaptive", "blindspots.attacks.standin",
+                              "blindspots.audit.gradient_free"))
 _MINIMAL_L2 = _CLEAN.with_(modules=("blindspots.attacks.lbfgs", "blindspots.attacks.deepfool",
                                      "blindspots.attacks.minimal"))
 _MINIMAL_LINF = _CLEAN.with_(modules=("blindspots.attacks.fgsm", "blindspots.attacks.pgd"))
@@ -45,7 +48,7 @@ AUDIT_STAGE_SOURCES = {
     "sanity-": _SANITY,
     "transfer": _CURVES.with_(modules=("blindspots.audit.analysis",)),
     "bounds-": _BOUNDS,
-    "verdict-": _SANITY.with_(_BOUNDS, modules=("blindspots.audit.verdict",)),
+    "verdict-": _SANITY.with_(_BOUNDS, modules=("blindspots.audit.verdict", "blindspots.audit.expectation")),
 }
 
 
