@@ -84,7 +84,8 @@ class AuditConfig:
     out: Path = Path("runs/audit")
     progress: bool = True
     effort: Effort = field(default_factory=Effort)
-    bpda: tuple[str, ...] = ()  # layers attacked through straight-through gradients (besides those the probe finds)
+    bpda: tuple[str, ...] = ()  # layers attacked through a fitted differentiable stand-in (BPDA; besides those the
+    # probe finds, which get the identity where they keep the shape)
     fast: bool = False  # subsample the slow attacks (FAST); the report says which ran on how many images
 
     def __post_init__(self) -> None:

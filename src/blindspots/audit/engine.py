@@ -100,8 +100,8 @@ def run_audit(config: AuditConfig, announce: Callable[[str], None] = print) -> d
             part = "sanity runs"
             rec["sanity_runs"], where["sanity"] = timed(part, lambda: sanity_stage(ctx, rec["clean"], rec["curves"]))
         except Exception as exc:  # noqa: BLE001 - any failure of a user's model is reported, not raised
-            if isinstance(exc, InputError) and part == "clean":
-                raise
+            if isinstance(exc, InputError) and part == "clean" and len(models) == 1:
+                raise  # the one model's outputs are refused: the clear error is the answer
             failed[m.name] = _failure(part, exc)
             runner.announce(f"  {m.name}: stage {part} failed ({failed[m.name]['error']}); the audit goes on "
                             "without this model")
