@@ -257,7 +257,8 @@ def _chain(ctx: Ctx, x: torch.Tensor, y: torch.Tensor, clean_logits: torch.Tenso
 
         sub = rate < 0.9  # the images no example breaks on 90% of the draws yet
         if bool(sub.any()):
-            cand = eot_pgd(ctx.target, x[sub], y[sub], eps, norm, 4 * e.apgd_steps, ctx.eot, cfg.bounds)
+            cand = eot_pgd(ctx.target, x[sub], y[sub], eps, norm, max(50, 4 * e.apgd_steps), ctx.eot,
+                           cfg.bounds)
             with torch.no_grad(), attack_mode(ctx.model.module) as m:
                 wrong = torch.stack([m(cand).argmax(1) != y[sub] for _ in range(ctx.eot)]).double().mean(0)
             idx, keep = sub.nonzero().flatten(), wrong > rate[sub]

@@ -7,32 +7,15 @@ larger ε unchanged, so the verdict lies below every line and is monotone in ε 
 from __future__ import annotations
 
 import math
-import random
-from contextlib import contextmanager
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..models import predict_logits
+from .runner import seeded_globals
 
 DRAW_SEED = 7_919  # draw r of the model's randomness is seeded from (DRAW_SEED, r)
-
-
-@contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """torch's, numpy's and Python's global generators seeded for one draw, and restored afterwards."""
-    np_state, py_state = np.random.get_state(), random.getstate()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        np.random.seed(seed % 2**32)
-        random.seed(seed)
-        try:
-            yield
-        finally:
-            np.random.set_state(np_state)
-            random.setstate(py_state)
 
 
 def draws_correct(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> tuple[torch.Tensor,
@@ -40,7 +23,7 @@ def draws_correct(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, draw
     """Per draw and image whether the label survives [R, N], and the mean margin z_y − max_{j≠y} z_j [N]."""
     hits, margins = [], []
     for r in range(draws):
-        with _seeded(DRAW_SEED * 1_000 + r):
+        with seeded_globals(DRAW_SEED * 1_000 + r):
             z = predict_logits(model, x, batch_size=1000).double()
         rival = z.scatter(1, y.view(-1, 1), -math.inf).amax(1)
         margins.append(z.gather(1, y.view(-1, 1))[:, 0] - rival)

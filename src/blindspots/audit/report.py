@@ -33,7 +33,7 @@ def _median(stats: dict[str, Any]) -> str:
 def headline(results: dict[str, Any], name: str) -> str:
     """One model's verdict: robust accuracy under every attack the audit ran, or "not trustworthy: <checks>" with
     that number as an upper bound only, when any sanity check FLAGged the model."""
-    from .sanity import evidence, failed_checks
+    from .sanity import failed_checks
 
     m = results["per_model"][name]
     eps = results["config"]["eps_ref"]
@@ -46,7 +46,8 @@ def headline(results: dict[str, Any], name: str) -> str:
         reason = f"audited by gradient-free attacks alone ({alone}); " if alone else ""
         return (f"{name}: not trustworthy: {reason}failed checks: {'; '.join(flags)}. Clean accuracy {pct(m['clean']['accuracy'])}; robust "
                 f"accuracy at L∞ ε = {eps:g} at most {pct(v['robust'][k])} (an upper bound: the attacks found at "
-                f"least this many adversarial examples, the flagged checks say they may have missed more; L∞ {curve}).")
+                f"least this many adversarial examples, the flagged checks say they may have missed more; L∞ {curve}; "
+                f"evidence: {evidence(m)}).")
     return (f"{name}: clean accuracy {pct(m['clean']['accuracy'])}; robust accuracy at L∞ ε = {eps:g} "
             f"{pct(v['robust'][k])} under every attack the audit ran, each example re-verified (L∞ {curve}; "
             f"evidence: {evidence(m)}).")

@@ -4,10 +4,14 @@ skipped by all of them and only rank 0 writes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import random
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .. import parallel
@@ -52,6 +56,22 @@ AUDIT_STAGE_SOURCES = {
 }
 
 
+@contextmanager
+def seeded_globals(seed: int) -> Iterator[None]:
+    """torch's (CPU), numpy's and Python's global generators seeded, and restored afterwards: what a randomised
+    model draws from (its randomness is then a function of the seed, so its audit is reproducible)."""
+    np_state, py_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+
+
 class AuditRunner:
     """StageRunner on rank 0, collective computation everywhere; `announce` prints on rank 0 only."""
 
@@ -86,7 +106,11 @@ class AuditRunner:
             eta.total = total
             eta.step(done - eta.done)
 
-        return parallel.sharded_map(fn, n, chunk, self.world, progress)
+        def seeded(i: int, rows: slice) -> dict[str, torch.Tensor]:  # a random model's draws: from (desc, chunk)
+            with seeded_globals(chunk_seed(zlib.crc32(desc.encode()), i)):
+                return fn(i, rows)
+
+        return parallel.sharded_map(seeded, n, chunk, self.world, progress)
 
 
 def save_tensors(folder: Path | None, name: str, tensors: dict[str, torch.Tensor]) -> None:
@@ -104,4 +128,4 @@ def load_tensors(folder: Path, name: str) -> dict[str, torch.Tensor]:
     return load_file(str(folder / name))
 
 
-__all__ = ["AUDIT_STAGE_SOURCES", "AuditRunner", "chunk_seed", "save_tensors", "load_tensors"]
+__all__ = ["AUDIT_STAGE_SOURCES", "AuditRunner", "chunk_seed", "seeded_globals", "save_tensors", "load_tensors"]
