@@ -42,7 +42,8 @@ def minimal_histograms(name: str, m: dict[str, Any], path: Path) -> None:
             ax.text(0.5, 0.5, "no adversarial example found", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel(f"minimal {label} perturbation")
         ax.set_ylabel("images")
-        ax.legend(fontsize=7)
+        if best.size:  # else nothing is drawn (e.g. no minimal attack could run): no legend
+            ax.legend(fontsize=7)
     fig.suptitle(f"{name}: smallest adversarial perturbation per image", fontsize=10)
     save_png(fig, path, metadata={"Software": None})
 
