@@ -256,7 +256,21 @@ def test_outputs_read_and_bad_layers_refused(base: nn.Module, tmp_path: Path) ->
                    bisect_rounds=2, restarts=2, unit_directions=10, square_queries=20, square_queries_masked=100,
                    exact_images=0,
                    certify_method="ibp")
+    class Breaks(nn.Module):
+        """Raises from its 20th forward call on: a stage fails mid-audit."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.net, self.calls = base, 0
+
+        def forward(self, x: Tensor) -> Tensor:
+            self.calls += 1
+            if self.calls >= 20:
+                raise RuntimeError("model broke")
+            return self.net(x)
+
     results = run_audit(AuditConfig([LoadedModel("pair", Pair(), "tuple output"),
+                                     LoadedModel("breaks", Breaks(), "fails in a stage"),
                                      LoadedModel("nograd", NoGrad(base), "no graph at all")], n=20,
                                     out=tmp_path / "a", eps_linf=(0.1,), eps_l2=(1.0,), effort=small,
                                     progress=False), announce=lambda _: None)
@@ -267,6 +281,9 @@ def test_outputs_read_and_bad_layers_refused(base: nn.Module, tmp_path: Path) ->
     assert "Square" in nograd["verdict"]["linf"]["sources"]
     md = (tmp_path / "a" / "report.md").read_text(encoding="utf-8")
     assert "nograd: not trustworthy: audited by gradient-free attacks alone (input gradients unavailable" in md
+    # a stage that fails for one model is recorded, said in the report, and the others are audited all the same
+    assert results["failed"]["breaks"]["error"] == "RuntimeError: model broke" and "breaks" not in results["per_model"]
+    assert f"breaks: not audited: the {results['failed']['breaks']['stage']} stage failed" in md
     with pytest.raises(InputError, match="no layer 'fc9' \\(--layer\\)"):
         run_audit(AuditConfig([LoadedModel("pair", Pair(), "t")], n=20, out=tmp_path / "b", layer="fc9",
                               effort=small, progress=False), announce=lambda _: None)
