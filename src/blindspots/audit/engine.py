@@ -197,7 +197,9 @@ def _facts(config: AuditConfig, models: list[Any], data_id: dict[str, Any], worl
                                f"APGD: {e.apgd_steps} steps each of CE, DLR and targeted DLR towards the "
                                f"{e.apgd_targets} highest other classes, in ascending ε on the images still robust; "
                                "straight-through gradients (BPDA) where the gradient probe finds masking or --bpda "
-                               f"names layers; EOT over {e.eot_samples} draws for a model with random outputs",
+                               f"names layers; EOT over {e.eot_samples} draws for a model with random outputs, "
+                               f"whose every robust accuracy is the mean probability of the correct label over "
+                               f"{e.draws} seeded draws",
             "minimal_perturbations": f"L2: DeepFool, minimal-l2 {dict(e.minimal_l2)} and L-BFGS on the first "
                                      f"{first(e.lbfgs_images, data_id['n'])} images; models above {e.heavy_macs:,.0f} multiply-adds per "
                                      f"image run minimal-l2 on the first {e.heavy_images} images, DeepFool on the "
