@@ -20,7 +20,7 @@ from blindspots.errors import InputError
 
 BUDGETS = {"fgsm": [0.1, 0.2], "pgd": [0.1, 0.2], "apgd": [0.1, 0.2], "square": [0.1, 0.2], "noise": [0.1, 0.3]}
 QUICK = {"lbfgs": {"search_steps": 2}, "lbfgs-all-targets": {"search_steps": 2}, "cw": {"steps": 20, "search_steps": 1},
-         "pgd": {"steps": 5}, "apgd": {"steps": 5}}
+         "pgd": {"steps": 5}, "apgd": {"steps": 5}, "hopskipjump": {"steps": 5, "max_queries": 500}}
 
 
 def _wrong(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -113,6 +113,9 @@ def test_results_and_report(audited: tuple[dict, Path], models: list[LoadedModel
     t = results["transfer"]
     assert t["sources"] == ["softmax", "mlp"] and t["matrix"]["softmax"]["softmax"] > t["clean_error"]["softmax"]
     assert "lbfgs" in results["per_model"]["mlp"]["minimal_l2"]["attacks"]  # small model: L-BFGS runs (first 30)
+    for norm in ("minimal_l2", "minimal_linf"):  # HopSkipJump: a decision-based check on the first 20 images
+        hsj = results["per_model"]["mlp"][norm]["attacks"]["hopskipjump"]
+        assert hsj["ran_on"] == 20 and hsj["success_rate"] == 1.0
     assert results["per_model"]["mlp"]["minimal_l2"]["attacks"]["lbfgs"]["images"] <= 30
 
 
@@ -249,6 +252,8 @@ def test_masked_model_is_flagged_and_not_called_robust(tmp_path: Path) -> None:
     results = run_audit(cfg, announce=lambda _: None)
     m = results["per_model"]["masked"]
     assert m["clean"]["gradients"]["masked"] and m["curves"]["adaptive"]["bpda"]
+    for norm in ("minimal_l2", "minimal_linf"):  # gradients unusable: HopSkipJump on every image
+        assert m[norm]["attacks"]["hopskipjump"]["ran_on"] == N and "masked: on every image" in m[norm]["decision_based"]
     flags = failed_checks(results, "masked")
     assert "input gradients are not masked" in flags and "cross-entropy does not saturate" in flags
     assert m["verdict"]["linf"]["robust"][-1] <= 0.05  # L∞ 0.3: AutoAttack and BPDA find ~0% robust

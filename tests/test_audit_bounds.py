@@ -56,7 +56,9 @@ def test_certified_le_attacked_at_every_eps(audited: tuple[dict, Path, nn.Module
 def test_radius_le_exact_le_best_attack(audited: tuple[dict, Path, nn.Module]) -> None:
     results, _, net = audited
     x = results["per_model"]["relu"]["bounds"]["exact"]
-    assert x["images"] == K and x["violations"] == 0
+    assert x["images"] == K and x["violations"] == 0 and x["flags"] == [""] * K
+    solved = sum(s not in ("not run", "over budget") for s in x["status"])
+    assert x["checked_without_cut"] == min(EFFORT.exact_check_images, solved)
     radius, value, best = (torch.from_numpy(from_list(x[k])) for k in ("radius", "value", "best_attack"))
     proven = torch.tensor([s == "optimal" for s in x["status"]])
     assert int(proven.sum()) >= 2 and x["checked"] == int(proven.sum())

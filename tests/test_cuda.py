@@ -29,7 +29,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 BUDGETS = {"epsilons": [0.1, 0.3], "sigmas": [0.3]}
 QUICK = {"pgd": {"steps": 20}, "apgd": {"steps": 20}, "square": {"n_queries": 200}, "cw": {"steps": 50},
-         "minimal-l2": {"steps": 20}, "lbfgs": {"search_steps": 5}, "lbfgs-all-targets": {"search_steps": 3}}
+         "minimal-l2": {"steps": 20}, "lbfgs": {"search_steps": 5}, "lbfgs-all-targets": {"search_steps": 3},
+         "hopskipjump": {"max_queries": 2000}}
 
 
 @pytest.fixture(scope="module")

@@ -96,3 +96,19 @@ def test_probe_leaves_out_what_the_net_gets_wrong() -> None:
     res = lbfgs_attack(model, x[:12][right], Misclassification(y[:12][right]), **options)
     assert bool(res.success.all())
     assert m["lbfgs_distortion"] == pytest.approx(float(res.rms.mean()), rel=1e-6)
+
+
+def test_curves_probed_every_few_epochs_and_mcnemar() -> None:
+    """Curves probed every other epoch (None between, the last epoch always) compare on the probed epochs only;
+    McNemar counts the images only one arm gets wrong and gives scipy's exact binomial p-value."""
+    from blindspots.experiments.curves import mcnemar
+
+    sparse = [[v if i % 2 == 1 or i == 3 else None for i, v in enumerate(c)] for c in TREATED]
+    c = compare_curves(sparse, CONTROL, [1, 2, 3, 4])
+    assert c.differences == pytest.approx(FINAL_DIFFS) and c.below_from == 4  # epoch 3 unprobed, epoch 2 above
+    control = torch.tensor([True, True, True, False, False, True, False, True])
+    treated = torch.tensor([True, False, False, False, True, False, False, False])
+    m = mcnemar(control, treated)
+    assert (m["only_control_wrong"], m["only_treated_wrong"]) == (4, 1)
+    assert m["p"] == pytest.approx(stats.binomtest(1, 5, 0.5).pvalue) and m["p"] == pytest.approx(0.375)
+    assert mcnemar(control, control)["p"] == 1.0

@@ -15,6 +15,7 @@ from blindspots.attacks import Misclassification, load_adversarial
 from blindspots.experiments.goodfellow2015 import (LOGREG, NETS, PROFILES, build_report, predict_confidence, reproduce,
                                                    terminal_summary)
 from blindspots.io import file_digest
+from blindspots.experiments.paths import recorded_path
 from blindspots.models import build_model, load_model
 from blindspots.report.document import to_markdown
 from blindspots.models.zoo import BinaryLogistic, TwoClassLogits
@@ -39,6 +40,24 @@ def test_adversarial_training_lowers_fgsm_error(run: tuple[Path, dict]) -> None:
     # the noise controls do not buy the same robustness
     for key in ("maxout_sign", "maxout_uniform"):
         assert results["fgsm"][key]["at_0.25"]["error"] > adv, key
+
+
+def test_mcnemar_per_seed_from_the_saved_predictions(run: tuple[Path, dict]) -> None:
+    """Each seed's second-phase stages saved every test image's clean and FGSM label; McNemar per seed counts
+    the images only one arm gets wrong, and their difference is the two arms' error difference on 10,000 images."""
+    _, results = run
+    paired = results["paired_tests"]["maxout_adv"]
+    seeds = {str(r["seed"]): r for r in results["seeds"]["maxout_adv"]}
+    plain = {str(r["seed"]): r for r in results["seeds"]["maxout"]}
+    assert sorted(paired) == sorted(seeds) and len(paired) == results["profile"]["seeds"]
+    for seed, tests in paired.items():
+        for kind, err in (("clean", "test_error_all"), ("fgsm", "fgsm_error_all")):
+            m = tests[kind]
+            diff = m["only_treated_wrong"] - m["only_control_wrong"]
+            assert diff == round(10_000 * (seeds[seed][err] - plain[seed][err])), (seed, kind)
+            assert 0 < m["p"] <= 1
+        assert seeds[seed]["test_error_all"] == pytest.approx(seeds[seed]["test_error"], abs=1e-6)
+    assert results["findings"]["curve_verdicts"]["maxout_adv"]["mcnemar"] == {s: v["clean"] for s, v in paired.items()}
 
 
 def test_every_experiment_is_in_all_three_files(run: tuple[Path, dict]) -> None:
@@ -96,9 +115,11 @@ def test_fgsm_sets_reverify_from_disk(run: tuple[Path, dict]) -> None:
             if n.is_maxout:
                 from safetensors.torch import load_file
 
-                assert file_digest(m["checkpoint"], "sha256") == m["weights_sha256"]
+                checkpoint = recorded_path(m["checkpoint"], out)  # relative to the run folder in results.json
+                assert not Path(m["checkpoint"]).is_absolute() and checkpoint.is_relative_to(out)
+                assert file_digest(checkpoint, "sha256") == m["weights_sha256"]
                 model = build_model(n.spec)
-                model.load_state_dict(load_file(m["checkpoint"]))
+                model.load_state_dict(load_file(checkpoint))
                 model.eval()
             else:
                 model = load_model(n.spec, train_subset=QUICK.store_subset).model
@@ -188,12 +209,13 @@ def test_report_is_a_function_of_results_json(run: tuple[Path, dict]) -> None:
         assert not Path(path).is_absolute() and (out / path).is_file()
 
 
-def _fixed_net(trained: dict) -> torch.nn.Module:
+def _fixed_net(trained: dict, out: Path) -> torch.nn.Module:
     from safetensors.torch import load_file
 
-    assert file_digest(trained["checkpoint"], "sha256") == trained["weights_sha256"]
+    checkpoint = recorded_path(trained["checkpoint"], out)
+    assert file_digest(checkpoint, "sha256") == trained["weights_sha256"]
     model = build_model(trained.get("spec", QUICK.ensemble_spec))
-    model.load_state_dict(load_file(trained["checkpoint"]))
+    model.load_state_dict(load_file(checkpoint))
     return model.eval()
 
 
@@ -212,7 +234,7 @@ def test_ensemble_of_maxout_nets_reverifies(run: tuple[Path, dict]) -> None:
     n = QUICK.ensemble_members
     assert ens["n_members"] == n == len(ens["members"]) == len(ens["one_member_gradient"]) >= 2
     assert [m["seed"] for m in ens["members"]] == list(range(n))
-    members = [_fixed_net({"checkpoint": c, "weights_sha256": m["weights_sha256"], "spec": ens["spec"]})
+    members = [_fixed_net({"checkpoint": c, "weights_sha256": m["weights_sha256"], "spec": ens["spec"]}, out)
                for c, m in zip(ens["member_checkpoints"], ens["members"])]
     assert len({m["weights_sha256"] for m in ens["members"]}) == n  # different seeds, different nets
     ensemble = Ensemble(members).eval()
@@ -264,7 +286,7 @@ def test_l1_decay_beside_plain_and_adversarial_training(run: tuple[Path, dict]) 
     from blindspots.data import load_mnist
 
     test = load_mnist("test")
-    nets = {k: _fixed_net(a | {"spec": l1["spec"]}) for k, a in arms.items()}
+    nets = {k: _fixed_net(a | {"spec": l1["spec"]}, out) for k, a in arms.items()}
     with torch.no_grad():
         assert float(first_layer_weight(nets["l1_0.0025"]).abs().sum()) < float(
             first_layer_weight(nets["plain"]).abs().sum())

@@ -203,6 +203,34 @@ def test_original_maxout_recipe_schedules_and_update() -> None:
     assert float((cont.out.weight - init["out.weight"]).abs().max()) < 0.5  # moved on from them
 
 
+def test_a_continuation_freezes_the_momentum_at_the_offset_epochs_value() -> None:
+    """pylearn2's mnist_pi_continued.yaml starts a fresh Momentum rule at the value the first run had reached (no
+    MomentumAdjustor): a continuation at epoch 10 with `freeze_momentum` trains exactly as a recipe whose momentum
+    is constant at epoch_momentum(recipe, 10); without it the momentum keeps rising, and the weights differ."""
+    from dataclasses import replace
+
+    from blindspots.experiments.goodfellow2015 import protocol_recipe
+    from blindspots.models import fit
+    from blindspots.models.train import epoch_momentum
+
+    data = _small(200)
+    recipe = protocol_recipe("MAXOUT", 2)
+    start, _ = fit("MAXOUT", data, seed=0, recipe=protocol_recipe("MAXOUT", 1), progress=False)
+    init = {k: v.clone() for k, v in start.state_dict().items()}
+    offset = (10, 20)
+
+    def cont(r, freeze: bool):  # type: ignore[no-untyped-def]
+        return fit("MAXOUT", data, seed=3, recipe=r, progress=False, init=init, offset=offset,
+                   freeze_momentum=freeze)[0].out.weight
+
+    frozen = cont(recipe, True)
+    constant = cont(replace(recipe, momentum=epoch_momentum(recipe, 10), momentum_final=None), False)
+    ramped = cont(recipe, False)
+    assert epoch_momentum(recipe, 10) < epoch_momentum(recipe, 12)
+    assert torch.equal(frozen, constant)
+    assert not torch.equal(frozen, ramped)
+
+
 def test_clean_gradient_mode_takes_the_gradient_without_dropout() -> None:
     """gradient="clean": δ = ε·sign(∇ₓJ) of the eval-mode net, whatever dropout does in training mode."""
     from blindspots.models import build_model

@@ -129,3 +129,25 @@ def test_ae_fit_is_deterministic_and_later_recipe_fields_keep_old_hashes() -> No
     assert recipe_dict(recipe)["pretrain_decay"] > 0
     # fields added later are left out of the checkpoint-name hash at their defaults (old names stay valid)
     assert "pretrain_decay" not in recipe_dict(default_recipe("FC100-100-10"))
+
+
+def test_the_two_weight_decay_forms_and_an_unknown_one() -> None:
+    """'half' is (λ/2)·Σ‖W‖² over the weight matrices, 'layer_mean' λ·Σ_layers mean(W²) (biases never decayed);
+    another form is refused by name; at its default the recipe's dict (so checkpoint names) is unchanged."""
+    from dataclasses import replace
+
+    from blindspots.models.train import decay_penalty, default_recipe, recipe_dict
+
+    torch.manual_seed(0)
+    net = build_model("FC100-100-10")
+    weights = [p for n, p in net.named_parameters() if n.endswith("weight")]
+    assert len(weights) == 3
+    half = 0.5 * 1e-3 * sum(float(w.square().sum()) for w in weights)
+    mean = 1e-3 * sum(float(w.square().mean()) for w in weights)
+    assert float(decay_penalty(net, 1e-3)) == pytest.approx(half, rel=1e-5)
+    assert float(decay_penalty(net, 1e-3, "layer_mean")) == pytest.approx(mean, rel=1e-5)
+    with pytest.raises(ValueError, match="layer_mean"):
+        decay_penalty(net, 1e-3, "l2")
+    r = default_recipe("FC100-100-10")
+    assert "decay_form" not in recipe_dict(r)
+    assert recipe_dict(replace(r, decay_form="layer_mean"))["decay_form"] == "layer_mean"

@@ -28,6 +28,41 @@ def test_committed_report_agrees_with_its_results(folder: Path) -> None:
         assert (folder / link).is_file(), f"{folder.name}/report.md links to a missing figure {link}"
 
 
+def _strings(obj: object) -> list[str]:
+    if isinstance(obj, dict):
+        return [s for v in obj.values() for s in _strings(v)]
+    if isinstance(obj, list):
+        return [s for v in obj for s in _strings(v)]
+    return [obj] if isinstance(obj, str) else []
+
+
+@pytest.mark.parametrize("folder", PUBLISHED, ids=[p.name for p in PUBLISHED])
+def test_committed_results_name_no_folder_of_the_machine_that_made_them(folder: Path) -> None:
+    """Checkpoint paths in a committed results.json are relative to the run folder or the model store
+    ($BLINDSPOTS_HOME/…), never an absolute temporary path of the machine that ran it."""
+    strings = _strings(json.loads((folder / "results.json").read_text(encoding="utf-8")))
+    assert not [s for s in strings if s.startswith("/") or s.startswith("~")]
+
+
+def test_run_results_record_checkpoints_relative_to_the_run_or_the_store(tmp_path: Path) -> None:
+    """portable_paths writes a checkpoint under the run folder relative to it and one in the model store under
+    $BLINDSPOTS_HOME/; recorded_path reads each back to the same file; the stage results it reads are not changed."""
+    from blindspots.experiments.paths import portable_paths, recorded_path
+    from blindspots.io import home
+
+    run, store = tmp_path / "run", home() / "models" / "FC10__s0.safetensors"
+    stage = run / "stages" / "train_x-1" / "weights.safetensors"
+    results = {"models": {"a": {"checkpoint": str(stage), "n": 1}, "b": {"checkpoint": str(store)}},
+               "ensemble": {"member_checkpoints": [str(stage), str(store)]}, "figures": {"x": "figures/x.png"}}
+    out = portable_paths(results, run)
+    assert out["models"]["a"] == {"checkpoint": "stages/train_x-1/weights.safetensors", "n": 1}
+    assert out["models"]["b"]["checkpoint"] == "$BLINDSPOTS_HOME/models/FC10__s0.safetensors"
+    assert out["ensemble"]["member_checkpoints"] == [out["models"]["a"]["checkpoint"], out["models"]["b"]["checkpoint"]]
+    assert out["figures"] == results["figures"] and results["models"]["a"]["checkpoint"] == str(stage)
+    assert [recorded_path(p, run) for p in out["ensemble"]["member_checkpoints"]] == [stage, store]
+    assert recorded_path(str(stage), run) == stage  # an older results.json's absolute path, as it is
+
+
 def test_every_committed_report_was_made_by_reproduce() -> None:
     """Each results/*/report.md has the provenance `--publish` writes (a `blindspots reproduce` command), so every
     committed report can be remade by the CLI; none is made by a script beside it."""

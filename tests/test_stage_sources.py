@@ -90,14 +90,14 @@ def test_each_stage_kind_runs_only_its_declared_parts(tmp_path: Path, monkeypatc
     from blindspots.experiments.goodfellow2015.experiment import STAGE_SOURCES as GOODFELLOW
     from blindspots.experiments.szegedy2014 import units as szegedy_units
     from blindspots.experiments.szegedy2014.experiment import STAGE_SOURCES as SZEGEDY, Szegedy2014
-    from blindspots.experiments.szegedy2014.profiles import Profile, sizes_for
+    from blindspots.experiments.szegedy2014.profiles import PROFILES
     from blindspots.experiments.szegedy2014.tables import model_refs
     from blindspots.models.external import LoadedModel
     from blindspots.parallel import World
 
     quiet = {"announce": lambda s: None}
-    sz = Szegedy2014(tmp_path / "sz", Profile("quick", train_subset=200, n_attack=4, lbfgs={"search_steps": 2},
-                                              epochs=1), progress=False, **quiet)
+    sz = Szegedy2014(tmp_path / "sz", replace(PROFILES["quick"], train_subset=200, n_attack=4,
+                                              lbfgs={"search_steps": 2}, epochs=1), progress=False, **quiet)
     sz.runner = TracingRunner(tmp_path / "sz", sources=SZEGEDY, **quiet)
     ref = next(r for r in model_refs() if r.label == "FC100-100-10")
     sz.models[ref.label] = sz._train_stage(ref)
@@ -108,8 +108,8 @@ def test_each_stage_kind_runs_only_its_declared_parts(tmp_path: Path, monkeypatc
     sz._cell_stage("noise 0.1", key, make, ref)
     sz._certify_stage(ref)
     monkeypatch.setattr(szegedy_units, "UNIT_MODELS", ("FC100-100-10",))
-    szegedy_units.units_section(sz.runner, replace(sizes_for("quick"), train_subset=200, epochs=1, unit_images=100,
-                                                   n_directions=3))
+    szegedy_units.units_section(sz.runner, replace(PROFILES["quick"].sections, train_subset=200, epochs=1,
+                                                   unit_images=100, n_directions=3))
 
     g = gf.Goodfellow2015(tmp_path / "gf", replace(gf.PROFILES["quick"], store_subset=200, n_attack=20),
                           progress=False, **quiet)

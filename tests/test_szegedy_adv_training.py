@@ -16,14 +16,14 @@ from blindspots.errors import SpecError
 from blindspots.stages import StageRunner
 from blindspots.experiments.szegedy2014.adv_training import adversarial_training_section
 from blindspots.experiments.szegedy2014.findings import curve_verdict
-from blindspots.experiments.szegedy2014.profiles import POOL_SIZES, PoolSizes, pool_sizes
+from blindspots.experiments.szegedy2014.profiles import PROFILES, PoolSizes
 from blindspots.experiments.szegedy2014.report import pool_report
 from blindspots.models import error_rate, fit
 from blindspots.models.checkpoint import load_checkpoint
 from blindspots.report.document import Report, to_markdown
 from blindspots.training.pool import PoolConfig
 
-TINY = replace(POOL_SIZES["quick"], name="tiny", train_subset=1000, epochs=12, seeds=2,
+TINY = replace(PROFILES["quick"].s42, name="tiny", train_subset=1000, epochs=12, seeds=2,
                arms=("none", "input", "hidden"),
                pool=PoolConfig(refresh_every=24, attack_size=32, capacity=500, search_steps=1, max_iter=20),
                n_robust=20, lbfgs={"search_steps": 2, "max_iter": 30}, curve_every=5, curve_images=20)
@@ -113,10 +113,8 @@ def test_curve_verdict() -> None:
 
 
 def test_presets_and_refusals() -> None:
-    assert pool_sizes("full") == POOL_SIZES["standard"] and pool_sizes("paper").train_subset is None
-    assert set(POOL_SIZES["standard"].arms) == set(POOL_SIZES["paper"].arms) == {"none", "input", "hidden", "all"}
-    with pytest.raises(SpecError, match="no §4.2 preset"):
-        pool_sizes("huge")
+    assert PROFILES["full"].s42 == PROFILES["standard"].s42 and PROFILES["paper"].s42.train_subset is None
+    assert set(PROFILES["standard"].s42.arms) == set(PROFILES["paper"].s42.arms) == {"none", "input", "hidden", "all"}
     for bad in ({"arms": ("input", "all")}, {"arms": ("none",)}, {"arms": ("none", "act9")}, {"seeds": 0}):
         with pytest.raises(SpecError):
             PoolSizes("x", None, None, **bad)

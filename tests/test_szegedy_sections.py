@@ -18,7 +18,7 @@ import torch
 from blindspots.analysis import empirical_ratio, lipschitz_bound
 from blindspots.attacks import load_adversarial
 from blindspots.stages import StageRunner
-from blindspots.experiments.szegedy2014.profiles import SIZES, sizes_for
+from blindspots.experiments.szegedy2014.profiles import PROFILES
 from blindspots.experiments.szegedy2014.report import spectral_report, units_report
 from blindspots.experiments.szegedy2014.spectral import spectral_section
 from blindspots.experiments.szegedy2014.units import units_section
@@ -26,8 +26,8 @@ from blindspots.models import train
 from blindspots.report.document import Report, to_markdown
 
 # smaller than the "quick" preset, to keep the suite short; the FC nets get past their initial plateau
-TINY = replace(SIZES["quick"], name="tiny", train_subset=1000, epochs=12, cnn_train_subset=1000, cnn_epochs=1,
-               unit_images=1000, n_directions=10, n_pairs=12, lbfgs={"search_steps": 2, "max_iter": 30})
+TINY = replace(PROFILES["quick"].sections, name="tiny", train_subset=1000, epochs=12, cnn_train_subset=1000,
+               cnn_epochs=1, unit_images=1000, n_directions=10, n_pairs=12, lbfgs={"search_steps": 2, "max_iter": 30})
 
 
 @pytest.fixture(scope="module")
@@ -117,16 +117,18 @@ def test_sections_rebuild_from_results_json(run: dict) -> None:
         rebuild(json.loads(json.dumps(results).replace("NaN", "null")))  # strict JSON (NaN -> null) renders too
 
 
-def test_sizes_for_a_profile() -> None:
-    s = sizes_for("quick", train_subset=10_000, epochs=None)
-    assert (s.train_subset, s.epochs, s.cnn_train_subset, s.n_directions) == (10_000, None, 10_000, 20)
-    assert sizes_for("full", train_subset=None, epochs=None).n_directions == SIZES["standard"].n_directions
-    paper, standard = sizes_for("paper", train_subset=None, epochs=None), SIZES["standard"]
+def test_section_presets() -> None:
+    """Each profile carries its §3/§4.3 sizes, written out whole: trained on Table 1's data (its checkpoints reused),
+    "full" at standard's sizes, "paper" with 10× standard's pairs and L-BFGS's full c search."""
+    for p in PROFILES.values():
+        s = p.sections
+        assert s.train_subset == s.cnn_train_subset == p.train_subset and s.epochs == p.epochs, p.name
+    assert PROFILES["quick"].sections.n_directions == 20
+    full, paper, standard = (PROFILES[k].sections for k in ("full", "paper", "standard"))
+    assert replace(full, name="standard") == standard
     assert paper.name == "paper" and paper.train_subset is None and paper.unit_images is None  # all 10,000
     assert paper.n_directions >= standard.n_directions and paper.n_pairs >= 10 * standard.n_pairs
     assert paper.lbfgs == {}  # L-BFGS's full c search
-    with pytest.raises(SpecError, match="no §3/§4.3 preset"):  # no silent fallback to "standard"
-        sizes_for("huge")
 
 
 def test_a_profile_carries_every_size_and_takes_overrides() -> None:
@@ -135,19 +137,17 @@ def test_a_profile_carries_every_size_and_takes_overrides() -> None:
     evaluation of results/szegedy2014-s42-paper-seed0 (the command its provenance.json records)."""
     from dataclasses import replace
 
-    from blindspots.experiments.stages import pick_profile
-    from blindspots.experiments.szegedy2014 import PROFILES
-    from blindspots.experiments.szegedy2014.profiles import pool_sizes
+    from blindspots.experiments.overrides import pick_profile
 
     quick = PROFILES["quick"]
-    assert quick.sections is not None and quick.sections.train_subset == quick.train_subset == 10_000
-    assert quick.s42 == pool_sizes("quick") and quick.parts[:4] == ("tables", "units", "spectral", "s42")
+    assert quick.sections.train_subset == quick.train_subset == 10_000
+    assert quick.s42.train_subset == 5000 and quick.parts[:4] == ("tables", "units", "spectral", "s42")
     smaller = pick_profile(PROFILES, "quick", None, {"train_subset": "2000", "sections.n_pairs": "7"})
     assert smaller.sections.train_subset == smaller.sections.cnn_train_subset == 2000 and smaller.sections.n_pairs == 7
     one = pick_profile(PROFILES, "paper", None, {"parts": "s42", "s42.seeds": "1"})
-    assert one.parts == ("s42",) and one.s42 == replace(pool_sizes("paper"), seeds=1)
-    for bad, match in (({"s42.sedes": "1"}, "no field 'sedes'"), ({"tables.x": "1"}, "no group 'tables'"),
-                       ({"parts": "s42,zz"}, "choose among"), ({"s42.seeds": "two"}, "expected a value")):
+    assert one.parts == ("s42",) and one.s42 == replace(PROFILES["paper"].s42, seeds=1)
+    for bad, match in (({"s42.sedes": "1"}, "no field 'sedes'"), ({"tables.x": "1"}, "no field 'tables'"),
+                       ({"parts": "s42,zz"}, "choose among"), ({"s42.seeds": "two"}, "expected an integer")):
         with pytest.raises(SpecError, match=match):
             pick_profile(PROFILES, "quick", None, bad)
 

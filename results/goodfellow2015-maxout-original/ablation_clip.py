@@ -52,7 +52,7 @@ def main() -> int:
         curve["epoch"].append(epoch)
         curve["valid_error"].append(error_rate(model, valid))
         curve["test_error"].append(error_rate(model, test))
-        curve["fgsm_error"].append(fgsm_error(model, test.images, test.labels))
+        curve["fgsm_error"].append(fgsm_error(model, test.images, test.labels, EPSILON))
         curve["seconds"].append(round(time.perf_counter() - t0, 1))
         write_text_atomic(path, json.dumps(record, indent=1))
         print(f"{args.arm} epoch {epoch}: valid {curve['valid_error'][-1]:.2%} test {curve['test_error'][-1]:.2%} "

@@ -22,6 +22,7 @@ from .apgd import apgd
 from .cw import cw_l2
 from .deepfool import deepfool
 from .fgsm import fgsm, fgsm_min_epsilon
+from .hopskipjump import hopskipjump
 from .lbfgs import lbfgs_all_targets_run, lbfgs_attack
 from .minimal import minimal_l2_attack
 from .noise import noise_attack
@@ -87,6 +88,8 @@ ATTACKS: dict[str, AttackSpec] = {spec.name: spec for spec in (
     AttackSpec("minimal-l2", minimal_l2_attack, "smallest L2 by exact box-constrained boundary projection"),
     AttackSpec("square", square, "Andriushchenko et al.'s Square Attack, gradient-free L∞ or L2 random search at "
                "each ε", "epsilons"),
+    AttackSpec("hopskipjump", hopskipjump, "Chen et al.'s HopSkipJump, decision-based (top-1 label only) minimal L2 or "
+               "L∞"),
     AttackSpec("noise", noise_attack, "Gaussian noise of per-pixel σ (a baseline)", "sigmas"),
 )}
 

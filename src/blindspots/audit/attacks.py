@@ -24,6 +24,12 @@ PROBE_IMAGES = 64  # correctly classified images of the gradient probe
 
 L2_ATTACKS = ("deepfool", "minimal-l2", "lbfgs")
 LINF_ATTACKS = ("fgsm-min", "pgd-bisection")
+DECISION = "hopskipjump"  # the decision-based minimal attack (top-1 label only), L2 and L∞
+# HopSkipJump-L2's γ where the gradients are unusable: the paper's γ = 1 probes the boundary at δ = γ·dist/d, which on a
+# quantised input moves no pixel across a rounding step. Measured on the masked control (rounding to quarters), 20
+# digits, 2,000 queries: median L2 6.5 at γ = 1, 3.8 at 30, 2.4 at 300, 2.7 at 1000; the unmasked net 2.0 at 1 and 300.
+# L∞ keeps γ = 1 (0.125 there, the rounding's half step; 0.36 at γ = 300).
+UNUSABLE_L2_GAMMA = 300.0
 
 
 def clean_stage(ctx: Ctx) -> dict[str, Any]:
@@ -93,12 +99,57 @@ def _summary(fields: dict[str, torch.Tensor], grid: tuple[float, ...], names: li
     return {"attacks": per, "best": {"stats": quantiles(best[correct].numpy()), "sizes": as_list(best)}}
 
 
+def gradients_unusable(clean: dict[str, Any]) -> str:
+    """Why the clean stage's gradient probe found the input gradients unusable ("" if usable): unavailable (its
+    "unavailable" reason: no graph to the input, None or non-finite gradients) or masked (zero on most images)."""
+    probe = clean.get("gradients") or {}
+    if probe.get("unavailable"):
+        return f"input gradients unavailable: {probe['unavailable']}"
+    return "the gradient probe found the input gradients masked" if probe.get("masked") else ""
+
+
+def _decision_plan(ctx: Ctx, clean: dict[str, Any], norm: str) -> dict[str, Any]:
+    """HopSkipJump's images and parameters in a minimal stage: every image where the gradients are unusable, else the
+    first `hsj_images`, a decision-based check beside the gradient attacks."""
+    e, why = ctx.config.effort, gradients_unusable(clean)
+    images = ctx.n if why else min(e.hsj_images, ctx.n)
+    params = {"norm": norm, "max_queries": e.hsj_queries_unusable if why else e.hsj_queries}
+    if why and norm == "l2":
+        params["gamma"] = UNUSABLE_L2_GAMMA
+    return {"images": images, "params": params,
+            "why": f"{why}: on every image" if why else f"a check on the first {images} images (top-1 labels only)"}
+
+
+def _decision_fields(ctx: Ctx, plan: dict[str, Any], i: int, rows: slice, crit: Any, err: torch.Tensor,
+                     grid: tuple[float, ...]) -> dict[str, torch.Tensor]:
+    """HopSkipJump's fields for one chunk (NaN on the images beyond the plan's), seeded per chunk."""
+    x, norm = ctx.x[rows], plan["params"]["norm"]
+    take = torch.arange(rows.start, rows.stop) < plan["images"]
+    fields = {"size": torch.empty(0), "at": torch.empty(0, len(grid)), "x": torch.empty(0, *x.shape[1:])}
+    if bool(take.any()):
+        sub = take.to(x.device)
+        r = attack(DECISION, ctx, x[sub], crit.subset(sub), **plan["params"], seed=chunk_seed(ctx.config.seed, i, 7))
+        fields = _minimal_fields(r, grid, norm, err[take])
+    return {f"{DECISION}.{k}": v for k, v in _pad(len(take), take, fields).items()}
+
+
+def _without_gradients(names: list[str], skipped: dict[str, str], clean: dict[str, Any]) -> list[str]:
+    """The gradient attacks left out (each named in `skipped`) where the input gradients are unavailable."""
+    if not (clean.get("gradients") or {}).get("unavailable"):
+        return names
+    skipped.update({a: gradients_unusable(clean) for a in names})
+    return []
+
+
 def minimal_l2_stage(ctx: Ctx, clean: dict[str, Any]) -> dict[str, Any]:
-    """Per-image minimal L2 from DeepFool, minimal-l2 (box [0, 1] only) and L-BFGS (small models, first images)."""
+    """Per-image minimal L2 from DeepFool, minimal-l2 (box [0, 1] only) and L-BFGS (small models, first images), and
+    HopSkipJump (decision-based: every image where the gradients are unusable, else the first images)."""
     e, cfg = ctx.config.effort, ctx.config
     names = [a for a in L2_ATTACKS if supports_bounds(a, cfg.bounds)]
     skipped = {a: f"works in the box [0, 1] only; the data's bounds are {list(cfg.bounds)}"
                for a in L2_ATTACKS if a not in names}
+    names = _without_gradients(names, skipped, clean)
+    plan = _decision_plan(ctx, clean, "l2")
     heavy = ctx.model.macs > e.heavy_macs
     if "lbfgs" in names and heavy:
         names.remove("lbfgs")
@@ -123,12 +174,13 @@ def minimal_l2_stage(ctx: Ctx, clean: dict[str, Any]) -> dict[str, Any]:
                     r = attack(name, ctx, x[sub], crit.subset(sub), **params[name])
                     fields = _minimal_fields(r, cfg.l2_grid, "l2", err[take])
                 out.update({f"{name}.{k}": v for k, v in _pad(len(index), take, fields).items()})
-            return out
+            return out | _decision_fields(ctx, plan, i, rows, crit, err, cfg.l2_grid)
 
         fields = ctx.runner.map(fn, ctx.n, f"minimal L2 {ctx.model.name}")
         save_tensors(folder, "examples.safetensors", {k[:-2]: v.float() for k, v in fields.items() if k.endswith(".x")})
-        return {**_summary(fields, cfg.l2_grid, names, correct), "eps": list(cfg.l2_grid), "skipped": skipped,
-                "params": {k: params[k] for k in names}}
+        return {**_summary(fields, cfg.l2_grid, [*names, DECISION], correct), "eps": list(cfg.l2_grid),
+                "skipped": skipped, "params": {k: params[k] for k in names} | {DECISION: plan["params"]},
+                "decision_based": plan["why"]}
 
     return ctx.runner.run(f"minimal-l2-{ctx.model.name}", ctx.inputs(), compute)
 
@@ -175,11 +227,16 @@ def minimal_linf_stage(ctx: Ctx, clean: dict[str, Any]) -> dict[str, Any]:
     images, and every image FGSM failed on)."""
     e, cfg = ctx.config.effort, ctx.config
     correct = torch.tensor(clean["correct"], dtype=torch.bool)
-    names = list(LINF_ATTACKS)
+    skipped: dict[str, str] = {}
+    names = _without_gradients(list(LINF_ATTACKS), skipped, clean)
+    plan = _decision_plan(ctx, clean, "linf")
 
     def compute(folder: Path | None) -> dict[str, Any]:
         def fn(i: int, rows: slice) -> dict[str, torch.Tensor]:
             x, crit, err = ctx.x[rows], ctx.crit(rows), ~correct[rows]
+            decision = _decision_fields(ctx, plan, i, rows, crit, err, cfg.linf_grid)
+            if not names:
+                return decision
             r = attack("fgsm-min", ctx, x, crit, eps_max=cfg.span)
             out = {f"fgsm-min.{k}": v for k, v in _minimal_fields(r, cfg.linf_grid, "linf", err).items()}
             # the first images, and every image FGSM failed on (so that the per-image best covers all images)
@@ -201,14 +258,16 @@ def minimal_linf_stage(ctx: Ctx, clean: dict[str, Any]) -> dict[str, Any]:
                           "x": torch.where(torch.isfinite(size).view(-1, 1, 1, 1).to(best.device), best,
                                            torch.full_like(best, math.nan)).cpu()}
             out.update({f"pgd-bisection.{k}": v for k, v in _pad(len(take), take, fields).items()})
-            return out
+            return out | decision
 
         fields = ctx.runner.map(fn, ctx.n, f"minimal L-inf {ctx.model.name}")
         save_tensors(folder, "examples.safetensors", {k[:-2]: v.float() for k, v in fields.items() if k.endswith(".x")})
-        return {**_summary(fields, cfg.linf_grid, names, correct), "eps": list(cfg.linf_grid), "skipped": {},
-                "params": {"fgsm-min": {"eps_max": cfg.span},
-                           "pgd-bisection": {"images": first(e.bisect_images, ctx.n), "rounds": e.bisect_rounds,
-                                             "steps": e.bisect_steps}}}
+        params = {"fgsm-min": {"eps_max": cfg.span},
+                  "pgd-bisection": {"images": first(e.bisect_images, ctx.n), "rounds": e.bisect_rounds,
+                                    "steps": e.bisect_steps}}
+        return {**_summary(fields, cfg.linf_grid, [*names, DECISION], correct), "eps": list(cfg.linf_grid),
+                "skipped": skipped, "params": {k: params[k] for k in names} | {DECISION: plan["params"]},
+                "decision_based": plan["why"]}
 
     return ctx.runner.run(f"minimal-linf-{ctx.model.name}", ctx.inputs(), compute)
 
@@ -311,18 +370,20 @@ def curves_stage(ctx: Ctx, clean: dict[str, Any], minimal: dict[str, dict[str, A
         for norm, grid in (("linf", cfg.linf_grid), ("l2", cfg.l2_grid)):
             apgd_broken = fields[norm]
             lines = {"APGD": robust_curve(apgd_broken)}
-            envelope = apgd_broken.clone()
+            envelope, gradient = apgd_broken.clone(), apgd_broken.clone()
             for name, broken in _clipped(minimal[norm], len(grid)).items():
                 ran = minimal[norm]["attacks"][name]["ran_on"]
                 label = f"{name} (clipped)" if ran == ctx.n else f"{name} (clipped, on {ran} images)"
                 lines[label] = minimal[norm]["attacks"][name]["curve"]
                 envelope |= broken
+                if name != DECISION:  # Square-L2 checks the gradient attacks: HopSkipJump is gradient-free
+                    gradient |= broken
             lines["APGD and minimal attacks"] = robust_curve(envelope)
             result[norm] = {"eps": list(grid), "lines": lines}
             if norm == "linf":  # per image, broken by these attacks at the reference ε (for the restarts check)
                 result["broken_ref"] = as_list(envelope[:, ref_k])
             else:  # per ε and image, broken by the gradient L2 attacks (Square-L2 runs on the rest)
-                result["broken_l2"] = [as_list(envelope[:, k]) for k in range(len(grid))]
+                result["broken_l2"] = [as_list(gradient[:, k]) for k in range(len(grid))]
         return result
 
     return ctx.runner.run(f"curves-{ctx.model.name}", ctx.inputs(adaptive=ctx.adaptive), compute)

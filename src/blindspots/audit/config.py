@@ -44,6 +44,9 @@ class Effort:
     restarts: int = 5
     square_queries: int = 1000  # the gradient-free check's query budget per image and ε (Square attack, L∞ and L2)
     square_queries_masked: int = 5000  # ... where the gradient probe finds masking (AutoAttack's Square budget)
+    hsj_images: int = 20  # HopSkipJump (decision-based minimal L2 and L∞) as a check on the first images, with
+    hsj_queries: int = 2000  # ... this many queries per image and norm;
+    hsj_queries_unusable: int = 5000  # on every image, with this many, where the probe finds the gradients unusable
     units_images: int = 1000
     unit_directions: int = 100
     unit_k: int = 8
@@ -52,6 +55,7 @@ class Effort:
     exact_images: int = 20  # exact minimal L∞ (MILP) on the first images only, each within the two budgets below:
     exact_max_unstable: int = 100  # unstable ReLUs / max units over the best attack's ball (the program's binaries)
     exact_time_limit: float = 20.0  # seconds per image; past it the proven bounds are reported, not a value
+    exact_check_images: int = 2  # of those, solved a second time without the certified-radius cut (FLAG if they differ)
 
 
 FAST = {"lbfgs_images": 100, "bisect_images": 200, "sanity_images": 100}  # --fast: these attacks on the first images

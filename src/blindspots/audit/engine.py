@@ -205,7 +205,10 @@ def _facts(config: AuditConfig, models: list[Any], data_id: dict[str, Any], worl
                                      f"image run minimal-l2 on the first {e.heavy_images} images, DeepFool on the "
                                      f"4 top classes, and no L-BFGS. L∞: FGSM's smallest ε (bisection) and a PGD "
                                      f"bisection ({e.bisect_rounds} rounds of {e.bisect_steps}-step PGD) on the first "
-                                     f"{first(e.bisect_images, data_id['n'])} images and every image FGSM failed on",
+                                     f"{first(e.bisect_images, data_id['n'])} images and every image FGSM failed on. "
+                                     f"Both norms: HopSkipJump (decision-based) on the first {e.hsj_images} images, "
+                                     f"{e.hsj_queries} queries each; on every image, {e.hsj_queries_unusable} queries, "
+                                     f"where the gradient probe finds the input gradients unusable",
             "bounds": f"certified robust accuracy at every ε of both grids by {e.certify_method} (blindspots.verify; IBP "
                       f"for a model with more than {e.certify_max_units} hidden nonlinear units), on every image; the "
                       f"certified L∞ radius (bisection up to the best attack's distance) and the exact minimal L∞ "

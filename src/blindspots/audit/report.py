@@ -99,15 +99,19 @@ def _minimal(results: dict[str, Any]) -> Section:
             rows.append(["per-image best", str(s["n"]), "", _n(s["q1"]), _n(s["median"]), _n(s["q3"]),
                          _n(s["mean"]), str(s["failed"])])
             skipped = "; ".join(f"{a}: {why}" for a, why in rec["skipped"].items())
+            note = " ".join(([f"Skipped: {skipped}."] if skipped else [])
+                            + ([f"hopskipjump (decision-based): {rec['decision_based']}."]
+                               if rec.get("decision_based") else []))
             tables.append(Table(["attack", "images", "success", "q1", "median", "q3", "mean (found)", "failed"],
-                                rows, f"{name}: minimal {NORM_LABEL[key]} perturbation",
-                                f"Skipped: {skipped}." if skipped else "", fmt="str"))
+                                rows, f"{name}: minimal {NORM_LABEL[key]} perturbation", note, fmt="str"))
         figures.append(Figure(figure_paths(name)["minimal"],
                               f"{name}: smallest adversarial L2 and L∞ perturbation per image"))
     return Section("Minimal perturbations", [
         "The smallest perturbation each attack needed to change the label, per image, over the correctly classified "
         "images it ran on ('images'; a failure counts as ∞; the per-image best is the smallest over the attacks that "
-        "ran on the image). Quartiles are of the per-image values."], tables, figures)
+        "ran on the image). Quartiles are of the per-image values. hopskipjump (Chen et al. 2020) reads only the "
+        "model's top-1 label: where the gradient probe finds the input gradients unusable it runs on every image, "
+        "else on the first images as a check on the gradient attacks."], tables, figures)
 
 
 def _curves(results: dict[str, Any]) -> Section:
@@ -236,7 +240,10 @@ def _bounds(results: dict[str, Any]) -> Section:
                                                             f"max {_n(solve['max'], '.3g')} s" if solve else "")
             + f". {'PASS' if x['violations'] == 0 else 'FLAG'}: certified radius ≤ exact ≤ best attack on all "
             f"{x['checked']} images with an exact value" + ("" if x["violations"] == 0 else
-                                                          f" except {x['violations']} — a bound or solver bug") + ".")
+                                                          f" except {x['violations']} — a bound or solver bug")
+            + (f" (first: {next(f for f in x['flags'] if f)})" if any(x.get("flags", [])) else "")
+            + (f"; {x['checked_without_cut']} images re-solved without the radius cut" if x.get("checked_without_cut")
+               else "") + ".")
         rows = [[a, str(g["images"]), _ratio(g["median"]), _ratio(g["worst"])] for a, g in x["gap"].items()]
         tables.append(Table(["attack", "images", "median L∞ / exact", "worst"], rows,
                             f"{name}: each L∞ attack's distortion over the exact minimum", fmt="str"))

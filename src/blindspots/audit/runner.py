@@ -37,8 +37,9 @@ def chunk_seed(seed: int, chunk: int, salt: int = 0) -> int:
 _CLEAN = StageSource(modules=("blindspots.audit.attacks", "blindspots.audit.adaptive", "blindspots.attacks.standin",
                               "blindspots.audit.gradient_free"))
 _MINIMAL_L2 = _CLEAN.with_(modules=("blindspots.attacks.lbfgs", "blindspots.attacks.deepfool",
-                                     "blindspots.attacks.minimal"))
-_MINIMAL_LINF = _CLEAN.with_(modules=("blindspots.attacks.fgsm", "blindspots.attacks.pgd"))
+                                     "blindspots.attacks.minimal", "blindspots.attacks.hopskipjump"))
+_MINIMAL_LINF = _CLEAN.with_(modules=("blindspots.attacks.fgsm", "blindspots.attacks.pgd",
+                                       "blindspots.attacks.hopskipjump"))
 _CURVES = _MINIMAL_L2.with_(_MINIMAL_LINF)
 _SANITY = _CURVES.with_(modules=("blindspots.audit.analysis", "blindspots.attacks.square"))
 _BOUNDS = _MINIMAL_LINF.with_(modules=("blindspots.audit.bounds",))

@@ -20,14 +20,14 @@ DISTRIBUTED = ("szegedy2014",)  # experiments whose attacks torchrun can split a
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("reproduce", help="reproduce a paper's experiments end to end, with a report")
+    p = sub.add_parser("reproduce", help="reproduce a paper's experiments end to end, with a report",
+                       formatter_class=_ProfileHelp)
     p.add_argument("experiment", help=f"one of: {', '.join(EXPERIMENTS)}")
-    p.add_argument("--profile", default="standard",
-                   help="quick (CI-sized, minutes), standard (default: full MNIST training), paper (the papers' "
-                        "budgets and protocols: hours); szegedy2014 also has full (every test image attacked)")
+    p.add_argument("--profile", default="standard", help="the run's size (default standard)")
     p.add_argument("--n-attack", type=int, default=None, metavar="N", help="images attacked per model (overrides the profile)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="overrides",
-                   help="override one field of the profile, e.g. --set seeds=1 or --set nets=maxout,maxout_adv "
+                   help="override one field of the profile, read as its type: e.g. --set seeds=1, --set "
+                        "nets=maxout,maxout_adv, --set s42.pool.mix=0.05, --set lbfgs=search_steps=2,max_iter=50 "
                         "(repeatable; the run's facts record the profile it ran)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output folder (default runs/<experiment>)")
@@ -37,6 +37,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "time) to DIR, e.g. results/szegedy2014-standard")
     add_device(p)
     p.set_defaults(func=_run)
+
+
+def profile_help() -> str:
+    """--profile's help from each paper's PROFILES (imported only when the help is shown: they import torch)."""
+    names = [f"{exp}: {', '.join(importlib.import_module(module).PROFILES)}" for exp, module in EXPERIMENTS.items()]
+    return f"the run's size, per experiment ({'; '.join(names)}); default standard; quick runs in minutes"
+
+
+class _ProfileHelp(argparse.HelpFormatter):
+    """Writes --profile's help from the papers' profiles when `reproduce --help` prints it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return profile_help() if action.dest == "profile" else action.help
 
 
 def _run(args: argparse.Namespace) -> int:

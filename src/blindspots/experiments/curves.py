@@ -72,6 +72,16 @@ class CurveProbe:
                 "lbfgs_distortion": self.lbfgs_distortion(model)}
 
 
+def mcnemar(control_wrong: Tensor, treated_wrong: Tensor) -> dict[str, Any]:
+    """Exact McNemar test of two arms on the same images (boolean masks of their mistakes): the images only one
+    arm gets wrong, and the two-sided binomial p-value that each such image is equally likely to be either arm's."""
+    only_control = int((control_wrong & ~treated_wrong).sum())
+    only_treated = int((treated_wrong & ~control_wrong).sum())
+    n = only_control + only_treated
+    p = float(stats.binomtest(only_treated, n, 0.5).pvalue) if n else 1.0
+    return {"only_control_wrong": only_control, "only_treated_wrong": only_treated, "p": p}
+
+
 def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
     """Student-t confidence interval of the mean of `values` (over seeds); None for fewer than two."""
     n = len(values)
@@ -133,6 +143,8 @@ def compare_curves(treated: Sequence[Sequence[float]], control: Sequence[Sequenc
     mean_diff = diff.mean(axis=0)
     below_from = None
     for i in range(common - 1, -1, -1):
+        if np.isnan(mean_diff[i]):  # an epoch some curve did not probe (curves probed every few epochs)
+            continue
         if not mean_diff[i] < 0:
             break
         below_from = int(epochs[i])
@@ -140,5 +152,5 @@ def compare_curves(treated: Sequence[Sequence[float]], control: Sequence[Sequenc
                            [float(v) for v in mean_diff], below_from)
 
 
-__all__ = ["CURVE_KEYS", "CurveProbe", "clean_error", "fgsm_error", "lbfgs_distortion", "t_interval",
+__all__ = ["CURVE_KEYS", "CurveProbe", "clean_error", "fgsm_error", "lbfgs_distortion", "mcnemar", "t_interval",
            "CurveComparison", "compare_curves"]

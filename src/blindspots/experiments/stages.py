@@ -1,19 +1,18 @@
 """What every reproduction shares above the stage layer (blindspots.stages): the Experiment base (output
-folder, profile, seed, device, stage runner), profile selection with --set overrides, the run's timing line."""
+folder, profile, seed, device, stage runner) and the run's timing line. Profile selection and --set: overrides.py;
+the checkpoint paths results.json records: paths.py."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from torch import nn
 
-from ..errors import CheckpointError, SpecError
+from ..errors import CheckpointError
 from ..parallel import World
 from ..report.document import stage_time_line
 from ..stages import StageRunner, StageSource, run_stage
@@ -27,65 +26,6 @@ def timing_line(results: Mapping[str, Any]) -> str:
     """One line for a run's summary: the stages' time in this run and their original compute time (a fully
     cached rerun takes seconds, but its results cost what the stages' first runs took)."""
     return stage_time_line(results.get("stages", []))
-
-
-P = TypeVar("P")
-MNIST_TEST = 10_000
-
-
-def pick_profile(profiles: Mapping[str, P], name: str, n_attack: int | None = None,
-                 overrides: Mapping[str, str] | None = None) -> P:
-    """The named run size, with its number of attacked test images overridden by n_attack if given, and any
-    field overridden from text (`--set FIELD=VALUE`: a number, true/false, none, or a comma-separated list)."""
-    if name not in profiles:
-        raise SpecError(f"unknown profile {name!r}; choose one of {', '.join(profiles)}.")
-    prof = profiles[name]
-    if n_attack is not None:
-        if not 0 < n_attack <= MNIST_TEST:
-            raise SpecError(f"--n-attack must be between 1 and {MNIST_TEST} (the MNIST test set), got {n_attack}.")
-        prof = replace(prof, n_attack=n_attack)  # type: ignore[type-var]
-    for key, text in (overrides or {}).items():
-        prof = _override(prof, key.split("."), text, key)
-    return prof
-
-
-def _override(obj: Any, path: list[str], text: str, key: str) -> Any:
-    """`obj` with the field at `path` (a nested profile field for a dotted key, e.g. s42.seeds) set from `text`."""
-    if len(path) == 1:
-        return replace(obj, **{path[0]: _profile_value(obj, path[0], text, key)})
-    fields = {f.name for f in dataclasses.fields(obj)}
-    inner = getattr(obj, path[0], None) if path[0] in fields else None
-    if inner is None or not dataclasses.is_dataclass(inner):
-        raise SpecError(f"--set {key}=…: the profile has no group {path[0]!r}; groups: "
-                        f"{', '.join(f for f in fields if dataclasses.is_dataclass(getattr(obj, f)))}.")
-    return replace(obj, **{path[0]: _override(inner, path[1:], text, key)})
-
-
-def _profile_value(prof: Any, key: str, text: str, full: str | None = None) -> Any:
-    """`text` read as the type of the profile field `key` (its annotation)."""
-    fields = {f.name: f for f in dataclasses.fields(prof)}
-    if key not in fields or key == "name":
-        names = ", ".join(f for f in fields if f != "name")
-        raise SpecError(f"--set {full or key}=…: no field {key!r} there; fields: {names}.")
-    kind = str(fields[key].type)
-    t = text.strip()
-    try:
-        if t.lower() == "none" and "None" in kind:
-            return None
-        if "tuple" in kind:
-            items = tuple(v.strip() for v in t.split(",") if v.strip())
-            return tuple(float(v) for v in items) if "tuple[float" in kind else items
-        if kind.startswith("bool"):
-            if t.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(t)
-            return t.lower() in ("true", "1")
-        if "int" in kind:
-            return int(t)
-        if "float" in kind:
-            return float(t)
-        return t
-    except ValueError:
-        raise SpecError(f"--set {full or key}={text}: expected a value of type {kind}.") from None
 
 
 class Experiment:

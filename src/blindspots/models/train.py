@@ -86,13 +86,16 @@ class Recipe:
     init_range: float | None = None  # weights U(−r, r) and biases 0 (None: PyTorch's default initialisation)
     input_dropout_scale: float | None = None  # maxout input dropout: kept pixels × this (None: 1/keep, inverted)
     l1_first: float = 0.0  # c in loss + c·Σ|W| over the first layer's weights (Goodfellow 2015's L1 decay)
+    # how λ enters the loss: "half" (λ/2)·Σ‖W‖² over all weight matrices; "layer_mean" λ·Σ_layers Σw²/k, k the
+    # layer's weight count (the per-layer form of public reproductions of Szegedy et al.)
+    decay_form: str = "half"
 
 
 # Fields added after checkpoints were first stored: left out of recipe_dict (so of the checkpoint-name hash)
 # while at their default, so adding them renamed no existing checkpoint.
 _LATER_FIELDS = ("pretrain_lr", "pretrain_cosine", "pretrain_decay", "lr_decay", "lr_floor", "nesterov",
                  "lr_batch_decay", "momentum_final", "momentum_saturate", "init_range", "input_dropout_scale",
-                 "l1_first")
+                 "l1_first", "decay_form")
 
 
 def original_maxout_recipe(max_epochs: int) -> Recipe:
@@ -201,13 +204,18 @@ def first_layer_weight(model: nn.Module) -> torch.Tensor:
     raise ValueError("the model has no Linear or Conv2d layer")
 
 
-def decay_penalty(model: nn.Module, lam: float) -> torch.Tensor:
-    """(λ/2)·Σ‖W‖² over weight matrices and conv kernels (parameters with ≥ 2 dims, not biases)."""
-    terms = [p.square().sum() for name, p in model.named_parameters() if p.requires_grad and p.dim() >= 2
-             and not name.endswith(("centers", "log_beta"))]
-    if not terms or lam == 0:
+def decay_penalty(model: nn.Module, lam: float, form: str = "half") -> torch.Tensor:
+    """(λ/2)·Σ‖W‖² over weight matrices and conv kernels (parameters with ≥ 2 dims, not biases); form
+    "layer_mean": λ·Σ over those layers of the mean squared weight (λ·Σw²/k)."""
+    if form not in ("half", "layer_mean"):
+        raise ValueError(f"unknown weight-decay form {form!r}; choose 'half' or 'layer_mean'.")
+    weights = [p for name, p in model.named_parameters() if p.requires_grad and p.dim() >= 2
+               and not name.endswith(("centers", "log_beta"))]
+    if not weights or lam == 0:
         return torch.zeros(())
-    return 0.5 * lam * torch.stack(terms).sum()
+    if form == "layer_mean":
+        return lam * torch.stack([w.square().mean() for w in weights]).sum()
+    return 0.5 * lam * torch.stack([w.square().sum() for w in weights]).sum()
 
 
 def epoch_lr(recipe: Recipe, epoch: int) -> float:
@@ -249,9 +257,12 @@ def _sgd_epochs(model: nn.Module, params: list[nn.Parameter], x: torch.Tensor, y
                 recipe: Recipe, epochs: int, gen: torch.Generator, device: torch.device,
                 desc: str, progress: bool, loss_fn: Any = None, objective: TrainingObjective | None = None,
                 on_epoch: EpochHook | None = None, resume: dict[str, torch.Tensor] | None = None,
-                on_state: StateHook | None = None, offset: tuple[int, int] = (0, 0)) -> None:
+                on_state: StateHook | None = None, offset: tuple[int, int] = (0, 0),
+                freeze_momentum: bool = False) -> None:
     """SGD epochs. `offset` = (epochs, minibatches) an earlier run already trained this model for: the lr and
-    momentum schedules continue from there (the maxout protocol's continuation on all 60,000 rows)."""
+    momentum schedules continue from there (the maxout protocol's continuation on all 60,000 rows);
+    `freeze_momentum` holds the momentum at the offset epoch's value instead (pylearn2's mnist_pi_continued.yaml
+    starts a fresh Momentum rule at the value the first run had reached, with no MomentumAdjustor)."""
     opt: torch.optim.Optimizer
     if recipe.nesterov:
         opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=True)
@@ -279,7 +290,7 @@ def _sgd_epochs(model: nn.Module, params: list[nn.Parameter], x: torch.Tensor, y
             for group in opt.param_groups:
                 group["lr"] = epoch_lr(recipe, epoch0 + epoch)
         for group in opt.param_groups:
-            group["momentum"] = epoch_momentum(recipe, epoch0 + epoch)
+            group["momentum"] = epoch_momentum(recipe, epoch0 if freeze_momentum else epoch0 + epoch)
         perm = torch.randperm(n, generator=gen).to(device)
         for b, i in enumerate(range(0, n, recipe.batch_size)):
             if per_batch:
@@ -293,7 +304,7 @@ def _sgd_epochs(model: nn.Module, params: list[nn.Parameter], x: torch.Tensor, y
             else:
                 loss = objective.loss(model, xb, yb, loss_fn, gen)
             if decay:
-                loss = loss + decay_penalty(model, decay).to(device)
+                loss = loss + decay_penalty(model, decay, recipe.decay_form).to(device)
             if recipe.l1_first:
                 loss = loss + recipe.l1_first * first_layer_weight(model).abs().sum()
             loss.backward()
@@ -340,7 +351,7 @@ def _lbfgs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, d
 
     def closure() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y) + decay_penalty(model, recipe.weight_decay).to(device)
+        loss = F.cross_entropy(model(x), y) + decay_penalty(model, recipe.weight_decay, recipe.decay_form).to(device)
         loss.backward()
         bar.update(1)
         return loss
@@ -406,14 +417,14 @@ def fit(spec: str | ModelSpec, data: ImageSet, *, seed: int = 0, epochs: int | N
         recipe: Recipe | None = None, objective: TrainingObjective | None = None,
         on_epoch: EpochHook | None = None, resume: dict[str, torch.Tensor] | None = None,
         on_state: StateHook | None = None, init: dict[str, torch.Tensor] | None = None,
-        offset: tuple[int, int] = (0, 0)) -> tuple[nn.Sequential, Recipe]:
+        offset: tuple[int, int] = (0, 0), freeze_momentum: bool = False) -> tuple[nn.Sequential, Recipe]:
     """Train a fresh model of `spec` on `data`; same seed and data give the same weights (on CPU).
 
     `objective` (training.Objective, training.AdversarialPool) replaces the loss J by an adversarial-training or
     noise-control objective built on J (SGD recipes only); `on_epoch(epoch, model)` runs after every SGD epoch
     (returning True stops early); `on_state(epoch, state)` hands out the run's state, `resume=state` continues it;
     `init` starts from these weights instead of a fresh initialisation, with the schedules at `offset` (see
-    `_sgd_epochs`)."""
+    `_sgd_epochs`, and `freeze_momentum` there)."""
     s = parse_spec(spec)
     recipe = recipe or default_recipe(s)
     if epochs is not None:
@@ -448,7 +459,7 @@ def fit(spec: str | ModelSpec, data: ImageSet, *, seed: int = 0, epochs: int | N
         params = [p for p in model.parameters() if p.requires_grad]
         _sgd_epochs(model, params, x, y, recipe, recipe.epochs, gen, device, s.name, progress,
                     loss_fn=training_loss(s), objective=objective, on_epoch=on_epoch, resume=resume,
-                    on_state=on_state, offset=offset)
+                    on_state=on_state, offset=offset, freeze_momentum=freeze_momentum)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)

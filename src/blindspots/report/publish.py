@@ -66,9 +66,10 @@ def publish(run_dir: str | Path, dest: str | Path, *, experiment: str, profile: 
     return dest
 
 
-# keys whose values say how or where a run ran, not what it found: left out of `result_differences`
+# keys whose values say how or where a run ran, not what it found: left out of `result_differences` (descriptions:
+# prose about the run's settings, e.g. the profile's, which follows its fields)
 RUN_KEYS = ("wall", "time", "stages", "figures", "figure", "checkpoint", "path", "file", "folder", "sha256",
-            "versions", "commit", "command", "device", "seconds", "profile_description")
+            "versions", "commit", "command", "device", "seconds", "description")
 
 
 def result_differences(ours: Any, committed: Any, *, abs_tol: float = 0.0, rel_tol: float = 0.0,

@@ -6,8 +6,10 @@ unit (the big-M constants) and excludes the target classes whose margin is certi
 minimises the L∞ or L1 distance to any input whose logit of another class reaches the label's
 (a tie counts as adversarial: the minimum of a closed set). L2 is a mixed-integer program with a convex quadratic
 constraint t ≥ ‖x' − x‖² (minimise t), which HiGHS does not take with integer columns: the same program goes
-to SCIP (pyscipopt). Within the time limit the value is proven optimal and re-verified by a forward pass; past
-it, the solver's proven lower bound and best upper bound come back.
+to SCIP (pyscipopt). The certified radius cuts the program from below (for speed); the solver's point is polished
+(polish.py: the minimum over its own linear region, without the cut) and re-verified by a forward pass, and its
+own distance is the value. Lower bounds come from the solver's dual bound and the radius, never from the point;
+a verified point inside the radius, or a solver at odds with the forward pass, is FLAGged, not clamped away.
 """
 
 from __future__ import annotations
@@ -28,21 +30,28 @@ from ..errors import InputError
 from . import crown
 from .certify import certified_radius
 from .inputs import InputSet
-from .milp import INF, Encoding, Program, encode, scip_start, solution_input, start
+from .milp import INF, Encoding, Program, encode
 from .network import Activation, Network, UnsupportedLayerError, network
+from .polish import margin, nudge, polish
+from .solve import solve_highs, solve_scip
 
 EXACT_NORMS = ("linf", "l1", "l2")
-TIE_TOLERANCE = 1e-4  # logit units: a re-verified solution may sit this far on the label's side of a tie
-DISTANCE_TOLERANCE = 1e-6
+BRACKET_TOLERANCE = 1e-7  # relative (to max(1, radius)): a verified point this far inside the certified radius FLAGs
 
 
 @dataclass
 class ExactResult:
-    """Per image [N]: value (the exact minimal distortion, to the solver's relative gap; nan where not proven),
-    lower and upper (proven bounds; upper = value where proven), status ("optimal", "time_limit", "robust": no adversarial input in the box,
-    "clean_error": already misclassified, value 0, "unverified": the solver's point failed the forward-pass
-    check), x_adv [N, ...] (the closest adversarial input known; nan where none), solve_time (seconds),
-    targets_pruned (classes the bounds excluded before solving)."""
+    """Per image [N]: value (the distance of the closest adversarial input found, x_adv, re-verified by a forward
+    pass; where the status is "optimal" the exact minimum lies in [lower, value]; nan otherwise); lower: the
+    solver's dual bound (SCIP's net of its feasibility tolerance) or the certified radius where larger, and for
+    "optimal" at most value·(1 − rel_gap) − abs_gap (L2: on the squared distance) since a solver stops within that
+    gap: proven as far as the radius and the solver are sound, never derived from a point alone; upper: the
+    closest verified adversarial input's distance (= value where "optimal"). status: "optimal", "time_limit",
+    "robust" (no adversarial input in the box), "clean_error" (already misclassified, value 0) or "unverified"
+    (the solver's answer contradicts the forward pass: also FLAGged). x_adv [N, ...] (nan where none),
+    solve_time (seconds), targets_pruned (classes the bounds excluded before solving), radius (the certified
+    radius the program was cut with; nan where not solved), flags (per image, "" or why the bracket radius ≤
+    exact ≤ upper failed: an unsound radius or a solver at odds with the forward pass)."""
 
     norm: str
     value: Tensor
@@ -52,6 +61,8 @@ class ExactResult:
     x_adv: Tensor
     solve_time: Tensor
     targets_pruned: Tensor
+    radius: Tensor
+    flags: list[str]
 
 
 def distance(a: Tensor, b: Tensor, norm: str) -> Tensor:
@@ -94,7 +105,7 @@ def _domain(net: Network, x: Tensor, y: int, eps_ub: float, norm: str, bounds: t
     """The ε_ub ball ∩ box, its CROWN unit bounds, and margin bounds [C] (lower, upper) of logit_y − logit_j."""
     d = x.numel()
     eps = eps_ub if math.isfinite(eps_ub) else (1.0 if norm == "linf" else float(d)) * (bounds[1] - bounds[0])
-    inputs = InputSet(x[None], torch.tensor([eps]), norm, bounds)
+    inputs = InputSet(x[None], torch.tensor([eps], dtype=torch.float64), norm, bounds)
     unit_bounds, relaxations = crown.layer_bounds(net, inputs)
     spec = crown.margin_spec(torch.tensor([y]), net.classes)
     both = crown.lower_bound(net, len(net.ops), torch.cat([spec, -spec], 1), inputs, relaxations)[0]
@@ -143,31 +154,6 @@ def _program(net: Network, x: Tensor, y: int, norm: str, eps_ub: float, bounds: 
     return prog, enc, cost, dist, sel
 
 
-def _verify(net: Network, x: Tensor, y: int, cand: Tensor, norm: str, claimed: float,
-            bounds: tuple[float, float]) -> bool:
-    """A forward pass: cand is in the box, within `claimed` of x, and some other logit reaches the label's."""
-    if not bool(torch.isfinite(cand).all()):
-        return False
-    with torch.no_grad():
-        logits = net.module(cand[None].double())[0]
-    rival = torch.cat([logits[:y], logits[y + 1:]]).max()
-    in_box = bool((cand >= bounds[0]).all() and (cand <= bounds[1]).all())
-    return in_box and float(distance(cand[None], x[None], norm)) <= claimed + DISTANCE_TOLERANCE and \
-        float(rival - logits[y]) >= -TIE_TOLERANCE
-
-
-@dataclass
-class _Solve:
-    """What a solver proved about one program: status "optimal" (to the relative gap), "infeasible" or "limit";
-    value (the objective as a distance: nan where no point), dual (a proven lower bound of the distance, nan if
-    none) and found (the input of its best point, or None)."""
-
-    status: str
-    value: float
-    dual: float
-    found: Tensor | None
-
-
 def _incumbent(enc: Encoding, inc: Tensor, x: Tensor, norm: str, n_cols: int, dist: np.ndarray, sel: np.ndarray,
                targets: list[int]) -> np.ndarray:
     """Every column's value at the incumbent (a MIP start); for L2 the squared distance is set by the caller."""
@@ -183,57 +169,87 @@ def _incumbent(enc: Encoding, inc: Tensor, x: Tensor, norm: str, n_cols: int, di
     return v
 
 
-def _solve_highs(prog: Program, enc: Encoding, cost: np.ndarray, start_at: np.ndarray | None, shape: tuple,
-                 time_limit: float, rel_gap: float) -> _Solve:
-    h = prog.highs(cost)
-    h.setOptionValue("time_limit", float(time_limit))
-    h.setOptionValue("mip_rel_gap", rel_gap)
-    h.setOptionValue("mip_abs_gap", 1e-7)
-    if start_at is not None:
-        start(h, start_at)
-    h.run()
-    status = h.modelStatusToString(h.getModelStatus())
-    info = h.getInfo()
-    found = solution_input(h, enc, shape) if info.primal_solution_status == 2 else None
-    dual = float(info.mip_dual_bound) if math.isfinite(info.mip_dual_bound) else math.nan
-    value = float(info.objective_function_value) if found is not None else math.nan
-    kind = {"Optimal": "optimal", "Infeasible": "infeasible"}.get(status, "limit")
-    return _Solve(kind, value, dual, found)
+@dataclass
+class _Attempt:
+    """One solve of the program with a given radius cut, its points re-verified: value (the closest verified
+    point's distance where the solver proved optimality, else nan), lower, upper, status, x_adv, flags."""
+
+    value: float
+    lower: float
+    upper: float
+    status: str
+    x_adv: Tensor
+    flags: list[str]
 
 
-def _solve_scip(prog: Program, enc: Encoding, x: Tensor, radius: float, eps_ub: float, start_at: np.ndarray | None,
-                time_limit: float, rel_gap: float) -> _Solve:
-    """The L2 program: minimise t subject to t ≥ ‖x' − x‖², a convex quadratic constraint (SCIP linearises it
-    by outer approximation inside its branch and bound), radius² ≤ t ≤ ε_ub²."""
-    import pyscipopt
-
-    model, cols = prog.scip(np.zeros(prog.n_cols))
-    x0 = x.double().numpy().ravel()
-    top = eps_ub ** 2 * (1 + 1e-9) + 1e-12 if math.isfinite(eps_ub) else None
-    t = model.addVar(lb=radius ** 2, ub=top, obj=1.0)
-    model.addCons(pyscipopt.quicksum((cols[c] - float(v)) ** 2 for c, v in zip(enc.x, x0)) <= t)
-    model.setParam("limits/time", float(time_limit))
-    model.setParam("limits/gap", rel_gap)
-    model.setParam("limits/absgap", 1e-10)
-    if start_at is not None:
-        sq = float(((start_at[enc.x] - x0) ** 2).sum())
-        scip_start(model, [*cols, t], np.r_[start_at, min(max(sq, radius ** 2), top if top else sq)])
-    model.optimize()
-    status = model.getStatus()
-    found = None
-    if model.getNSols() > 0:
-        best = model.getBestSol()
-        found = torch.tensor([model.getSolVal(best, cols[c]) for c in enc.x], dtype=torch.float64).reshape(x.shape)
-    value = math.sqrt(max(model.getObjVal(), 0.0)) if found is not None else math.nan
-    dual = model.getDualbound()
-    dual = math.sqrt(max(dual, 0.0)) if math.isfinite(dual) and abs(dual) < 1e19 else math.nan
-    kind = "optimal" if status in ("optimal", "gaplimit") else "infeasible" if status == "infeasible" else "limit"
-    return _Solve(kind, value, dual, found)
+def _closest(net: Network, x: Tensor, y: int, points: list[Tensor], norm: str, bounds: tuple[float, float]
+             ) -> tuple[float, Tensor | None]:
+    """(distance, point) of the closest adversarial input among each point polished (the minimum over its own
+    linear region) and the point itself, each nudged onto the adversarial side and checked by a forward pass
+    (in the box, some other logit ≥ the label's, no tolerance); (inf, None) where none passes."""
+    best, arg = math.inf, None
+    for p in points:
+        for cand in (polish(net, x, y, p, norm, bounds), p):
+            if cand is None or not bool(torch.isfinite(cand).all()):
+                continue
+            cand = nudge(net, x, y, cand.clamp(*bounds), norm, bounds)
+            if margin(net, cand, y) <= 0:
+                d = float(distance(cand[None], x[None], norm))
+                if d < best:
+                    best, arg = d, cand
+    return best, arg
 
 
-def _one(net: Network, x: Tensor, y: int, inc: Tensor, norm: str, time_limit: float,
-         bounds: tuple[float, float], rel_gap: float) -> tuple[float, float, float, str, Tensor, int]:
-    """(value, lower, upper, status, x_adv, targets pruned) for one correctly classified image."""
+def _attempt(net: Network, x: Tensor, y: int, inc: Tensor, norm: str, eps_ub: float, domain: tuple,
+             targets: list[int], radius: float, time_limit: float, bounds: tuple[float, float], rel_gap: float
+             ) -> _Attempt:
+    """Solve with the cut distance ≥ radius, re-verify, and state the bounds; FLAG what contradicts itself."""
+    inputs, unit_bounds, m_hi = domain
+    has_inc = bool(torch.isfinite(inc).all())
+    prog, enc, cost, dist, sel = _program(net, x, y, norm, eps_ub, bounds, targets, m_hi, unit_bounds, inputs, radius)
+    start_at = _incumbent(enc, inc, x, norm, prog.n_cols, dist, sel, targets) if has_inc else None
+    if norm == "l2":
+        scale = eps_ub if math.isfinite(eps_ub) else math.sqrt(x.numel()) * (bounds[1] - bounds[0])
+        res = solve_scip(prog, enc, x, radius, scale, start_at, time_limit, rel_gap)
+    else:
+        res = solve_highs(prog, enc, cost, start_at, tuple(x.shape), time_limit, rel_gap)
+    solver_d, solver_p = _closest(net, x, y, [res.found] if res.found is not None else [], norm, bounds)
+    inc_d, inc_p = _closest(net, x, y, [inc.double()] if has_inc else [], norm, bounds)
+    upper, best = (solver_d, solver_p) if solver_d <= inc_d else (inc_d, inc_p)
+    nan = torch.full_like(x, math.nan, dtype=torch.float64)
+    dual = res.dual if math.isfinite(res.dual) else -math.inf
+    flags = []
+    tol = BRACKET_TOLERANCE * max(1.0, radius)
+    if upper < radius - tol:
+        flags.append(f"a verified adversarial input at {upper:.9g} lies inside the certified radius {radius:.9g}: "
+                     f"the radius is unsound")
+    if res.status == "optimal" and solver_p is not None:
+        slack = (1 - rel_gap) * upper - res.abs_gap if norm != "l2" else \
+            math.sqrt(max((1 - rel_gap) * upper ** 2 - res.abs_gap ** 2, 0.0))
+        lower = max(min(slack, dual if math.isfinite(dual) else slack), radius, 0.0)
+        if dual > upper * (1 + rel_gap) + res.abs_gap + tol:
+            flags.append(f"the solver's dual bound {dual:.9g} exceeds a verified adversarial distance {upper:.9g}")
+        return _Attempt(upper, lower, upper, "optimal", best, flags)
+    if res.status == "infeasible" and not has_inc:
+        return _Attempt(math.inf, math.inf, math.inf, "robust", nan, flags)
+    lower = max(dual, radius, 0.0)
+    if res.status == "optimal":
+        flags.append("the solver reports optimal, yet its point fails the forward-pass check")
+        status = "unverified"
+    elif res.status == "infeasible":
+        flags.append(f"the solver reports no adversarial input, yet the incumbent at {eps_ub:.9g} is one")
+        status = "unverified"
+    else:
+        status = "time_limit"
+    if dual > upper + tol:
+        flags.append(f"the solver's dual bound {dual:.9g} exceeds a verified adversarial distance {upper:.9g}")
+    return _Attempt(math.nan, lower, upper, status, best if best is not None else nan, flags)
+
+
+def _one(net: Network, x: Tensor, y: int, inc: Tensor, norm: str, time_limit: float, bounds: tuple[float, float],
+         rel_gap: float, radius: float | None, check: bool) -> tuple[_Attempt, int, float]:
+    """(the attempt with the radius cut, targets pruned, the radius) for one correctly classified image; with
+    check, a second solve without the cut must agree with the first (else FLAG)."""
     has_inc = bool(torch.isfinite(inc).all())
     eps_ub = float(distance(inc[None], x[None], norm)) if has_inc else math.inf
     inputs, unit_bounds, m_lo, m_hi = _domain(net, x, y, eps_ub, norm, bounds)
@@ -245,58 +261,52 @@ def _one(net: Network, x: Tensor, y: int, inc: Tensor, norm: str, time_limit: fl
         j_inc = max(others, key=lambda j: float(lg[j]))
         targets = sorted(set(targets) | {j_inc})
     pruned = len(others) - len(targets)
-    nan = torch.full_like(x, math.nan, dtype=torch.float64)
     if not targets:
-        return math.inf, math.inf, math.inf, "robust", nan, pruned
-    # the certified radius is a valid cut: no adversarial input lies closer (CROWN, bisection on [0, ε_ub])
-    eps_max = eps_ub if math.isfinite(eps_ub) else None
-    radius = float(certified_radius(net, x[None], torch.tensor([y]), norm=norm, eps_max=eps_max, bounds=bounds)[0])
+        return _Attempt(math.inf, math.inf, math.inf, "robust", torch.full_like(x, math.nan), []), pruned, math.nan
+    flags = []
+    if radius is None:  # CROWN's certified radius: a valid cut, no adversarial input lies closer
+        eps_max = eps_ub if math.isfinite(eps_ub) else None
+        radius = float(certified_radius(net, x[None], torch.tensor([y]), norm=norm, eps_max=eps_max,
+                                        bounds=bounds)[0])
+    elif radius > eps_ub + BRACKET_TOLERANCE * max(1.0, radius):
+        flags.append(f"the certified radius {radius:.9g} exceeds an adversarial example's distance {eps_ub:.9g}: "
+                     f"the radius is unsound")
     radius = min(radius, eps_ub)
-    prog, enc, cost, dist, sel = _program(net, x, y, norm, eps_ub, bounds, targets, m_hi, unit_bounds, inputs, radius)
-    start_at = _incumbent(enc, inc, x, norm, prog.n_cols, dist, sel, targets) if has_inc else None
-    if norm == "l2":
-        res = _solve_scip(prog, enc, x, radius, eps_ub, start_at, time_limit, rel_gap)
-    else:
-        res = _solve_highs(prog, enc, cost, start_at, tuple(x.shape), time_limit, rel_gap)
-    found = res.found.clamp(*bounds) if res.found is not None else None
-    if res.status == "optimal" and found is not None:
-        # the distance claimed is the solver's point's own (for L2 the quadratic constraint holds only to the
-        # solver's feasibility tolerance), re-checked by a forward pass
-        value = max(res.value, float(distance(found[None], x[None], norm))) if norm == "l2" else res.value
-        dual = res.dual if math.isfinite(res.dual) else 0.0
-        lower = min(max(dual, value - max(rel_gap * value, 1e-7), 0.0), value)
-        if _verify(net, x, y, found, norm, value, bounds):
-            return value, lower, value, "optimal", found, pruned
-        return math.nan, min(dual, eps_ub), eps_ub, "unverified", inc.double(), pruned
-    if res.status == "infeasible" or (res.status == "optimal" and found is None):
-        if has_inc:
-            return math.nan, 0.0, eps_ub, "unverified", inc.double(), pruned
-        return math.inf, math.inf, math.inf, "robust", nan, pruned
-    lower = max(res.dual, 0.0) if math.isfinite(res.dual) else 0.0
-    upper, best = eps_ub, inc.double()
-    if found is not None:
-        claimed = float(distance(found[None], x[None], norm))
-        if claimed < upper and _verify(net, x, y, found, norm, claimed, bounds):
-            upper, best = claimed, found
-    return math.nan, min(lower, upper), upper, "time_limit", best, pruned
+    domain = (inputs, unit_bounds, m_hi)
+    cut = _attempt(net, x, y, inc, norm, eps_ub, domain, targets, radius, time_limit, bounds, rel_gap)
+    cut.flags[:0] = flags
+    if (check or cut.status == "robust") and radius > 0:  # "robust" under a cut: only as sound as the cut
+        free = _attempt(net, x, y, inc, norm, eps_ub, domain, targets, 0.0, time_limit, bounds, rel_gap)
+        tol = BRACKET_TOLERANCE * max(1.0, cut.upper if math.isfinite(cut.upper) else 1.0)
+        if free.upper < cut.lower - tol:
+            cut.flags.append(f"without the radius cut an adversarial input at {free.upper:.9g} is found, below the "
+                             f"lower bound {cut.lower:.9g} proven with the cut at {radius:.9g}: the radius is unsound")
+        if free.lower > cut.upper + tol:
+            cut.flags.append(f"without the radius cut the lower bound is {free.lower:.9g}, above the adversarial "
+                             f"distance {cut.upper:.9g} found with it")
+        cut.flags += [f"(without the cut) {f}" for f in free.flags]
+    return cut, pruned, radius
 
 
 def exact_minimal(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf", time_limit: float = 60.0,
                   upper: Tensor | None = None, attack: bool = True, bounds: tuple[float, float] = (0.0, 1.0),
-                  rel_gap: float = 1e-4) -> ExactResult:
+                  rel_gap: float = 1e-4, radius: Tensor | None = None, check: bool = False) -> ExactResult:
     """Exact minimal L∞, L1 (HiGHS) or L2 (SCIP) distortion that changes the label of each image, inside the box
     `bounds`.
 
     upper: optional adversarial examples [N, ...] (nan rows for none), e.g. a stronger attack's, used as
     incumbents with the project's attacks (attack=True: FGSM-min, PGD bisection, minimal-L2). time_limit:
     seconds per image; past it an image gets status "time_limit" and proven lower/upper bounds. rel_gap: the
-    solver stops when (upper − lower) ≤ rel_gap·upper; value is then the upper bound, re-verified by a forward
-    pass, and lower the proven bound (equal to value where the search closed the gap; for L2 the gap applies to
-    the squared distance, which SCIP minimises)."""
+    solver stops when (upper − lower) ≤ rel_gap·upper (for L2 on the squared distance, which SCIP minimises).
+    radius: certified radii [N] to cut the program with (default: CROWN's by bisection); a cut above the truth is
+    FLAGged where a verified point falls inside it, not hidden. check: solve each image a second time without the
+    cut and FLAG a disagreement (twice the time; for tests and spot checks)."""
     if norm not in EXACT_NORMS:
         raise InputError(f"exact_minimal supports norm {', '.join(map(repr, EXACT_NORMS))}, got {norm!r}.")
     if x.dim() < 2 or y.shape != (x.shape[0],):
         raise InputError(f"images [N, ...] and labels [N] expected, got {tuple(x.shape)} and {tuple(y.shape)}.")
+    if radius is not None and radius.shape != (x.shape[0],):
+        raise InputError(f"radius: one certified radius per image [N] expected, got {tuple(radius.shape)}.")
     net = network(model, tuple(x.shape[1:]))
     smooth = [op.name for op in net.ops if isinstance(op, Activation) and op.kind != "relu"]
     if smooth:
@@ -323,15 +333,19 @@ def exact_minimal(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf",
     for i in range(n):
         t0 = time.perf_counter()
         if bool(clean[i]):
-            out = (0.0, 0.0, 0.0, "clean_error", x[i].double(), 0)
+            a, pruned, r = _Attempt(0.0, 0.0, 0.0, "clean_error", x[i].double(), []), 0, 0.0
         else:
-            out = _one(net, x[i].double(), int(y[i]), incumbents[i], norm, time_limit, bounds, rel_gap)
-        rows.append((*out, time.perf_counter() - t0))
+            given = None if radius is None else float(radius[i])
+            a, pruned, r = _one(net, x[i].double(), int(y[i]), incumbents[i], norm, time_limit, bounds, rel_gap,
+                                given, check)
+        rows.append((a, pruned, r, time.perf_counter() - t0))
     f64 = dict(dtype=torch.float64)
-    return ExactResult(norm, torch.tensor([r[0] for r in rows], **f64), torch.tensor([r[1] for r in rows], **f64),
-                       torch.tensor([r[2] for r in rows], **f64), [r[3] for r in rows],
-                       torch.stack([r[4] for r in rows]), torch.tensor([r[6] for r in rows], **f64),
-                       torch.tensor([r[5] for r in rows]))
+    return ExactResult(norm, torch.tensor([a.value for a, *_ in rows], **f64),
+                       torch.tensor([a.lower for a, *_ in rows], **f64),
+                       torch.tensor([a.upper for a, *_ in rows], **f64),
+                       [a.status for a, *_ in rows], torch.stack([a.x_adv for a, *_ in rows]),
+                       torch.tensor([t for *_, t in rows], **f64), torch.tensor([p for _, p, _, _ in rows]),
+                       torch.tensor([r for _, _, r, _ in rows], **f64), ["; ".join(a.flags) for a, *_ in rows])
 
 
 def lp_margin_bounds(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, norm: str = "linf",
@@ -344,7 +358,7 @@ def lp_margin_bounds(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, norm
     net = network(model, tuple(x.shape[1:]))
     out = torch.full((x.shape[0], net.classes), math.inf, dtype=torch.float64)
     for i in range(x.shape[0]):
-        inputs = InputSet(x[i:i + 1].cpu(), torch.tensor([float(eps)]), norm, bounds)
+        inputs = InputSet(x[i:i + 1].cpu(), torch.tensor([float(eps)], dtype=torch.float64), norm, bounds)
         unit_bounds, _ = crown.layer_bounds(net, inputs)
         prog = Program()
         lo, hi = inputs.box()

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..stages import pick_profile
+from ..overrides import pick_profile
 from .common import (EPSILON, EPSILONS, LOGREG, LOGREG_LABEL, NETS, Net, fit_logreg, logreg_data, nets,
                      predict_confidence, protocol_recipe)
 from .experiment import Goodfellow2015

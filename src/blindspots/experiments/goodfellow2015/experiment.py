@@ -18,17 +18,18 @@ from tqdm.auto import tqdm
 from ...data import load_mnist
 from ...io import write_json_atomic
 from ...models.zoo import TwoClassLogits
+from ..paths import portable_paths
 from ..stages import Experiment
 from . import figures
 from .common import LOGREG, LOGREG_LABEL, PAPER, logreg_data, nets
 from .ensemble_l1 import FixedStages
 from .fgsm import FgsmStages
-from .findings import facts, findings
+from .findings import COMPARISONS, facts, findings
 from .logreg import LogregStages
 from .profiles import Profile
 from .report import build_report
 from .rubbish import RubbishStages
-from .training import TrainingStages, split_rows
+from .training import TrainingStages, paired_tests, split_rows
 from ...report.document import write_report
 from ...stages import StageSource
 
@@ -107,16 +108,19 @@ class Goodfellow2015(TrainingStages, LogregStages, FgsmStages, FixedStages, Rubb
         attacks = {k: v[0] for k, v in self.attacks.items()}
         curves = {k: [{"seed": r["seed"], "early_stop": r["early_stop"], "retrain": r["curve"]} for r in v]
                   for k, v in runs.items() if "early_stop" in v[0]}
+        paired = paired_tests(runs, COMPARISONS)
         results = {
             "experiment": PAPER, "profile": asdict(self.profile), "seed": self.seed,
             "models": self.models, "seeds": {k: [_strip(r) for r in v] for k, v in runs.items()}, "curves": curves,
             "fgsm": attacks, "transfer": transfer, "rubbish": rubbish, "ensemble": ensemble, "l1_decay": l1,
-            "findings": findings(self.models, attacks, transfer, rubbish, curves, ensemble, l1),
+            "paired_tests": paired,
+            "findings": findings(self.models, attacks, transfer, rubbish, curves, ensemble, l1, paired),
             "figures": fig_paths, "stages": [asdict(r) for r in self.runner.log],
             "facts": facts(self.profile, self.seed, self.device),
             "wall_time_s": {k: round(v, 2) for k, v in self.timings.items()},
         }
         results["wall_time_s"]["total"] = round(time.perf_counter() - t_start, 2)
+        results = portable_paths(results, self.out)  # checkpoints relative to the run folder or the model store
         write_json_atomic(self.out / "results.json", results, sort_keys=False)  # the report reads it in run order
         write_report(build_report(results), self.out)
         return results

@@ -109,8 +109,10 @@ def learning_curves(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
     panels = (("test_error", "clean test error (%)", 100), ("fgsm_error", "FGSM error, ε = 0.25 (%)", 100),
               ("lbfgs_distortion", "mean minimal L-BFGS RMS distortion", 1))
 
-    def values(c: dict[str, Any], metric: str, scale: float) -> list[float]:
-        return [np.nan if v is None else scale * v for v in c[metric]]
+    def points(c: dict[str, Any], metric: str, scale: float, start: int = 0) -> tuple[list[int], list[float]]:
+        """The epochs where `metric` was probed and its values (curves probed every few epochs skip the rest)."""
+        kept = [(start + e, scale * v) for e, v in zip(c["epoch"], c[metric]) if v is not None]
+        return [e for e, _ in kept], [v for _, v in kept]
 
     for i, key in enumerate(k for k in CURVE_KEYS if k in runs):
         for j, r in enumerate(runs[key]):
@@ -120,15 +122,15 @@ def learning_curves(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
             alpha = 0.9 if j == 0 else 0.5
             for ax, (metric, _, scale) in zip(axes, panels):
                 if metric in es["curve"]:
-                    ax.plot(es["curve"]["epoch"], values(es["curve"], metric, scale), color=f"C{i}", lw=0.7,
+                    ax.plot(*points(es["curve"], metric, scale), color=f"C{i}", lw=0.7,
                             alpha=alpha * 0.7)
                 if metric in c:
-                    ax.plot([start + e for e in c["epoch"]], values(c, metric, scale), color=f"C{i}", lw=1.6,
+                    ax.plot(*points(c, metric, scale, start), color=f"C{i}", lw=1.6,
                             marker=".", ms=3, alpha=alpha, label=labels[key] if j == 0 else None)
                 ax.axvline(best, color=f"C{i}", lw=0.6, ls=":")
             for metric, style in (("valid_error", "-"), ("valid_fgsm_error", "--")):
                 if metric in es["curve"] and (metric == es["stop_metric"] or "test_error" in es["curve"]):
-                    axes[3].plot(es["curve"]["epoch"], values(es["curve"], metric, 100), color=f"C{i}", lw=1,
+                    axes[3].plot(*points(es["curve"], metric, 100), color=f"C{i}", lw=1,
                                  ls=style, alpha=alpha,
                                  label=f"{labels[key]} ({'clean' if metric == 'valid_error' else 'FGSM'})"
                                  if j == 0 else None)

@@ -33,24 +33,29 @@ def _get(d: dict[str, Any], *keys: str) -> Any:
     return d
 
 
-def curve_verdict(adv: list[dict[str, Any]], plain: list[dict[str, Any]]) -> dict[str, Any]:
+def curve_verdict(adv: list[dict[str, Any]], plain: list[dict[str, Any]],
+                  paired: dict[str, Any] | None = None) -> dict[str, Any]:
     """Does the adversarially trained net end below the plain one in clean test error, from which epoch (of the
-    mean curves over seeds, on the epochs both have), by how much (per-seed differences, t-interval)?"""
+    mean curves over seeds, on the epochs both have), by how much (per-seed differences, t-interval), and per seed
+    by McNemar on the test images (where the runs saved per-image predictions: `paired`, {seed: {"clean": …}})?"""
     by_seed = {r["seed"]: r["retrain"] for r in plain}
     pairs = [(r["retrain"], by_seed[r["seed"]]) for r in adv if r["seed"] in by_seed]
     c = compare_curves([a["test_error"] for a, _ in pairs], [b["test_error"] for _, b in pairs],
                        range(1, 1 + min(len(b["test_error"]) for _, b in pairs)))
     ci = c.interval
-    return {"seeds": [r["seed"] for r in adv if r["seed"] in by_seed], "n": len(pairs),
-            "adv_final": c.treated_final, "plain_final": c.control_final, "differences": c.differences,
-            "mean_difference": c.mean_difference, "ci95": list(ci) if ci else None, "ends_below": c.mean_difference < 0,
-            "seeds_below": c.seeds_below, "common_epochs": c.common_epochs, "below_from_epoch": c.below_from,
-            "adv_epochs": [len(a["test_error"]) for a, _ in pairs], "plain_epochs": [len(b["test_error"]) for _, b in pairs]}
+    out = {"seeds": [r["seed"] for r in adv if r["seed"] in by_seed], "n": len(pairs),
+           "adv_final": c.treated_final, "plain_final": c.control_final, "differences": c.differences,
+           "mean_difference": c.mean_difference, "ci95": list(ci) if ci else None, "ends_below": c.mean_difference < 0,
+           "seeds_below": c.seeds_below, "common_epochs": c.common_epochs, "below_from_epoch": c.below_from,
+           "adv_epochs": [len(a["test_error"]) for a, _ in pairs], "plain_epochs": [len(b["test_error"]) for _, b in pairs]}
+    if paired:
+        out["mcnemar"] = {seed: v["clean"] for seed, v in paired.items()}
+    return out
 
 
 def findings(models: dict[str, Any], attacks: dict[str, Any], transfer: dict[str, Any], rubbish: dict[str, Any],
              curves: dict[str, list[dict[str, Any]]], ensemble: dict[str, Any] | None = None,
-             l1: dict[str, Any] | None = None) -> dict[str, Any]:
+             l1: dict[str, Any] | None = None, paired: dict[str, Any] | None = None) -> dict[str, Any]:
     """The experiments as {name: {quantity: {"ours": x, "paper": y}}}, plus the learning curves' verdicts; the
     ensemble and L1 experiments where the profile ran them."""
     at = {k: v["at_0.25"] for k, v in attacks.items()}
@@ -109,7 +114,8 @@ def findings(models: dict[str, Any], attacks: dict[str, Any], transfer: dict[str
             "rbf_fooled": pair(_get(rub, "rbf", "fooled"), "rubbish", "rbf", "fooled"),
         },
         "7_curves": {k: {"epsilons": v["epsilons"], "error": v["error"]} for k, v in attacks.items()},
-        "curve_verdicts": {a: curve_verdict(curves[a], curves[b]) for a, b in COMPARISONS if a in curves and b in curves},
+        "curve_verdicts": {a: curve_verdict(curves[a], curves[b], (paired or {}).get(a))
+                           for a, b in COMPARISONS if a in curves and b in curves},
         "paper_rubbish": {k: {"fooled": _p("rubbish", k, "fooled"), "confidence": _p("rubbish", k, "confidence")}
                           for k in ("softmax", "maxout", "rbf")},
         "paper_curves": {"softmax": _p("fgsm_softmax", "error"), "maxout": _p("fgsm_maxout", "error"),

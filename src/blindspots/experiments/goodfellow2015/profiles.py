@@ -30,6 +30,7 @@ class Profile:
     store_subset: int | None = None  # training images of the softmax and RBF nets (None: all 60,000)
     wide_units: int | None = None  # also train the paper's wide adversarial net (MAXOUT<units>), early-stopped
     checkpoint_every: int = 5  # epochs between saved training states (a killed run resumes from the last)
+    curve_every: int = 1  # epochs between the test / FGSM curve probes (validation error is measured every epoch)
     nets: tuple[str, ...] | None = None  # keys of the nets to run (None: all of them)
     early_stop_curves: bool = False  # test error, test FGSM and validation FGSM error per early-stopping epoch too
     # the ensemble (§ "ensembles are not a defence"): members of this spec with seeds seed, seed + 1, …, each the

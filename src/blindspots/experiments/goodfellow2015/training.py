@@ -27,10 +27,11 @@ from ... import __version__
 from ...data import ImageSet, load_mnist
 from ...errors import CheckpointError
 from ...io import file_digest, write_atomic, write_json_atomic
-from ...models import build_model, error_rate, train
+from ...attacks import Misclassification, fgsm
+from ...models import build_model, error_rate, predict, train
 from ...models.train import Recipe, fit, recipe_dict, training_loss
 from ...training.adversarial import Objective
-from ..curves import CurveProbe, clean_error, fgsm_error
+from ..curves import CurveProbe, clean_error, fgsm_error, mcnemar
 from .common import EPSILON, Net, Stages, protocol_recipe
 from .profiles import TRAIN_ROWS, Profile
 
@@ -96,19 +97,29 @@ class Probe:
     at_end: tuple[str, ...] = ()
 
 
+def every(n: int, metric: Callable[[nn.Module], float | None], last: int | None = None
+          ) -> Callable[[nn.Module, int], float | None]:
+    """`metric` measured at epochs 0, n, 2n, … and at epoch `last` (None elsewhere): the curves of long runs are
+    probed every few epochs (a `Probe.at_end` metric then gets the run's final epoch filled in)."""
+    return lambda model, e: metric(model) if n <= 1 or e <= 0 or e % n == 0 or e == last else None
+
+
 def validation_probe(net: Net, valid: ImageSet, profile: Profile | None = None) -> Probe:
-    """Validation error after every epoch; the adversarial validation error where the net stops on it or the
-    profile asks for full curves in the early-stopping phase (then test error and test FGSM error too)."""
+    """Validation error after every epoch; the adversarial validation error where the net stops on it (every
+    epoch) or the profile asks for full curves in the early-stopping phase (then test error and test FGSM error
+    too, every `profile.curve_every` epochs)."""
     x, y = valid.images, valid.labels
     m: dict[str, Callable[[nn.Module, int], float | None]] = {"valid_error": lambda model, e: clean_error(model, x, y)}
     full = profile is not None and profile.early_stop_curves and net.curves == "full"
+    n = profile.curve_every if profile is not None else 1
     if net.stop_on == "fgsm" or full:
-        m["valid_fgsm_error"] = lambda model, e: fgsm_error(model, x, y, EPSILON)
+        m["valid_fgsm_error"] = every(1 if net.stop_on == "fgsm" else n,
+                                      lambda model: fgsm_error(model, x, y, EPSILON))
     if full:
         assert profile is not None
         curves = curve_probe(profile)
-        m["test_error"] = lambda model, e: curves.test_error(model)
-        m["fgsm_error"] = lambda model, e: curves.fgsm_error(model)
+        m["test_error"] = every(n, curves.test_error)
+        m["fgsm_error"] = every(n, curves.fgsm_error)
     return Probe(m)
 
 
@@ -119,17 +130,20 @@ def curve_probe(profile: Profile) -> CurveProbe:
 
 
 def test_probe(net: Net, profile: Profile, epochs: int | None) -> Probe:
-    """Test error (and for full curves FGSM error and minimal L-BFGS distortion) after every epoch; `epochs`
-    None: the phase's length is not known in advance (it stops on a target), the final epoch is filled in."""
+    """Test error (and for full curves FGSM error and minimal L-BFGS distortion) every `profile.curve_every`
+    epochs (L-BFGS every `lbfgs_every`); `epochs` None: the phase's length is not known in advance (it stops on a
+    target), the final epoch is filled in."""
     curves = curve_probe(profile)
-    m: dict[str, Callable[[nn.Module, int], float | None]] = {"test_error": lambda model, e: curves.test_error(model)}
+    n = profile.curve_every
+    m: dict[str, Callable[[nn.Module, int], float | None]] = {"test_error": every(n, curves.test_error, epochs)}
+    at_end = ("test_error",)
     if net.curves == "full":
-        m["fgsm_error"] = lambda model, e: curves.fgsm_error(model)
-        every = profile.lbfgs_every
+        m["fgsm_error"] = every(n, curves.fgsm_error, epochs)
+        lb = profile.lbfgs_every
         m["lbfgs_distortion"] = lambda model, e: curves.lbfgs_distortion(model) if (
-            e <= 0 or (every and e % every == 0) or e == epochs) else None
-        return Probe(m, at_end=("lbfgs_distortion",))
-    return Probe(m)
+            e <= 0 or (lb and e % lb == 0) or e == epochs) else None
+        at_end = ("test_error", "fgsm_error", "lbfgs_distortion")
+    return Probe(m, at_end=at_end)
 
 
 @dataclass
@@ -154,6 +168,7 @@ class Phase:
     init: dict[str, Tensor] | None = None
     offset: tuple[int, int] = (0, 0)
     best_objective: ImageSet | None = None
+    freeze_momentum: bool = False  # a continuation: momentum held at the offset epoch's value (see models.train)
     curve: dict[str, list[Any]] = field(default_factory=dict)
     best: dict[str, Tensor] | None = None  # the best epoch's weights (early stopping)
 
@@ -206,13 +221,50 @@ class Phase:
 
         model, _ = fit(self.spec, self.data, seed=self.seed, epochs=self.epochs, device=device,
                        progress=progress, recipe=self.recipe, objective=self.objective, on_epoch=on_epoch,
-                       resume=resume, on_state=on_state, init=self.init, offset=self.offset)
+                       resume=resume, on_state=on_state, init=self.init, offset=self.offset,
+                       freeze_momentum=self.freeze_momentum)
         last = len(self.curve["epoch"])
         for name in self.probe.at_end:  # a phase that stopped on its target: its last epoch's slow metrics
             if last and self.curve[name][-1] is None:
                 self.curve[name][-1] = self.probe.metrics[name](model, 0)
         shutil.rmtree(self.work, ignore_errors=True)  # finished: the stage's result replaces the saved state
         return model
+
+
+def test_predictions(model: nn.Module) -> tuple[Tensor, Tensor]:
+    """The model's label for every test image, clean and under FGSM at ε = EPSILON (uint8, test-file order): the
+    per-image evidence behind a paired test (McNemar) between two arms of one seed."""
+    test = load_mnist("test")
+    device = next(model.parameters()).device
+    res = fgsm(model, test.images.to(device), Misclassification(test.labels.to(device)), [EPSILON])
+    return predict(model, test.images).to(torch.uint8), res.pred[0].cpu().to(torch.uint8)
+
+
+def paired_tests(runs: dict[str, list[dict[str, Any]]], pairs: tuple[tuple[str, str], ...]
+                 ) -> dict[str, dict[str, dict[str, Any]]]:
+    """McNemar per seed between each (treated, control) pair of protocol nets, on the clean and the FGSM test
+    predictions their second-phase stages saved ({treated: {seed: {"clean": …, "fgsm": …}}}); seeds whose stages
+    saved no predictions (made by older code) are left out."""
+    labels = load_mnist("test").labels.to(torch.uint8)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for treated, control in pairs:
+        by_seed = {r["seed"]: r for r in runs.get(control, []) if "predictions_sha256" in r}
+        for r in runs.get(treated, []):
+            c = by_seed.get(r["seed"])
+            if c is None or "predictions_sha256" not in r:
+                continue
+            a, b = _predictions(r), _predictions(c)
+            out.setdefault(treated, {})[str(r["seed"])] = {
+                kind: mcnemar(b[kind] != labels, a[kind] != labels) for kind in ("clean", "fgsm")}
+    return out
+
+
+def _predictions(run: dict[str, Any]) -> dict[str, Tensor]:
+    """A second-phase stage's saved test predictions, checked against the hash the stage recorded."""
+    path = Path(run["checkpoint"]).parent / "predictions.safetensors"
+    if file_digest(path, "sha256") != run["predictions_sha256"]:
+        raise CheckpointError(f"{path} does not match the hash its stage recorded; delete {path.parent}.")
+    return load_file(str(path))
 
 
 def curve_summary(curve: dict[str, list[Any]]) -> dict[str, Any]:
@@ -237,6 +289,8 @@ class TrainingStages(Stages):
                 "seed": seed, "recipe": recipe_dict(recipe), "n_train": p.n_train, "n_valid": p.n_valid,
                 "version": __version__}
         continues = net.second_phase == "continue"
+        if p.curve_every != 1:
+            base["curve_every"] = p.curve_every
         es_inputs = base | {"phase": "early stopping", "patience": p.patience, "stop_on": net.stop_on}
         if continues or p.early_stop_curves:
             es_inputs |= {"keep_best": continues, "early_stop_curves": p.early_stop_curves,
@@ -272,6 +326,8 @@ class TrainingStages(Stages):
                        "best_epoch": best_epoch}
         else:
             phase2 |= {"epochs": best_epoch}
+        if continues:
+            phase2["momentum"] = "frozen at the best epoch's"
         rt_inputs = base | phase2
 
         def second_phase(folder: Path) -> dict[str, Any]:
@@ -288,7 +344,7 @@ class TrainingStages(Stages):
                 phase = Phase(net.spec, both, recipe, net.objective, seed, p.max_epochs, probe, work,
                               p.checkpoint_every, target=(valid_obj, float(es["train_objective_at_best"])),
                               init=load_file(str(path)),
-                              offset=(best_epoch, best_epoch * int(es["batches_per_epoch"])))
+                              offset=(best_epoch, best_epoch * int(es["batches_per_epoch"])), freeze_momentum=True)
             else:
                 phase = Phase(net.spec, both, recipe, net.objective, seed, best_epoch,
                               test_probe(net, p, best_epoch), work, p.checkpoint_every)
@@ -297,10 +353,17 @@ class TrainingStages(Stages):
             weights = folder / "weights.safetensors"
             write_atomic(weights, lambda f: save_file({k: v.detach().cpu().contiguous()
                                                        for k, v in model.state_dict().items()}, str(f)))
+            predictions = folder / "predictions.safetensors"
+            clean, adv = test_predictions(model)
+            labels = load_mnist("test").labels.to(torch.uint8)
+            write_atomic(predictions, lambda f: save_file({"clean": clean, "fgsm": adv}, str(f)))
             objective = None if net.objective is None else {**net.objective.as_dict(),
                                                             "description": net.objective.describe()}
             epochs = len(phase.curve["epoch"])
             return {"spec": net.spec, "seed": seed, "label": net.label, "weights_sha256": file_digest(weights, "sha256"),
+                    "predictions_sha256": file_digest(predictions, "sha256"),
+                    "test_error_all": float((clean != labels).float().mean()),
+                    "fgsm_error_all": float((adv != labels).float().mean()),
                     "train_error": error_rate(model, both), "test_error": phase.curve["test_error"][-1],
                     "epochs": epochs, "second_phase": phase2["phase"],
                     "reached_target": bool(not continues or phase.curve["valid_objective"][-1]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ...parallel import World
-from ..stages import pick_profile
+from ..overrides import pick_profile
 from .experiment import Szegedy2014
 from .profiles import PROFILES, Profile
 from .report import build_report, terminal_summary

@@ -2,7 +2,7 @@
 pools of adversarial examples at the input and / or the hidden layers (an ablation over the same seeds and clean
 minibatches), with learning curves per epoch and a robustness evaluation per seed.
 
-Run sizes: `profiles.PoolSizes` (presets in POOL_SIZES); every training is a stage, so a killed run resumes where it
+Run sizes: `profiles.PoolSizes` (each profile's `s42`); every training is a stage, so a killed run resumes where it
 stopped."""
 
 from __future__ import annotations

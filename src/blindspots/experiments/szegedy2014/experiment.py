@@ -30,6 +30,7 @@ from ...parallel import World
 from ...progress import eta_loop
 from ...report.document import Section, write_report
 from ...stages import StageSource
+from ..paths import portable_paths
 from ..stages import Experiment
 from .adv_training import adversarial_training_section
 from .common import SPECTRAL_MODELS
@@ -119,7 +120,7 @@ class Szegedy2014(TableStages, Experiment):
             "facts": facts(self.profile, self.seed, self.device), "wall_time_s": {k: round(v, 2) for k, v in self.timings.items()},
         }
         results["wall_time_s"]["total"] = round(time.perf_counter() - t_start, 2)
-        write_json_atomic(self.out / "results.json", results, sort_keys=False)
+        write_json_atomic(self.out / "results.json", portable_paths(results, self.out), sort_keys=False)
         results = json.loads((self.out / "results.json").read_text(encoding="utf-8"))  # strict JSON: NaN -> null
         write_report(build_report(results), self.out)  # from results.json alone
         return results
