@@ -31,7 +31,7 @@ N, LINF, L2 = 50, (0.1, 0.2), (1.5, 3.0)
 FAST = Effort(pgd_steps=10, apgd_steps=10, apgd_targets=1, eot_samples=20, draws=20,
               minimal_l2={"steps": 10, "lanes": 1}, lbfgs_images=0, bisect_images=0, bisect_rounds=3, restarts=2,
               sanity_images=N, square_queries=300, square_queries_masked=300, units_images=50, unit_directions=10,
-              certify_method="ibp", exact_images=0)
+              certify_method="ibp", exact_images=0, hsj_images=10, hsj_queries=300, hsj_queries_unusable=500)
 
 
 class Binarised(nn.Module):
@@ -254,7 +254,7 @@ def test_outputs_read_and_bad_layers_refused(base: nn.Module, tmp_path: Path) ->
 
     small = Effort(pgd_steps=3, apgd_steps=3, apgd_targets=1, minimal_l2={"steps": 3, "lanes": 1}, lbfgs_images=0,
                    bisect_rounds=2, restarts=2, unit_directions=10, square_queries=20, square_queries_masked=100,
-                   exact_images=0,
+                   exact_images=0, hsj_images=5, hsj_queries=100, hsj_queries_unusable=100,
                    certify_method="ibp")
     class Breaks(nn.Module):
         """Raises from its 20th forward call on: a stage fails mid-audit."""

@@ -133,11 +133,12 @@ def _decision_fields(ctx: Ctx, plan: dict[str, Any], i: int, rows: slice, crit: 
     return {f"{DECISION}.{k}": v for k, v in _pad(len(take), take, fields).items()}
 
 
-def _without_gradients(names: list[str], skipped: dict[str, str], clean: dict[str, Any]) -> list[str]:
-    """The gradient attacks left out (each named in `skipped`) where the input gradients are unavailable."""
-    if not (clean.get("gradients") or {}).get("unavailable"):
+def _without_gradients(ctx: Ctx, names: list[str], skipped: dict[str, str]) -> list[str]:
+    """The gradient attacks left out (each named in `skipped`) where no input gradient can be had, not even through
+    BPDA (ctx.gradient_free, set by audit.adaptive); where BPDA restores one, they run through it."""
+    if not ctx.gradient_free:
         return names
-    skipped.update({a: gradients_unusable(clean) for a in names})
+    skipped.update({a: ctx.gradient_free for a in names})
     return []
 
 
@@ -148,7 +149,7 @@ def minimal_l2_stage(ctx: Ctx, clean: dict[str, Any]) -> dict[str, Any]:
     names = [a for a in L2_ATTACKS if supports_bounds(a, cfg.bounds)]
     skipped = {a: f"works in the box [0, 1] only; the data's bounds are {list(cfg.bounds)}"
                for a in L2_ATTACKS if a not in names}
-    names = _without_gradients(names, skipped, clean)
+    names = _without_gradients(ctx, names, skipped)
     plan = _decision_plan(ctx, clean, "l2")
     heavy = ctx.model.macs > e.heavy_macs
     if "lbfgs" in names and heavy:
@@ -228,7 +229,7 @@ def minimal_linf_stage(ctx: Ctx, clean: dict[str, Any]) -> dict[str, Any]:
     e, cfg = ctx.config.effort, ctx.config
     correct = torch.tensor(clean["correct"], dtype=torch.bool)
     skipped: dict[str, str] = {}
-    names = _without_gradients(list(LINF_ATTACKS), skipped, clean)
+    names = _without_gradients(ctx, list(LINF_ATTACKS), skipped)
     plan = _decision_plan(ctx, clean, "linf")
 
     def compute(folder: Path | None) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from .adaptive import adapt
 from .attacks import clean_stage, curves_stage, minimal_l2_stage, minimal_linf_stage
 from .bounds import bounds_stage
 from .common import Ctx
-from .gradient_free import curves_skipped, minimal_skipped
+from .gradient_free import curves_skipped
 from .config import CHUNK, QUERY_CHUNK, AuditConfig, first
 from .models import load_models
 from .runner import AuditRunner
@@ -78,14 +78,13 @@ def run_audit(config: AuditConfig, announce: Callable[[str], None] = print) -> d
             part = "adaptive attacks"
             adapt(ctx, rec["clean"])
             if ctx.gradient_free:
-                runner.announce(f"  {m.name}: {ctx.gradient_free}; gradient attacks stand down, Square runs at every ε")
+                runner.announce(f"  {m.name}: {ctx.gradient_free}; gradient attacks stand down; HopSkipJump and "
+                                "Square (at every ε) run")
             free = ctx.gradient_free is not None
-            part = "minimal L2"
-            rec["minimal_l2"], where["minimal_l2"] = timed(part, lambda: minimal_skipped(ctx, rec["clean"], "l2")
-                                                           if free else minimal_l2_stage(ctx, rec["clean"]))
+            part = "minimal L2"  # without gradients: HopSkipJump alone
+            rec["minimal_l2"], where["minimal_l2"] = timed(part, lambda: minimal_l2_stage(ctx, rec["clean"]))
             part = "minimal L∞"
-            rec["minimal_linf"], where["minimal_linf"] = timed(part, lambda: minimal_skipped(ctx, rec["clean"], "linf")
-                                                               if free else minimal_linf_stage(ctx, rec["clean"]))
+            rec["minimal_linf"], where["minimal_linf"] = timed(part, lambda: minimal_linf_stage(ctx, rec["clean"]))
             minimal_linf[m.name] = rec["minimal_linf"]
             part = "robust curves"
             curves[m.name] = timed(part, lambda: curves_skipped(ctx, rec["clean"]) if free else curves_stage(

@@ -1,6 +1,6 @@
 """The audit of a model whose input gradients cannot be had, even through BPDA (no graph, NaN, a failing
-backward): the gradient stages (minimal perturbations, APGD curves) stand down with the reason, keeping their
-records' shape so the later stages and the report read them as "not run", and Square runs at every ε instead
+backward): the APGD curves stand down with the reason, keeping their record's shape so the later stages and the
+report read it as "not run" (the minimal stages run HopSkipJump alone), and Square runs at every ε instead
 (analysis.sanity_stage). Such a model's numbers are gradient-free only: the headline says "not trustworthy"."""
 
 from __future__ import annotations
@@ -11,24 +11,8 @@ from typing import Any
 
 import torch
 
-from .common import Ctx, as_list, quantiles
+from .common import Ctx, as_list
 from .runner import save_tensors
-
-
-def minimal_skipped(ctx: Ctx, clean: dict[str, Any], norm: str) -> tuple[dict[str, Any], Path]:
-    """The minimal-perturbation stage's record with no attack run (every image: none found)."""
-    grid = list(ctx.config.l2_grid if norm == "l2" else ctx.config.linf_grid)
-    correct = torch.tensor(clean["correct"], dtype=torch.bool)
-    size = torch.where(correct, torch.full((ctx.n,), math.inf, dtype=torch.float64), torch.zeros(ctx.n).double())
-
-    def compute(folder: Path | None) -> dict[str, Any]:
-        save_tensors(folder, "examples.safetensors", {"none": torch.full((ctx.n, *ctx.x.shape[1:]), math.nan)})
-        return {"attacks": {}, "best": {"stats": quantiles(size[correct].numpy()), "sizes": as_list(size)},
-                "eps": grid, "skipped": {"every gradient attack": ctx.gradient_free}, "params": {}}
-
-    label = "minimal-l2-" if norm == "l2" else "minimal-linf-"
-    return ctx.runner.run(f"{label}{ctx.model.name}", ctx.inputs(gradient_free=ctx.gradient_free), compute,
-                          collective=False)
 
 
 def curves_skipped(ctx: Ctx, clean: dict[str, Any]) -> tuple[dict[str, Any], Path]:
@@ -50,4 +34,4 @@ def curves_skipped(ctx: Ctx, clean: dict[str, Any]) -> tuple[dict[str, Any], Pat
     return ctx.runner.run(f"curves-{ctx.model.name}", ctx.inputs(adaptive=ctx.adaptive), compute, collective=False)
 
 
-__all__ = ["minimal_skipped", "curves_skipped"]
+__all__ = ["curves_skipped"]

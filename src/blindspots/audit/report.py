@@ -81,7 +81,9 @@ def _clean(results: dict[str, Any]) -> Section:
                      f"{d['parameters']:,}", f"{d['macs_per_image']:,}"])
     return Section("Clean accuracy and outputs", [
         f"On the {results['data']['n']} images of {results['data']['name']}. Output kind: 'logits', or "
-        "'log-probabilities' (logits up to a per-row shift); probability outputs are refused before any attack."],
+        "'log-probabilities' (logits up to a per-row shift); probability outputs are attacked through their "
+        "logarithm (and FLAGged), a tuple or dict output through its first tensor."]
+        + [f"{d['name']}: {note}." for d in results["models"] for note in d.get("outputs_adapted", [])],
         [Table(["model", "source", "accuracy", "errors", "output", "parameters", "multiply-adds / image"], rows,
                fmt="str")])
 
