@@ -80,8 +80,9 @@ def test_each_stage_kind_runs_only_its_declared_parts(tmp_path: Path, monkeypatc
     parts (or be left out of every stage key, like the report)."""
     import blindspots.audit.runner as audit_runner
     from blindspots.audit import AuditConfig, Effort
+    from blindspots.audit.adaptive import adapt
     from blindspots.audit.analysis import units_stage
-    from blindspots.audit.attacks import adapt, clean_stage, curves_stage, minimal_l2_stage, minimal_linf_stage
+    from blindspots.audit.attacks import clean_stage, curves_stage, minimal_l2_stage, minimal_linf_stage
     from blindspots.audit.common import Ctx
     from blindspots.audit.models import load_models
     from blindspots.data import load_eval_data, load_mnist

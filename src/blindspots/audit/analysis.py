@@ -94,11 +94,12 @@ def units_stage(ctx: Ctx) -> dict[str, Any]:
 
 
 def _square_l2(ctx: Ctx, x: torch.Tensor, y: torch.Tensor, err: torch.Tensor, gradient: torch.Tensor, queries: int,
-               seed: int) -> dict[str, torch.Tensor]:
-    """Square-L2 at each L2 ε in ascending order, on the images neither the gradient L2 attacks (`gradient` [r, K])
-    nor Square-L2 at a smaller ε broke (its examples carried up). Per image and ε: the example (NaN where Square
-    never ran on the image), whether Square broke it (clean errors count), whether it ran there."""
-    grid = ctx.config.l2_grid
+               seed: int, norm: str = "l2", key: str = "free_l2") -> dict[str, torch.Tensor]:
+    """Square-L2 (or, with `norm`, L∞) at each ε of its grid in ascending order, on the images neither the gradient
+    attacks (`gradient` [r, K]) nor Square at a smaller ε broke (its examples carried up). Per image and ε: the
+    example (NaN where Square never ran on the image), whether Square broke it (clean errors count), whether it
+    ran there."""
+    grid = ctx.config.l2_grid if norm == "l2" else ctx.config.linf_grid
     broken, has = err.cpu().clone(), torch.zeros(x.shape[0], dtype=torch.bool)
     current = x.cpu().clone()
     adv, ran, hit = [], [], []
@@ -106,7 +107,7 @@ def _square_l2(ctx: Ctx, x: torch.Tensor, y: torch.Tensor, err: torch.Tensor, gr
         todo = ~broken & ~gradient[:, k]
         if bool(todo.any()):
             r = attack("square", ctx, x[todo.to(x.device)], Misclassification(y[todo.to(y.device)]), [eps],
-                       norm="l2", n_queries=queries, seed=seed * 7 + k)
+                       norm=norm, n_queries=queries, seed=seed * 7 + k)
             idx = todo.nonzero().flatten()
             current[idx] = r.x_adv[0].cpu()
             broken[idx[r.success[0].cpu()]] = True
@@ -114,7 +115,7 @@ def _square_l2(ctx: Ctx, x: torch.Tensor, y: torch.Tensor, err: torch.Tensor, gr
         adv.append(torch.where(has.view(-1, 1, 1, 1), current, torch.full_like(current, math.nan)))
         ran.append(todo)
         hit.append(broken.clone())
-    return {"free_l2_adv": torch.stack(adv, 1), "free_l2_ran": torch.stack(ran, 1), "free_l2": torch.stack(hit, 1)}
+    return {f"{key}_adv": torch.stack(adv, 1), f"{key}_ran": torch.stack(ran, 1), key: torch.stack(hit, 1)}
 
 
 def sanity_stage(ctx: Ctx, clean: dict[str, Any], curves: dict[str, Any]) -> tuple[dict[str, Any], Path]:
@@ -128,7 +129,7 @@ def sanity_stage(ctx: Ctx, clean: dict[str, Any], curves: dict[str, Any]) -> tup
     n = first(e.sanity_images, ctx.n)
     correct = torch.tensor(clean["correct"], dtype=torch.bool)
     free = "square"  # the gradient-free attack (its name goes into the results and the report)
-    queries = e.square_queries_masked if ctx.adaptive.get("bpda") else e.square_queries
+    queries = e.square_queries_masked if ctx.adaptive.get("bpda") or ctx.gradient_free else e.square_queries
     grid_l2 = list(cfg.l2_grid)
     gradient_l2 = torch.tensor(curves["broken_l2"], dtype=torch.bool).T  # [N, K]: broken by APGD-L2 or a minimal
 
@@ -149,22 +150,37 @@ def sanity_stage(ctx: Ctx, clean: dict[str, Any], curves: dict[str, Any]) -> tup
 
         def queried(i: int, rows: slice) -> dict[str, torch.Tensor]:  # Square, on chunks of QUERY_CHUNK images
             x, crit, err = ctx.x[rows], ctx.crit(rows), (~correct[rows]).to(ctx.x.device)
-            sq = attack(free, ctx, x, crit, [cfg.eps_ref], n_queries=queries, seed=chunk_seed(cfg.seed, i, 103))
             l2 = _square_l2(ctx, x, ctx.y[rows], err, gradient_l2[rows], queries, chunk_seed(cfg.seed, i, 104))
+            if ctx.gradient_free:  # Square L∞ at every ε: the only L∞ attack that can run
+                k = len(cfg.linf_grid)
+                li = _square_l2(ctx, x, ctx.y[rows], err, torch.zeros(x.shape[0], k, dtype=torch.bool), queries,
+                                chunk_seed(cfg.seed, i, 103), norm="linf", key="free_linf")
+                ref = cfg.linf_grid.index(cfg.eps_ref)
+                return {"free": li["free_linf"][:, ref], "free_adv": li["free_linf_adv"], **l2}
+            sq = attack(free, ctx, x, crit, [cfg.eps_ref], n_queries=queries, seed=chunk_seed(cfg.seed, i, 103))
             return {"free": (sq.success[0] | err).cpu(), "free_adv": sq.x_adv[0].cpu(), **l2}
 
-        f = ctx.runner.map(fn, n, f"sanity runs {ctx.model.name}")
+        if ctx.gradient_free:  # no gradient attack can run: their examples NaN (not run), their results None
+            f = {"gradient_l2": gradient_l2[:n], "grid_adv": torch.full((n, len(cfg.linf_grid), *ctx.x.shape[1:]),
+                                                                          math.nan),
+                 "restarts_adv": torch.full((n, *ctx.x.shape[1:]), math.nan)}
+        else:
+            f = ctx.runner.map(fn, n, f"sanity runs {ctx.model.name}")
         f |= ctx.runner.map(queried, n, f"Square {ctx.model.name}", chunk=QUERY_CHUNK)
         save_tensors(folder, "examples.safetensors",
                      {k: f[k] for k in ("grid_adv", "restarts_adv", "free_adv", "free_l2_adv")})
-        ra = {k: float((~f[k]).double().mean()) for k in ("one", "many", "unbounded", "free")}
+        ra: dict[str, float | None] = {k: float((~f[k]).double().mean()) if k in f else None
+                                       for k in ("one", "many", "unbounded", "free")}
         ra["any attack"] = float(1 - torch.tensor(curves["broken_ref"][:n], dtype=torch.float64).mean())
         grad, sq_l2 = f["gradient_l2"], f["free_l2"]
         return {"images": n, "eps": list(cfg.linf_grid), "eps_ref": cfg.eps_ref, "span": cfg.span,
-                "independent_pgd": [float(v) for v in (~f["grid"]).double().mean(0).tolist()],
+                "gradients_unavailable": ctx.gradient_free,
+                "independent_pgd": [float(v) for v in (~f["grid"]).double().mean(0).tolist()] if "grid" in f else
+                [math.nan] * len(cfg.linf_grid),
                 "robust": ra, "restarts": e.restarts, "gradient_free": free,
-                "gradient_free_only": int((f["free"] & ~f["one"]).sum()),
-                "gradient_free_params": {"n_queries": queries, "masked": bool(ctx.adaptive.get("bpda"))},
+                "gradient_free_only": int((f["free"] & ~f["one"]).sum()) if "one" in f else int(f["free"].sum()),
+                "gradient_free_params": {"n_queries": queries,
+                                         "masked": bool(ctx.adaptive.get("bpda") or ctx.gradient_free)},
                 "gradient_free_l2": {  # Square-L2 on the images the gradient L2 attacks left robust, per L2 ε
                     "eps": grid_l2, "ran": [int(v) for v in f["free_l2_ran"].sum(0).tolist()],
                     "only": [int(v) for v in (sq_l2 & ~grad).sum(0).tolist()],

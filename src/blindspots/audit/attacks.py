@@ -12,7 +12,7 @@ import torch
 from ..attacks import TargetedMisclassification
 from ..attacks.apgd import apgd
 from ..attacks.base import attack_mode
-from ..attacks.bpda import StraightThrough, gradient_probe
+from ..attacks.bpda import gradient_probe
 from ..attacks.pgd import pgd_linf_per_image
 from ..models import predict_logits
 from ..models.external import check_outputs
@@ -38,6 +38,8 @@ def clean_stage(ctx: Ctx) -> dict[str, Any]:
 
     def compute(folder: Path | None) -> dict[str, Any]:
         kind = check_outputs(ctx.model.module, ctx.x, ctx.data_id["n_classes"], labels=ctx.y)
+        if any(note.startswith("outputs are probabilities") for note in ctx.model.adapted):
+            kind["kind"] = "probabilities (attacked as their logarithm)"
 
         def fn(i: int, rows: slice) -> dict[str, torch.Tensor]:
             x = ctx.x[rows]
@@ -52,24 +54,9 @@ def clean_stage(ctx: Ctx) -> dict[str, Any]:
         probe = gradient_probe(ctx.model.module, ctx.x[pick], ctx.crit(pick), noise=0.05 * ctx.config.span,
                                seed=ctx.config.seed, bounds=ctx.config.bounds) if pick.numel() else None
         return {"accuracy": float(correct.double().mean()), "n": ctx.n, "errors": int((~correct).sum()),
-                "output": kind, "gradients": probe, "correct": as_list(correct), "margin": as_list(own - rival)}
+                "output": kind, "gradients": probe, "probe_rows": [int(i) for i in pick.tolist()], "correct": as_list(correct), "margin": as_list(own - rival)}
 
     return ctx.runner.run(f"clean-{ctx.model.name}", ctx.inputs(), compute)[0]
-
-
-def adapt(ctx: Ctx, clean: dict[str, Any]) -> None:
-    """Adaptive attacks (Tramèr et al. 2020) from what the clean stage found: straight-through gradients (BPDA)
-    through rounding calls and zero-gradient layers when the gradient probe finds masking, and through the layers
-    named with --bpda; EOT over `eot_samples` draws when the outputs are random. Sets ctx.attacked and ctx.eot."""
-    probe = clean.get("gradients") or {}
-    prefix = "model." if ctx.model.module is not ctx.model.inner else ""
-    layers = [prefix + n for n in ctx.config.bpda] + [n for n in probe.get("zero_layers", [])
-                                                        if n.removeprefix(prefix) not in ctx.config.bpda]
-    masked = bool(probe.get("masked"))
-    ctx.attacked = StraightThrough(ctx.model.module, layers, functions=masked) if masked or layers else None
-    ctx.eot = 1 if clean["output"].get("deterministic", True) else ctx.config.effort.eot_samples
-    ctx.adaptive = {"bpda": ctx.attacked is not None, "bpda_layers": layers, "bpda_rounding_calls": masked,
-                    "eot": ctx.eot}
 
 
 def _minimal_fields(r: Any, grid: tuple[float, ...], norm: str, clean_err: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -146,11 +133,12 @@ def _decision_fields(ctx: Ctx, plan: dict[str, Any], i: int, rows: slice, crit: 
     return {f"{DECISION}.{k}": v for k, v in _pad(len(take), take, fields).items()}
 
 
-def _without_gradients(names: list[str], skipped: dict[str, str], clean: dict[str, Any]) -> list[str]:
-    """The gradient attacks left out (each named in `skipped`) where the input gradients are unavailable."""
-    if not (clean.get("gradients") or {}).get("unavailable"):
+def _without_gradients(ctx: Ctx, names: list[str], skipped: dict[str, str]) -> list[str]:
+    """The gradient attacks left out (each named in `skipped`) where no input gradient can be had, not even through
+    BPDA (ctx.gradient_free, set by audit.adaptive); where BPDA restores one, they run through it."""
+    if not ctx.gradient_free:
         return names
-    skipped.update({a: gradients_unusable(clean) for a in names})
+    skipped.update({a: ctx.gradient_free for a in names})
     return []
 
 
@@ -161,7 +149,7 @@ def minimal_l2_stage(ctx: Ctx, clean: dict[str, Any]) -> dict[str, Any]:
     names = [a for a in L2_ATTACKS if supports_bounds(a, cfg.bounds)]
     skipped = {a: f"works in the box [0, 1] only; the data's bounds are {list(cfg.bounds)}"
                for a in L2_ATTACKS if a not in names}
-    names = _without_gradients(names, skipped, clean)
+    names = _without_gradients(ctx, names, skipped)
     plan = _decision_plan(ctx, clean, "l2")
     heavy = ctx.model.macs > e.heavy_macs
     if "lbfgs" in names and heavy:
@@ -241,7 +229,7 @@ def minimal_linf_stage(ctx: Ctx, clean: dict[str, Any]) -> dict[str, Any]:
     e, cfg = ctx.config.effort, ctx.config
     correct = torch.tensor(clean["correct"], dtype=torch.bool)
     skipped: dict[str, str] = {}
-    names = _without_gradients(list(LINF_ATTACKS), skipped, clean)
+    names = _without_gradients(ctx, list(LINF_ATTACKS), skipped)
     plan = _decision_plan(ctx, clean, "linf")
 
     def compute(folder: Path | None) -> dict[str, Any]:
@@ -300,6 +288,7 @@ def _chain(ctx: Ctx, x: torch.Tensor, y: torch.Tensor, clean_logits: torch.Tenso
     e, cfg = ctx.config.effort, ctx.config
     kw = {"norm": norm, "steps": e.apgd_steps, "eot": ctx.eot, "bounds": cfg.bounds}
     adv, broken = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    rate = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)  # share of draws misclassifying adv
     n_classes = clean_logits.shape[1]
     rivals = clean_logits.scatter(1, y.view(-1, 1), -math.inf).argsort(1, descending=True)
     runs: list[tuple[str, int]] = [("ce", -1), ("dlr", -1)]
@@ -314,12 +303,27 @@ def _chain(ctx: Ctx, x: torch.Tensor, y: torch.Tensor, clean_logits: torch.Tenso
         crit = Misclassification(y[todo]) if t < 0 else TargetedMisclassification(rivals[todo, t], y[todo])
         r = apgd(ctx.target, x[todo], crit, [eps], loss=loss, seed=seed * 7 + j, **kw)
         idx = todo.nonzero().flatten()
-        # re-verified on the model itself (a targeted success must also be a misclassification)
+        # re-verified on the model itself (a targeted success must also be a misclassification); a random model's
+        # over `eot` draws: broken when misclassified on most, each image keeping its most often misclassified example
         with torch.no_grad(), attack_mode(ctx.model.module) as m:
-            ok = m(r.x_adv[0]).argmax(1) != y[todo]
-        keep = ok | (j == 0)
+            wrong = torch.stack([m(r.x_adv[0]).argmax(1) != y[todo] for _ in range(ctx.eot)]).double().mean(0)
+        ok = wrong > 0.5
+        keep = (wrong > rate[idx]) | (j == 0)
         adv[idx[keep]] = r.x_adv[0][keep]
+        rate[idx[keep]] = wrong[keep]
         broken[idx[ok]] = True
+    if ctx.eot > 1:  # a random model: PGD with EOT on every image too, each keeping its most often wrong example
+        from .adaptive import eot_pgd
+
+        sub = rate < 0.9  # the images no example breaks on 90% of the draws yet
+        if bool(sub.any()):
+            cand = eot_pgd(ctx.target, x[sub], y[sub], eps, norm, max(50, 4 * e.apgd_steps), ctx.eot,
+                           cfg.bounds)
+            with torch.no_grad(), attack_mode(ctx.model.module) as m:
+                wrong = torch.stack([m(cand).argmax(1) != y[sub] for _ in range(ctx.eot)]).double().mean(0)
+            idx, keep = sub.nonzero().flatten(), wrong > rate[sub]
+            adv[idx[keep]], rate[idx[keep]] = cand[keep], wrong[keep]
+            broken[idx[wrong > 0.5]] = True
     return adv, broken
 
 
@@ -342,7 +346,9 @@ def curves_stage(ctx: Ctx, clean: dict[str, Any], minimal: dict[str, dict[str, A
                 broken, steps, examples = err.clone(), [], []
                 current = x.clone()
                 for k, eps in enumerate(grid):
-                    todo = torch.ones_like(broken) if (norm == "linf" and k == ref_k) else ~broken
+                    # every image at the reference ε (the transfer set) and, for a random model (whose successes
+                    # are only likely), at every ε
+                    todo = torch.ones_like(broken) if (norm == "linf" and k == ref_k) or ctx.eot > 1 else ~broken
                     if bool(todo.any()):
                         adv, ok = _chain(ctx, x[todo], y[todo], z[todo], eps, norm, chunk_seed(cfg.seed, i, salt + k))
                         idx = todo.nonzero().flatten()
@@ -384,4 +390,4 @@ def curves_stage(ctx: Ctx, clean: dict[str, Any], minimal: dict[str, dict[str, A
     return ctx.runner.run(f"curves-{ctx.model.name}", ctx.inputs(adaptive=ctx.adaptive), compute)
 
 
-__all__ = ["adapt", "clean_stage", "minimal_l2_stage", "minimal_linf_stage", "curves_stage"]
+__all__ = ["clean_stage", "minimal_l2_stage", "minimal_linf_stage", "curves_stage"]

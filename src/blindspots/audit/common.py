@@ -32,6 +32,7 @@ class Ctx:
     data_id: dict[str, Any]
     attacked: nn.Module | None = None  # what gradient attacks see: the model, or it with BPDA (set after clean)
     eot: int = 1  # gradients averaged per APGD step (> 1 for a model with random outputs)
+    gradient_free: str | None = None  # why no input gradient can be had (the gradient attacks then stand down)
     adaptive: dict[str, Any] = field(default_factory=dict)  # why: BPDA layers, EOT, losses
 
     @property

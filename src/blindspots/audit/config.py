@@ -31,7 +31,8 @@ class Effort:
     pgd_steps: int = 20  # PGD steps per ε of the sanity runs (independent per ε, restarts, unbounded)
     apgd_steps: int = 25  # APGD steps per ε and loss on the robust-accuracy curves (CE, DLR, targeted DLR)
     apgd_targets: int = 9  # targeted APGD-DLR towards the top classes, on the images still robust (AutoAttack: 9)
-    eot_samples: int = 8  # gradients averaged per APGD step when the model's outputs are random (EOT)
+    eot_samples: int = 20  # gradients averaged per APGD step when the model's outputs are random (EOT; AutoAttack: 20)
+    draws: int = 20  # draws of a random model each example is re-checked over (robust accuracy: their expectation)
     minimal_l2: dict[str, Any] = field(default_factory=lambda: {"steps": 20, "lanes": 2})
     lbfgs_images: int | None = None  # L-BFGS on the first images only (None: all), only for models below `heavy_macs`
     heavy_macs: float = 1e6  # multiply-adds per image (Linear + Conv2d) above which a model counts as large:
@@ -87,7 +88,8 @@ class AuditConfig:
     out: Path = Path("runs/audit")
     progress: bool = True
     effort: Effort = field(default_factory=Effort)
-    bpda: tuple[str, ...] = ()  # layers attacked through straight-through gradients (besides those the probe finds)
+    bpda: tuple[str, ...] = ()  # layers attacked through a fitted differentiable stand-in (BPDA; besides those the
+    # probe finds, which get the identity where they keep the shape)
     fast: bool = False  # subsample the slow attacks (FAST); the report says which ran on how many images
 
     def __post_init__(self) -> None:

@@ -14,11 +14,14 @@ import torch
 
 from .. import __version__, parallel
 from ..data.user import load_eval_data
+from ..errors import InputError
 from ..io import write_json_atomic
 from .analysis import lipschitz_stage, sanity_stage, transfer_stage, units_stage
-from .attacks import adapt, clean_stage, curves_stage, minimal_l2_stage, minimal_linf_stage
+from .adaptive import adapt
+from .attacks import clean_stage, curves_stage, minimal_l2_stage, minimal_linf_stage
 from .bounds import bounds_stage
 from .common import Ctx
+from .gradient_free import curves_skipped
 from .config import CHUNK, QUERY_CHUNK, AuditConfig, first
 from .models import load_models
 from .runner import AuditRunner
@@ -31,7 +34,7 @@ PARTS = ("clean", "minimal L2", "minimal L∞", "robust curves", "lipschitz", "u
 
 def _lean(stage: dict[str, Any]) -> dict[str, Any]:
     """A stage result for results.json: without its cache record and the per-image flags only later stages read."""
-    out = {k: v for k, v in stage.items() if k not in ("_stage", "correct", "margin", "broken_ref", "broken_l2")}
+    out = {k: v for k, v in stage.items() if k not in ("_stage", "correct", "margin", "broken_ref", "broken_l2", "probe_rows")}
     if "attacks" in out:
         out["attacks"] = {a: {k: v for k, v in rec.items() if k != "at"} for a, rec in out["attacks"].items()}
     return out
@@ -63,39 +66,72 @@ def run_audit(config: AuditConfig, announce: Callable[[str], None] = print) -> d
     curves: dict[str, tuple[dict[str, Any], Any]] = {}
     folders: dict[str, dict[str, Any]] = {}
     minimal_linf: dict[str, dict[str, Any]] = {}
-    ctxs = []
+    ctxs: list[Ctx] = []
+    failed: dict[str, dict[str, str]] = {}
     for m in models:
         ctx = Ctx(config, runner, x, y, m, data_id)
-        ctxs.append(ctx)
         rec: dict[str, Any] = {}
         where: dict[str, Any] = {}
-        rec["clean"] = timed("clean", lambda: clean_stage(ctx))
-        adapt(ctx, rec["clean"])
-        rec["minimal_l2"], where["minimal_l2"] = timed("minimal L2", lambda: minimal_l2_stage(ctx, rec["clean"]))
-        rec["minimal_linf"], where["minimal_linf"] = timed("minimal L∞", lambda: minimal_linf_stage(ctx, rec["clean"]))
-        minimal_linf[m.name] = rec["minimal_linf"]
-        curves[m.name] = timed("robust curves", lambda: curves_stage(
-            ctx, rec["clean"], {"l2": rec["minimal_l2"], "linf": rec["minimal_linf"]}))
-        rec["curves"], where["curves"] = curves[m.name]
-        rec["lipschitz"] = timed("lipschitz", lambda: lipschitz_stage(ctx, rec["clean"], rec["minimal_l2"]))
-        rec["units"] = timed("units", lambda: units_stage(ctx))
-        rec["sanity_runs"], where["sanity"] = timed("sanity runs", lambda: sanity_stage(ctx, rec["clean"],
-                                                                                        rec["curves"]))
+        part = "clean"
+        try:  # a stage that fails for one model is recorded, and the other models go on
+            rec["clean"] = timed("clean", lambda: clean_stage(ctx))
+            part = "adaptive attacks"
+            adapt(ctx, rec["clean"])
+            if ctx.gradient_free:
+                runner.announce(f"  {m.name}: {ctx.gradient_free}; gradient attacks stand down; HopSkipJump and "
+                                "Square (at every ε) run")
+            free = ctx.gradient_free is not None
+            part = "minimal L2"  # without gradients: HopSkipJump alone
+            rec["minimal_l2"], where["minimal_l2"] = timed(part, lambda: minimal_l2_stage(ctx, rec["clean"]))
+            part = "minimal L∞"
+            rec["minimal_linf"], where["minimal_linf"] = timed(part, lambda: minimal_linf_stage(ctx, rec["clean"]))
+            minimal_linf[m.name] = rec["minimal_linf"]
+            part = "robust curves"
+            curves[m.name] = timed(part, lambda: curves_skipped(ctx, rec["clean"]) if free else curves_stage(
+                ctx, rec["clean"], {"l2": rec["minimal_l2"], "linf": rec["minimal_linf"]}))
+            rec["curves"], where["curves"] = curves[m.name]
+            part = "lipschitz"
+            rec["lipschitz"] = _optional(lambda: timed(part, lambda: lipschitz_stage(ctx, rec["clean"],
+                                                                                    rec["minimal_l2"])),
+                                         lambda why: {"supported": False, "reason": why, "layers": []})
+            part = "units"
+            rec["units"] = _optional(lambda: timed("units", lambda: units_stage(ctx)), lambda why: {"skipped": why})
+            part = "sanity runs"
+            rec["sanity_runs"], where["sanity"] = timed(part, lambda: sanity_stage(ctx, rec["clean"], rec["curves"]))
+        except Exception as exc:  # noqa: BLE001 - any failure of a user's model is reported, not raised
+            if isinstance(exc, InputError) and part == "clean" and len(models) == 1:
+                raise  # the one model's outputs are refused: the clear error is the answer
+            failed[m.name] = _failure(part, exc)
+            runner.announce(f"  {m.name}: stage {part} failed ({failed[m.name]['error']}); the audit goes on "
+                            "without this model")
+            curves.pop(m.name, None)
+            continue
+        ctxs.append(ctx)
         per_model[m.name] = {k: _lean(v) for k, v in rec.items()}
         folders[m.name] = {**where, "clean": rec["clean"]}
-    transfer = timed("transfer", lambda: transfer_stage(runner, ctxs, curves, tuple(config.zoo)))
+    transfer = timed("transfer", lambda: transfer_stage(runner, ctxs, curves, tuple(config.zoo))) if ctxs else \
+        {"eps_ref": config.eps_ref, "sources": [], "targets": [], "matrix": {}, "clean_error": {}}
     for ctx in ctxs:  # the verdict of each model reads every attack's examples, the other models' transferred too
         name = ctx.model.name
         others = {c.model.name: curves[c.model.name][1] for c in ctxs if c is not ctx}
         clean = folders[name].pop("clean")
-        verdict = timed("verdict", lambda: verdict_stage(ctx, clean, folders[name], others))
+        try:
+            verdict = timed("verdict", lambda: verdict_stage(ctx, clean, folders[name], others))
+        except Exception as exc:  # noqa: BLE001
+            failed[name] = _failure("verdict", exc)
+            per_model.pop(name)
+            continue
         per_model[name]["verdict"] = _lean(verdict)
-        per_model[name]["bounds"] = _lean(timed("bounds", lambda: bounds_stage(
-            ctx, clean, minimal_linf[name], folders[name]["minimal_linf"], verdict)))
+        try:
+            per_model[name]["bounds"] = _lean(timed("bounds", lambda: bounds_stage(
+                ctx, clean, minimal_linf[name], folders[name]["minimal_linf"], verdict)))
+        except Exception as exc:  # noqa: BLE001 - the certified side is optional: said, not fatal
+            per_model[name]["bounds"] = {"supported": False, "reason": f"the bounds stage failed ({_line(exc)})"}
 
     results: dict[str, Any] = {
         "audit": "blindspots audit", "config": config.describe(), "data": data_id,
         "models": [m.describe() for m in models], "per_model": per_model, "transfer": _lean(transfer),
+        "failed": failed,
         "stages": [vars(r) for r in runner.stages.log] if runner.stages else [],
         "facts": _facts(config, models, data_id, world.size),
     }
@@ -113,6 +149,24 @@ def run_audit(config: AuditConfig, announce: Callable[[str], None] = print) -> d
                  f"report {time.perf_counter() - t:.1f} s)")
     parallel.barrier(world)
     return results
+
+
+def _line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
+
+
+def _optional(run: Callable[[], dict[str, Any]], failed: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+    """An analysis stage that is not part of the verdict: its failure is said in its own record, not fatal."""
+    try:
+        return run()
+    except Exception as exc:  # noqa: BLE001 - any failure of a user's model is reported, not raised
+        return failed(f"the stage failed ({_line(exc)})")
+
+
+def _failure(part: str, exc: BaseException) -> dict[str, str]:
+    """A failed stage as results.json records it: which, and the error's first line."""
+    return {"stage": part, "error": _line(exc)}
 
 
 def _facts(config: AuditConfig, models: list[Any], data_id: dict[str, Any], world_size: int) -> dict[str, Any]:
@@ -142,7 +196,9 @@ def _facts(config: AuditConfig, models: list[Any], data_id: dict[str, Any], worl
                                f"APGD: {e.apgd_steps} steps each of CE, DLR and targeted DLR towards the "
                                f"{e.apgd_targets} highest other classes, in ascending ε on the images still robust; "
                                "straight-through gradients (BPDA) where the gradient probe finds masking or --bpda "
-                               f"names layers; EOT over {e.eot_samples} draws for a model with random outputs",
+                               f"names layers; EOT over {e.eot_samples} draws for a model with random outputs, "
+                               f"whose every robust accuracy is the mean probability of the correct label over "
+                               f"{e.draws} seeded draws",
             "minimal_perturbations": f"L2: DeepFool, minimal-l2 {dict(e.minimal_l2)} and L-BFGS on the first "
                                      f"{first(e.lbfgs_images, data_id['n'])} images; models above {e.heavy_macs:,.0f} multiply-adds per "
                                      f"image run minimal-l2 on the first {e.heavy_images} images, DeepFool on the "

@@ -42,7 +42,8 @@ def minimal_histograms(name: str, m: dict[str, Any], path: Path) -> None:
             ax.text(0.5, 0.5, "no adversarial example found", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel(f"minimal {label} perturbation")
         ax.set_ylabel("images")
-        ax.legend(fontsize=7)
+        if best.size:  # else nothing is drawn (e.g. no minimal attack could run): no legend
+            ax.legend(fontsize=7)
     fig.suptitle(f"{name}: smallest adversarial perturbation per image", fontsize=10)
     save_png(fig, path, metadata={"Software": None})
 
@@ -52,7 +53,8 @@ def robust_curves(name: str, m: dict[str, Any], path: Path) -> None:
     fig = Figure(figsize=(8.4, 3.0), dpi=100)
     for ax, norm, label in zip(fig.subplots(1, 2), ("linf", "l2"), ("L∞", "L2")):
         c = m["curves"][norm]
-        lines = {**c["lines"], "every attack (verdict)": m["verdict"][norm]["robust"]}
+        v = m["verdict"][norm]  # a random model: every line an expectation over the draws, as the verdict
+        lines = {**(v["lines"] if "draws" in v else c["lines"]), "every attack (verdict)": v["robust"]}
         for line, values in lines.items():
             v = [np.nan if x is None else x for x in values]
             style = {"color": "k", "lw": 2} if line == "every attack (verdict)" else {"lw": 1.2}

@@ -29,12 +29,13 @@ class AuditModel:
     key: str  # the model's identity: sha256 of its state, behaviour, structure and code (`identity`)
     n_params: int
     macs: int  # multiply-adds per image in Linear and Conv2d layers
+    adapted: tuple[str, ...] = ()  # how the audit reads the model's outputs, when not as plain logits (`adapt_outputs`)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "source": self.source, "weights": self.weights,
                 "weights_sha256": self.weights_sha256, "state_sha256": state_hash(self.module), "identity": self.key, "parameters": self.n_params,
                 "macs_per_image": self.macs, "normalized": self.module is not self.inner,
-                "class": type(self.inner).__name__}
+                "class": type(self.inner).__name__, "outputs_adapted": list(self.adapted)}
 
 
 def state_hash(module: nn.Module) -> str:
@@ -107,6 +108,73 @@ def _first_layer(module: nn.Module) -> str:
     return "its expected input shape is unknown"
 
 
+def _first_tensor(out: Any) -> tuple[torch.Tensor | None, str]:
+    """The logits in a tuple, list or dict output (its "logits" entry, else its first tensor), and where found."""
+    if isinstance(out, dict):
+        if isinstance(out.get("logits"), torch.Tensor):
+            return out["logits"], "its 'logits' entry"
+        items = [(f"its entry {k!r}", v) for k, v in out.items()]
+    elif isinstance(out, (tuple, list)):
+        items = [(f"its element {i}", v) for i, v in enumerate(out)]
+    else:
+        return None, ""
+    for where, v in items:
+        if isinstance(v, torch.Tensor):
+            return v, where
+    return None, ""
+
+
+def adapt_outputs(module: nn.Module, name: str, images: torch.Tensor) -> tuple[str, ...]:
+    """Make the user's module return a logits tensor, by a forward hook (its layer names stay the same): the
+    first tensor of a tuple/list/dict output, and the logarithm of probabilities (log-probabilities are logits up
+    to a per-row shift). Returns what was adapted, for the report; refuses what it cannot read, saying how to
+    wrap the model."""
+    from ..attacks.base import looks_like_probabilities
+
+    old = getattr(module, "_blindspots_adapter", None)
+    if old is not None:  # adapted by an earlier load of the same object
+        return old[1]
+    with torch.no_grad():
+        out = module.eval()(images[:8])
+    notes: list[str] = []
+    picked = isinstance(out, (tuple, list, dict))
+    if picked:
+        tensor, where = _first_tensor(out)
+        if tensor is None:
+            raise InputError(f"model {name!r} returns a {type(out).__name__} without a tensor in it; wrap it so that "
+                             "forward returns the logits tensor [N, C] alone, e.g. "
+                             "class Wrapped(nn.Module): forward(x) = model(x)[0].")
+        notes.append(f"forward returns a {type(out).__name__}: the audit takes {where} as the logits")
+        out = tensor
+    probs = isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[1] >= 2 and \
+        bool(torch.isfinite(out).all()) and looks_like_probabilities(out.double())
+    if probs:
+        notes.append("outputs are probabilities: the audit attacks their logarithm (log-probabilities, logits up to "
+                     "a per-row shift), clamped at 1e-30")
+    if not notes:
+        return ()
+
+    def hook(_m: nn.Module, _inp: Any, result: Any) -> Any:
+        if picked:
+            result = _first_tensor(result)[0]
+        return result.clamp(min=1e-30).log() if probs else result
+
+    handle = module.register_forward_hook(hook)
+    object.__setattr__(module, "_blindspots_adapter", (handle, tuple(notes)))
+    return tuple(notes)
+
+
+def check_layers(module: nn.Module, name: str, layer: str | None, bpda: tuple[str, ...]) -> None:
+    """--layer and --bpda must name layers of the model (model.named_modules()): refused up front, naming them."""
+    names = [n for n, _ in module.named_modules() if n]
+    bad = [("--layer", layer)] if layer is not None and layer not in names else []
+    bad += [("--bpda", b) for b in bpda if b not in names]
+    if bad:
+        listed = ", ".join(names[:60]) + (" …" if len(names) > 60 else "")
+        raise InputError(f"model {name!r} has no layer {' and no layer '.join(f'{v!r} ({o})' for o, v in bad)}; its "
+                         f"layers (model.named_modules()): {listed or '(none)'}.")
+
+
 def check_input_shape(model: nn.Module, name: str, images: torch.Tensor) -> None:
     """A clear InputError (both shapes named) when the model cannot take the data's images."""
     shape = tuple(images.shape[1:])
@@ -135,6 +203,14 @@ def load_models(config: AuditConfig, images: torch.Tensor) -> list[AuditModel]:
             print(f"blindspots: warning: --model {loaded.source} has no --weights; auditing the factory's own "
                   "(untrained?) initialisation.")
         inner = loaded.module.to(config.device).eval()
+        sample = images[:8].to(config.device)
+        try:
+            adapted = adapt_outputs(inner, loaded.name, sample)
+        except InputError:
+            raise
+        except Exception:  # noqa: BLE001 - the shape check below names the problem
+            adapted = ()
+        check_layers(inner, loaded.name, config.layer, config.bpda)
         module = inner if config.mean is None else Normalized(inner, config.mean, config.std).to(config.device).eval()
         sample = images[:2].to(config.device)
         check_input_shape(module, loaded.name, sample)
@@ -145,8 +221,8 @@ def load_models(config: AuditConfig, images: torch.Tensor) -> list[AuditModel]:
         out.append(AuditModel(name, module, inner, loaded.source, loaded.weights, loaded.weights_sha256,
                               identity(module, tuple(images.shape[1:]), config.bounds, loaded.code_sha256),
                               sum(p.numel() for p in module.parameters()),
-                              count_macs(module, sample)))
+                              count_macs(module, sample), adapted))
     return out
 
 
-__all__ = ["AuditModel", "load_models", "check_input_shape", "state_hash", "behaviour_hash", "identity", "count_macs"]
+__all__ = ["AuditModel", "load_models", "adapt_outputs", "check_layers", "check_input_shape", "state_hash", "behaviour_hash", "identity", "count_macs"]

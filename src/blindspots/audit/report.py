@@ -9,6 +9,7 @@ from typing import Any
 from ..report.document import Figure, Report, Section, Table, run_facts_section, write_report
 from ..report.format import num, pct
 from .figures import draw_figures, figure_paths
+from .sanity import evidence
 
 NORM_LABEL = {"minimal_l2": "L2", "minimal_linf": "L∞", "l2": "L2", "linf": "L∞"}
 
@@ -40,12 +41,16 @@ def headline(results: dict[str, Any], name: str) -> str:
     k = v["eps"].index(eps)
     curve = ", ".join(f"ε {e:g}: {pct(r)}" for e, r in zip(v["eps"], v["robust"]))
     flags = failed_checks(results, name)
+    alone = m["curves"].get("adaptive", {}).get("gradient_free")
     if flags:
-        return (f"{name}: not trustworthy: failed checks: {'; '.join(flags)}. Clean accuracy {pct(m['clean']['accuracy'])}; robust "
+        reason = f"audited by gradient-free attacks alone ({alone}); " if alone else ""
+        return (f"{name}: not trustworthy: {reason}failed checks: {'; '.join(flags)}. Clean accuracy {pct(m['clean']['accuracy'])}; robust "
                 f"accuracy at L∞ ε = {eps:g} at most {pct(v['robust'][k])} (an upper bound: the attacks found at "
-                f"least this many adversarial examples, the flagged checks say they may have missed more; L∞ {curve}).")
+                f"least this many adversarial examples, the flagged checks say they may have missed more; L∞ {curve}; "
+                f"evidence: {evidence(m)}).")
     return (f"{name}: clean accuracy {pct(m['clean']['accuracy'])}; robust accuracy at L∞ ε = {eps:g} "
-            f"{pct(v['robust'][k])} under every attack the audit ran, each example re-verified (L∞ {curve}).")
+            f"{pct(v['robust'][k])} under every attack the audit ran, each example re-verified (L∞ {curve}; "
+            f"evidence: {evidence(m)}).")
 
 
 def _summary(results: dict[str, Any]) -> list[str]:
@@ -54,6 +59,9 @@ def _summary(results: dict[str, Any]) -> list[str]:
         l2, li = m["minimal_l2"]["best"]["stats"], m["minimal_linf"]["best"]["stats"]
         out.append(f"{headline(results, name)} Median smallest adversarial perturbation L2 {_median(l2)}, "
                    f"L∞ {_median(li)}.")
+    for name, f in results.get("failed", {}).items():
+        out.append(f"{name}: not audited: the {f['stage']} stage failed ({f['error']}); the other models' audits "
+                   "went on without it.")
     if results["config"].get("fast"):
         out.append("--fast: " + results["facts"]["choices"]["sanity_runs"] + "; L-BFGS and the PGD bisection on the "
                    "first images only (the tables give each attack's image count).")
@@ -66,12 +74,16 @@ def _summary(results: dict[str, Any]) -> list[str]:
 def _clean(results: dict[str, Any]) -> Section:
     rows = []
     for d in results["models"]:
+        if d["name"] not in results["per_model"]:
+            continue
         c = results["per_model"][d["name"]]["clean"]
         rows.append([d["name"], d["source"], pct(c["accuracy"]), str(c["errors"]), c["output"]["kind"],
                      f"{d['parameters']:,}", f"{d['macs_per_image']:,}"])
     return Section("Clean accuracy and outputs", [
         f"On the {results['data']['n']} images of {results['data']['name']}. Output kind: 'logits', or "
-        "'log-probabilities' (logits up to a per-row shift); probability outputs are refused before any attack."],
+        "'log-probabilities' (logits up to a per-row shift); probability outputs are attacked through their "
+        "logarithm (and FLAGged), a tuple or dict output through its first tensor."]
+        + [f"{d['name']}: {note}." for d in results["models"] for note in d.get("outputs_adapted", [])],
         [Table(["model", "source", "accuracy", "errors", "output", "parameters", "multiply-adds / image"], rows,
                fmt="str")])
 
@@ -108,19 +120,25 @@ def _curves(results: dict[str, Any]) -> Section:
     tables, figures = [], []
     for name, m in results["per_model"].items():
         for norm in ("linf", "l2"):
-            c = m["curves"][norm]
-            rows = [[line] + [pct(v) for v in values] for line, values in c["lines"].items()]
-            v = m["verdict"][norm]
-            rows.append(["every attack (verdict)"] + [pct(r) for r in v["robust"]])
+            c, v = m["curves"][norm], m["verdict"][norm]
+            if "draws" in v:  # a random model: each line an expectation over the draws, as the verdict
+                rows = [[f"{line} (expected)"] + [pct(r) for r in values] for line, values in v["lines"].items()]
+                rows.append([f"every attack (verdict, expectation over {v['draws']} draws ± sd)"] +
+                            [f"{pct(r)} ± {pct(sd)}" for r, sd in zip(v["robust"], v["spread"])])
+            else:
+                rows = [[line] + [pct(r) for r in values] for line, values in c["lines"].items()]
+                rows.append(["every attack (verdict)"] + [pct(r) for r in v["robust"]])
+            note = f"Evidence: {evidence(m)}." + (f" Gradient attacks not run: {c['skipped']}." if c.get("skipped")
+                                                  else "")
             tables.append(Table(["attack"] + [f"ε = {e:g}" for e in c["eps"]], rows,
-                                f"{name}: robust accuracy under {NORM_LABEL[norm]} attacks", fmt="str"))
+                                f"{name}: robust accuracy under {NORM_LABEL[norm]} attacks", note, fmt="str"))
             src = [[s, str(rec["images"])] + [f"{b} ({o} alone)" for b, o in zip(rec["broke"], rec["only"])]
                    for s, rec in v["sources"].items()]
             tables.append(Table(["source", "images"] + [f"ε = {e:g}" for e in v["eps"]], src,
                                 f"{name}: images each attack broke in {NORM_LABEL[norm]} (re-verified), and broke "
                                 "alone", fmt="str"))
         figures.append(Figure(figure_paths(name)["curves"], f"{name}: robust accuracy against ε"))
-    steps = next(iter(results["per_model"].values()))["curves"]["apgd_steps"]
+    steps = next(iter(results["per_model"].values()), {}).get("curves", {}).get("apgd_steps", 0)
     return Section("Robust accuracy against ε", [
         f"Share of images still classified correctly under attack. APGD: {steps} steps each of APGD-CE, APGD-DLR "
         "and targeted APGD-DLR, ascending ε, each image attacked until broken (through straight-through gradients "

@@ -4,10 +4,14 @@ skipped by all of them and only rank 0 writes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import random
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .. import parallel
@@ -28,7 +32,10 @@ def chunk_seed(seed: int, chunk: int, salt: int = 0) -> int:
 # and the attacks it reaches through the registry (audit.common.attack -> attacks.run_attack, whose imports are not
 # followed). A stage that starts from another's results (handed over in memory, not in its key) includes that
 # stage's parts; the verdict reads them all. tests/test_stage_sources.py traces real tiny runs of these kinds.
-_CLEAN = StageSource(modules=("blindspots.audit.attacks",))
+# every stage after the clean one attacks through what audit.adaptive builds from it (BPDA, stand-ins), or stands down
+# (audit.gradient_free)
+_CLEAN = StageSource(modules=("blindspots.audit.attacks", "blindspots.audit.adaptive", "blindspots.attacks.standin",
+                              "blindspots.audit.gradient_free"))
 _MINIMAL_L2 = _CLEAN.with_(modules=("blindspots.attacks.lbfgs", "blindspots.attacks.deepfool",
                                      "blindspots.attacks.minimal", "blindspots.attacks.hopskipjump"))
 _MINIMAL_LINF = _CLEAN.with_(modules=("blindspots.attacks.fgsm", "blindspots.attacks.pgd",
@@ -46,8 +53,24 @@ AUDIT_STAGE_SOURCES = {
     "sanity-": _SANITY,
     "transfer": _CURVES.with_(modules=("blindspots.audit.analysis",)),
     "bounds-": _BOUNDS,
-    "verdict-": _SANITY.with_(_BOUNDS, modules=("blindspots.audit.verdict",)),
+    "verdict-": _SANITY.with_(_BOUNDS, modules=("blindspots.audit.verdict", "blindspots.audit.expectation")),
 }
+
+
+@contextmanager
+def seeded_globals(seed: int) -> Iterator[None]:
+    """torch's (CPU), numpy's and Python's global generators seeded, and restored afterwards: what a randomised
+    model draws from (its randomness is then a function of the seed, so its audit is reproducible)."""
+    np_state, py_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
 
 
 class AuditRunner:
@@ -84,7 +107,11 @@ class AuditRunner:
             eta.total = total
             eta.step(done - eta.done)
 
-        return parallel.sharded_map(fn, n, chunk, self.world, progress)
+        def seeded(i: int, rows: slice) -> dict[str, torch.Tensor]:  # a random model's draws: from (desc, chunk)
+            with seeded_globals(chunk_seed(zlib.crc32(desc.encode()), i)):
+                return fn(i, rows)
+
+        return parallel.sharded_map(seeded, n, chunk, self.world, progress)
 
 
 def save_tensors(folder: Path | None, name: str, tensors: dict[str, torch.Tensor]) -> None:
@@ -102,4 +129,4 @@ def load_tensors(folder: Path, name: str) -> dict[str, torch.Tensor]:
     return load_file(str(folder / name))
 
 
-__all__ = ["AUDIT_STAGE_SOURCES", "AuditRunner", "chunk_seed", "save_tensors", "load_tensors"]
+__all__ = ["AUDIT_STAGE_SOURCES", "AuditRunner", "chunk_seed", "seeded_globals", "save_tensors", "load_tensors"]

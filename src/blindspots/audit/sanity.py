@@ -58,16 +58,29 @@ def adaptive_lines(name: str, m: dict[str, Any]) -> list[dict[str, str]]:
     numbers = (f"margin-loss input gradient exactly zero on {probe['zero_gradient']} of {probe['images']} correctly "
                f"classified images, while uniform noise of ±{probe['noise']:g} changes the outputs of "
                f"{probe['outputs_move']}; layers with zero gradient: {', '.join(probe['zero_layers']) or 'none'}{bpda}")
-    out.append(line(FLAG if probe["masked"] else PASS, name, "input gradients are not masked", numbers))
-    out.append(line(FLAG if probe["ce_saturated"] else PASS, name, "cross-entropy does not saturate",
-                    f"cross-entropy input gradient exactly zero on {probe['ce_zero_gradient']} of {probe['images']} "
-                    "images (huge logits make the softmax one-hot in float; the APGD-DLR and margin losses, which "
-                    "the audit also runs, are scale-invariant)"))
+    approx = adaptive.get("approximated", {})
+    if approx:
+        numbers += "; approximated in the backward pass: " + "; ".join(
+            f"{k}: {v['approximation']}" + (f" (R² {v['r2']:.3f}, labels kept on {pct(v['label_agreement'])} of "
+                                            f"{v['held_out_inputs']} held-out inputs)" if "r2" in v else "")
+            + (f" ({v['why']})" if "why" in v else "") for k, v in approx.items())
+    if probe.get("unavailable"):
+        numbers = f"input gradients unavailable: {probe['unavailable']}; " + numbers
+    out.append(line(FLAG if probe["masked"] or probe.get("unavailable") else PASS, name,
+                    "input gradients are not masked", numbers))
+    if probe.get("unavailable"):
+        out.append(line(SKIP, name, "cross-entropy does not saturate", "no input gradient of the model to probe"))
+    else:
+        out.append(line(FLAG if probe["ce_saturated"] else PASS, name, "cross-entropy does not saturate",
+                        f"cross-entropy input gradient exactly zero on {probe['ce_zero_gradient']} of "
+                        f"{probe['images']} images (huge logits make the softmax one-hot in float; the APGD-DLR and "
+                        "margin losses, which the audit also runs, are scale-invariant)"))
     det = m["clean"]["output"].get("deterministic", True)
     out.append(line(PASS if det else FLAG, name, "outputs are deterministic",
                     "two forward passes of the same images agree" if det else
                     f"two forward passes of the same images differ: a randomised model; APGD averaged each gradient "
-                    f"over {adaptive.get('eot', 1)} draws (EOT)"))
+                    f"over {adaptive.get('eot', 1)} draws (EOT), and every robust accuracy is an expectation over "
+                    f"{m.get('verdict', {}).get('linf', {}).get('draws', '?')} draws"))
     return out
 
 
@@ -91,15 +104,50 @@ def gradient_free_l2_line(name: str, s: dict[str, Any]) -> dict[str, str]:
                 f"tolerance {pct(tol)})")
 
 
+def evidence(m: dict[str, Any]) -> str:
+    """What kind of evidence the model's robustness numbers are: gradient-based (on the model's own gradients or
+    through BPDA / fitted stand-ins), gradient-free only; and an expectation over R draws for a random model."""
+    adaptive = m["curves"].get("adaptive", {})
+    if adaptive.get("gradient_free"):
+        kind = "gradient-free only (Square, transfer)"
+    else:
+        fitted = [k for k, v in adaptive.get("approximated", {}).items() if v.get("approximation") == "fitted stand-in"]
+        kind = ("gradient-based through fitted stand-ins of " + ", ".join(fitted) if fitted else
+                "gradient-based through straight-through gradients (BPDA)" if adaptive.get("bpda") else
+                "gradient-based (the model's own gradients)") + ", with gradient-free and transfer attacks"
+    draws = m.get("verdict", {}).get("linf", {}).get("draws")
+    return kind + (f"; each number an expectation over {draws} draws of the model's randomness" if draws else "")
+
+
+def evidence_line(name: str, m: dict[str, Any]) -> dict[str, str]:
+    """FLAG where no gradient could be had, not even through BPDA: the numbers then rest on gradient-free attacks
+    alone, which miss what a gradient attack finds (Carlini et al. 2019 §5)."""
+    why = m["curves"].get("adaptive", {}).get("gradient_free")
+    return line(FLAG if why else PASS, name, "gradient attacks could run",
+                (f"{why}; audited by gradient-free attacks alone" if why else "evidence: " + evidence(m)))
+
+
 def model_lines(name: str, m: dict[str, Any]) -> list[dict[str, str]]:
     """The per-model checks: monotone, unbounded budget, restarts, gradient-free (L∞, L2), logits."""
     s = m["sanity_runs"]
-    curves = {"independent PGD-L∞ (first {} images)".format(s["images"]): (s["eps"], s["independent_pgd"])}
+    curves: dict[str, tuple[Any, Any]] = {}
+    if s.get("gradients_unavailable") is None:
+        curves["independent PGD-L∞ (first {} images)".format(s["images"])] = (s["eps"], s["independent_pgd"])
     for norm, label in (("minimal_linf", "L∞"), ("minimal_l2", "L2")):
         for attack, rec in m[norm]["attacks"].items():
             first = "" if rec.get("ran_on", m["clean"]["n"]) == m["clean"]["n"] else f", on {rec['ran_on']} images"
             curves[f"{attack} clipped ({label}{first})"] = (m[norm]["eps"], rec["curve"])
-    out = [check_monotone(name, curves)]
+    for norm, label in (("linf", "L∞"), ("l2", "L2")):  # the verdict's own curves
+        v = m.get("verdict", {}).get(norm)
+        if v is not None:
+            curves[f"verdict ({label})"] = (v["eps"], v["robust"])
+    out = [check_monotone(name, curves), evidence_line(name, m)]
+    if s.get("gradients_unavailable") is not None:
+        skip = "not run: " + s["gradients_unavailable"]
+        out += [line(SKIP, name, c, skip) for c in ("100% success at an unbounded budget",
+                                                     "restarts do not change the verdict",
+                                                     "gradient-free does not beat gradient attacks")]
+        return out + [gradient_free_l2_line(name, s), _logits_line(name, m)] + adaptive_lines(name, m)
 
     unbounded = 1 - s["robust"]["unbounded"]
     minimal = {a: rec["success_rate"] for norm in ("minimal_l2", "minimal_linf")
@@ -134,13 +182,16 @@ def model_lines(name: str, m: dict[str, Any]) -> list[dict[str, str]]:
                     f"(tolerance {pct(tol)})"))
 
     out.append(gradient_free_l2_line(name, s))
-
-    out_kind = m["clean"]["output"]["kind"]
-    out.append(line(PASS if out_kind in ("logits", "log-probabilities") else FLAG, name,
-                    "outputs are logits (not probabilities)",
-                    f"output kind {out_kind}" + (" (logits up to a per-row shift: fine for attacks)"
-                                                 if out_kind == "log-probabilities" else "")))
+    out.append(_logits_line(name, m))
     return out + adaptive_lines(name, m)
+
+
+def _logits_line(name: str, m: dict[str, Any]) -> dict[str, str]:
+    out_kind = m["clean"]["output"]["kind"]
+    return line(PASS if out_kind in ("logits", "log-probabilities") else FLAG, name,
+                "outputs are logits (not probabilities)",
+                f"output kind {out_kind}" + (" (logits up to a per-row shift: fine for attacks)"
+                                             if out_kind == "log-probabilities" else ""))
 
 
 def transfer_lines(transfer: dict[str, Any]) -> list[dict[str, str]]:
@@ -176,5 +227,5 @@ def sanity_lines(results: dict[str, Any]) -> list[dict[str, str]]:
     return out + transfer_lines(results["transfer"])
 
 
-__all__ = ["sanity_lines", "failed_checks", "adaptive_lines", "model_lines", "gradient_free_l2_line", "transfer_lines",
+__all__ = ["evidence", "evidence_line", "sanity_lines", "failed_checks", "adaptive_lines", "model_lines", "gradient_free_l2_line", "transfer_lines",
            "check_monotone", "monotone_violations", "PASS", "FLAG", "SKIP"]

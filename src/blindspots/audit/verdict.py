@@ -13,6 +13,7 @@ import torch
 
 from ..models import predict, predict_logits
 from .common import Ctx, robust_curve
+from .expectation import expected_verdict
 from .runner import load_tensors, save_tensors
 
 
@@ -48,7 +49,9 @@ def _sources(ctx: Ctx, folders: dict[str, Path], others: dict[str, Path]) -> dic
         (l2 if key == "free_l2_adv" else lin)[label] = t
     for name, folder in others.items():
         lin[f"transfer from {name}"] = load_tensors(folder, "transfer_set.safetensors")["x_adv"]
-    return {"linf": lin, "l2": l2}
+    # a source run on no image at all (a stage that stood down) is left out
+    return {norm: {k: t for k, t in d.items() if not bool(torch.isnan(t).all())} for norm, d in (("linf", lin),
+                                                                                              ("l2", l2))}
 
 
 def verdict_stage(ctx: Ctx, clean: dict[str, Any], folders: dict[str, Path],
@@ -67,6 +70,12 @@ def verdict_stage(ctx: Ctx, clean: dict[str, Any], folders: dict[str, Path],
         saved: dict[str, torch.Tensor] = {}
         for norm, grid in (("linf", cfg.linf_grid), ("l2", cfg.l2_grid)):
             sources = _sources(ctx, folders, others)[norm]
+            if ctx.eot > 1:  # random outputs: every number an expectation over R draws (audit.expectation)
+                out[norm], saved[norm] = expected_verdict(
+                    model, x, y, grid, sources, lambda c, eps: project(c, x, eps, norm, cfg.bounds),
+                    cfg.effort.draws)
+                out[norm]["eps"] = list(grid)
+                continue
             best = x.clone()
             per: dict[str, dict[str, list[int] | int]] = {}
             curve_broken, bests = [], []

@@ -71,9 +71,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--zoo", default="", metavar="SPEC,...",
                    help="zoo models added as transfer targets, e.g. FC100-100-10,CNN (MNIST-shaped data; off by default)")
     p.add_argument("--bpda", action="append", default=[], metavar="LAYER",
-                   help="attack through straight-through gradients (BPDA) of this layer (a name from "
-                        "model.named_modules(), e.g. a quantiser); repeatable. Rounding calls and zero-gradient "
-                        "layers the gradient probe finds are handled without it")
+                   help="attack through BPDA of this layer (a name from model.named_modules(), e.g. a quantiser "
+                        "or an encoder): a small differentiable stand-in fitted to it carries the gradient; "
+                        "repeatable. Rounding calls, zero-gradient layers and graph cuts the gradient probe finds "
+                        "are handled without it")
     p.add_argument("--fast", action="store_true",
                    help="run L-BFGS, the PGD bisection and the sanity runs on the first images only (the report "
                         "says which attacks ran on how many images); default: every attack on every image")
