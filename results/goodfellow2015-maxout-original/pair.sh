@@ -9,13 +9,8 @@
 # history holds it): `resume` now reruns the pair from the start, about 6 hours on two cores.
 set -euo pipefail
 COMMIT=ca36449
-HERE="$(cd "$(dirname "$0")" && pwd)"
-REPO="$(git -C "$HERE" rev-parse --show-toplevel)"
-RUNS="${2:-/work/runs}"
-FROZEN="$RUNS/frozen-$COMMIT"
-PY="$REPO/.venv/bin/python"
+source "$(dirname "$0")/frozen.sh" "${2:-}"
 ARMS="maxout maxout_adv"
-[ -d "$FROZEN" ] || git -C "$REPO" worktree add --detach "$FROZEN" "$COMMIT"
 blindspots() { PYTHONPATH="$FROZEN/src" PYTHONUNBUFFERED=1 "$PY" -m blindspots "$@"; }
 training() { ls -d "$1"/stages/early-stop_* "$1"/stages/train_maxout* 2>/dev/null || true; }
 

@@ -14,13 +14,8 @@ set -euo pipefail
 COMMIT=1d261b6
 SEEDS="1 2 3 4"
 CORE="${CORE:-0}"
-HERE="$(cd "$(dirname "$0")" && pwd)"
-REPO="$(git -C "$HERE" rev-parse --show-toplevel)"
-RUNS="${2:-/work/runs}"
-FROZEN="$RUNS/frozen-$COMMIT"
-PY="$REPO/.venv/bin/python"
+source "$(dirname "$0")/frozen.sh" "${2:-}"
 STATE="$HERE/seeds-state"
-[ -d "$FROZEN" ] || { mkdir -p "$RUNS"; git -C "$REPO" worktree add --detach "$FROZEN" "$COMMIT"; }
 
 case "${1:-}" in
 resume)
