@@ -16,20 +16,17 @@ from .. import __version__, parallel
 from ..data.user import load_eval_data
 from ..errors import InputError
 from ..io import write_json_atomic
-from .analysis import lipschitz_stage, sanity_stage, transfer_stage, units_stage
-from .adaptive import adapt
-from .attacks import clean_stage, curves_stage, minimal_l2_stage, minimal_linf_stage
+from .analysis import transfer_stage
 from .bounds import bounds_stage
+from .checks import CHECKS, AuditCheck
 from .common import Ctx
-from .gradient_free import curves_skipped
 from .config import CHUNK, QUERY_CHUNK, AuditConfig, first
 from .models import load_models
 from .runner import AuditRunner
 from .sanity import sanity_lines
 from .verdict import verdict_stage
 
-PARTS = ("clean", "minimal L2", "minimal L∞", "robust curves", "lipschitz", "units", "sanity runs", "transfer",
-         "verdict", "bounds")
+PARTS = (*(c.part for c in CHECKS if c.timed), "transfer", "verdict", "bounds")  # wall_time_s's parts
 
 
 def _lean(stage: dict[str, Any]) -> dict[str, Any]:
@@ -40,8 +37,11 @@ def _lean(stage: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_audit(config: AuditConfig, announce: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) the audit under config.out; returns results.json's content (on every rank)."""
+def run_audit(config: AuditConfig, announce: Callable[[str], None] = print,
+              checks: list[AuditCheck] | None = None) -> dict[str, Any]:
+    """Run (or resume) the audit under config.out; returns results.json's content (on every rank). `checks`: the
+    per-model checks, in order (default CHECKS); transfer, the verdict and the bounds then run across models."""
+    checks = CHECKS if checks is None else checks
     world = parallel.init_from_env(config.device)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -72,40 +72,26 @@ def run_audit(config: AuditConfig, announce: Callable[[str], None] = print) -> d
         ctx = Ctx(config, runner, x, y, m, data_id)
         rec: dict[str, Any] = {}
         where: dict[str, Any] = {}
-        part = "clean"
+        part = checks[0].part if checks else ""
         try:  # a stage that fails for one model is recorded, and the other models go on
-            rec["clean"] = timed("clean", lambda: clean_stage(ctx))
-            part = "adaptive attacks"
-            adapt(ctx, rec["clean"])
-            if ctx.gradient_free:
-                runner.announce(f"  {m.name}: {ctx.gradient_free}; gradient attacks stand down; HopSkipJump and "
-                                "Square (at every ε) run")
-            free = ctx.gradient_free is not None
-            part = "minimal L2"  # without gradients: HopSkipJump alone
-            rec["minimal_l2"], where["minimal_l2"] = timed(part, lambda: minimal_l2_stage(ctx, rec["clean"]))
-            part = "minimal L∞"
-            rec["minimal_linf"], where["minimal_linf"] = timed(part, lambda: minimal_linf_stage(ctx, rec["clean"]))
-            minimal_linf[m.name] = rec["minimal_linf"]
-            part = "robust curves"
-            curves[m.name] = timed(part, lambda: curves_skipped(ctx, rec["clean"]) if free else curves_stage(
-                ctx, rec["clean"], {"l2": rec["minimal_l2"], "linf": rec["minimal_linf"]}))
-            rec["curves"], where["curves"] = curves[m.name]
-            part = "lipschitz"
-            rec["lipschitz"] = _optional(lambda: timed(part, lambda: lipschitz_stage(ctx, rec["clean"],
-                                                                                    rec["minimal_l2"])),
-                                         lambda why: {"supported": False, "reason": why, "layers": []})
-            part = "units"
-            rec["units"] = _optional(lambda: timed("units", lambda: units_stage(ctx)), lambda why: {"skipped": why})
-            part = "sanity runs"
-            rec["sanity_runs"], where["sanity"] = timed(part, lambda: sanity_stage(ctx, rec["clean"], rec["curves"]))
+            for check in checks:
+                part = check.part
+                out = _run_check(check, ctx, rec, timed)
+                if check.folder is not None:
+                    out, where[check.folder] = out
+                if check.record is not None:
+                    rec[check.record] = out
         except Exception as exc:  # noqa: BLE001 - any failure of a user's model is reported, not raised
             if isinstance(exc, InputError) and part == "clean" and len(models) == 1:
                 raise  # the one model's outputs are refused: the clear error is the answer
             failed[m.name] = _failure(part, exc)
             runner.announce(f"  {m.name}: stage {part} failed ({failed[m.name]['error']}); the audit goes on "
                             "without this model")
-            curves.pop(m.name, None)
             continue
+        if "curves" in rec:
+            curves[m.name] = (rec["curves"], where["curves"])
+        if "minimal_linf" in rec:
+            minimal_linf[m.name] = rec["minimal_linf"]
         ctxs.append(ctx)
         per_model[m.name] = {k: _lean(v) for k, v in rec.items()}
         folders[m.name] = {**where, "clean": rec["clean"]}
@@ -156,12 +142,17 @@ def _line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
 
 
-def _optional(run: Callable[[], dict[str, Any]], failed: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
-    """An analysis stage that is not part of the verdict: its failure is said in its own record, not fatal."""
+def _run_check(check: AuditCheck, ctx: Ctx, rec: dict[str, Any], timed: Callable[[str, Callable[[], Any]], Any]) -> Any:
+    """One check on one model: timed under its part; an optional check's failure is said in its own record."""
+    def run() -> Any:
+        return timed(check.part, lambda: check.run(ctx, rec)) if check.timed else check.run(ctx, rec)
+
+    if check.optional is None:
+        return run()
     try:
         return run()
     except Exception as exc:  # noqa: BLE001 - any failure of a user's model is reported, not raised
-        return failed(f"the stage failed ({_line(exc)})")
+        return check.optional(f"the stage failed ({_line(exc)})")
 
 
 def _failure(part: str, exc: BaseException) -> dict[str, str]:

@@ -166,7 +166,9 @@ def _transfer(results: dict[str, Any]) -> Section:
 def _lipschitz(results: dict[str, Any]) -> Section:
     tables, paragraphs = [], []
     for name, m in results["per_model"].items():
-        lp = m["lipschitz"]
+        lp = m.get("lipschitz")
+        if lp is None:  # the check was not in the run's CHECKS
+            continue
         if not lp["supported"]:
             paragraphs.append(f"{name}: no Lipschitz bound: {lp['reason']}")
             continue
@@ -187,7 +189,9 @@ def _lipschitz(results: dict[str, Any]) -> Section:
 def _units(results: dict[str, Any]) -> Section:
     rows, paragraphs = [], []
     for name, m in results["per_model"].items():
-        u = m["units"]
+        u = m.get("units")
+        if u is None:  # the check was not in the run's CHECKS
+            continue
         if "skipped" in u:
             paragraphs.append(f"{name}: skipped: {u['skipped']}")
             continue
