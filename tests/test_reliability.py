@@ -294,9 +294,12 @@ def test_ctrl_c_while_the_parser_is_built_is_one_line() -> None:
     when it is inside build_parser, so the signal's timing does not depend on the machine's load."""
     from blindspots.cli import PAUSE_HOOK
 
+    # SIGINT at its default disposition in the child: a shell without job control starts a background job (a CI
+    # script run with `&`, say) with SIGINT ignored, the child inherits that, and Python then keeps ignoring it
     proc = subprocess.Popen([sys.executable, "-m", "blindspots", "models"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, PAUSE_HOOK: "1", "PYTHONPATH": os.pathsep.join(sys.path)})
+                            env={**os.environ, PAUSE_HOOK: "1", "PYTHONPATH": os.pathsep.join(sys.path)},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == PAUSE_HOOK  # inside build_parser
         proc.send_signal(signal.SIGINT)
